@@ -1,0 +1,340 @@
+# shellcheck shell=bash
+# Functions for run.sh: host packages, kernels, binaries, initramfs, QEMU.
+# Globals set by run.sh: here, repo, work.
+# shellcheck disable=SC2154
+
+cache=${SRIOVPT_VM_CACHE:-/var/cache/sriov-passthrough-cni-vm}
+vm_timeout=${SRIOVPT_VM_TIMEOUT:-300}
+backports_sources=/etc/apt/sources.list.d/sriov-passthrough-cni-backports.sources
+module_path=github.com/kubevirt/sriov-passthrough-cni/test/e2e
+apt_updated=
+declare -A kernel_dir=()
+
+log() { printf '[vm] %s\n' "$*"; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+# step NAME CMD...: run CMD and say how long it took.
+step() {
+	local name=$1 t=$SECONDS
+	shift
+	"$@"
+	log "$name: ok ($((SECONDS - t))s)"
+}
+
+# quietly CMD...: run CMD with its output kept aside; show it only on failure.
+quietly() {
+	local out=$work/quietly.log
+	if ! "$@" >"$out" 2>&1; then
+		cat "$out"
+		die "failed: $*"
+	fi
+}
+
+apt_env=(env DEBIAN_FRONTEND=noninteractive)
+apt_opts=(-q -y -o DPkg::Lock::Timeout=300 -o APT::Get::Show-Versions=0)
+
+apt_update() {
+	[[ -z $apt_updated ]] || return 0
+	log "apt-get update"
+	quietly "${apt_env[@]}" apt-get "${apt_opts[@]}" update
+	apt_updated=1
+}
+
+qemu_has_igb() {
+	command -v qemu-system-x86_64 >/dev/null &&
+		qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'
+}
+
+pkg_installed() {
+	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'
+}
+
+# The mirror this machine already uses for bookworm, from deb822 sources or a
+# one-line sources.list: the backports suite lives on the same mirror.
+debian_mirror_uri() {
+	local f
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[[ -f $f ]] || continue
+		awk '
+			function flush() { if (uri != "" && suites ~ /(^| )bookworm( |$)/) { print uri; found = 1; exit } uri = ""; suites = "" }
+			/^[[:space:]]*$/ { flush(); next }
+			/^URIs:/ { uri = $2 }
+			/^Suites:/ { suites = $0; sub(/^Suites:[[:space:]]*/, "", suites) }
+			END { if (!found) flush() }
+		' "$f"
+	done | head -n1 | grep . && return 0
+	cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+		awk '$1 == "deb" && $0 ~ / bookworm( |$)/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' |
+		head -n1 | grep .
+}
+
+backports_configured() {
+	grep -Eqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources
+}
+
+ensure_backports_source() {
+	backports_configured && return 0
+	local uri
+	uri=$(debian_mirror_uri) || die "no bookworm entry in the apt sources to derive bookworm-backports from"
+	log "adding bookworm-backports on the configured mirror ($backports_sources)"
+	cat >"$backports_sources" <<EOF
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+	apt_updated=
+}
+
+# apt's lists must know bookworm-backports before we ask it for versions.
+ensure_apt_lists() {
+	ensure_backports_source
+	if ! apt-cache policy 2>/dev/null | grep -q ' bookworm-backports/main '; then
+		apt_update
+	fi
+}
+
+ensure_host_packages() {
+	local want=()
+	pkg_installed busybox-static || want+=(busybox-static)
+	command -v cpio >/dev/null || want+=(cpio)
+	command -v xz >/dev/null || want+=(xz-utils)
+	command -v ip >/dev/null || want+=(iproute2)
+	if ((${#want[@]} == 0)) && qemu_has_igb; then
+		return 0
+	fi
+	ensure_apt_lists
+	apt_update
+	if ((${#want[@]})); then
+		log "installing ${want[*]}"
+		quietly "${apt_env[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "${want[@]}"
+	fi
+	if ! qemu_has_igb; then
+		log "installing qemu-system-x86 from bookworm-backports"
+		quietly "${apt_env[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends \
+			-t bookworm-backports qemu-system-x86
+		qemu_has_igb || die "qemu-system-x86_64 has no igb device"
+	fi
+}
+
+# kernel_release LABEL: the suites a kernel label comes from.
+kernel_suites() {
+	case "$1" in
+	6.1) echo "bookworm bookworm-security bookworm-updates" ;;
+	6.12) echo "bookworm-backports" ;;
+	*) die "unknown kernel $1 (want 6.1 or 6.12)" ;;
+	esac
+}
+
+# resolve_kernel LABEL: print "PACKAGE VERSION" of the versioned image package
+# behind linux-image-amd64 in the label's suites (highest version wins).
+resolve_kernel() {
+	local suites meta_ver="" v s
+	suites=" $(kernel_suites "$1") "
+	while read -r v s; do
+		[[ $suites == *" ${s%%/*} "* ]] || continue
+		if [[ -z $meta_ver ]] || dpkg --compare-versions "$v" gt "$meta_ver"; then
+			meta_ver=$v
+		fi
+	done < <(apt-cache madison linux-image-amd64 2>/dev/null | awk -F'|' '{ gsub(/ /, "", $2); split($3, a, " "); print $2, a[2] }')
+	[[ -n $meta_ver ]] || return 1
+	apt-cache show "linux-image-amd64=$meta_ver" 2>/dev/null |
+		awk '/^Depends:/ { sub(/^Depends:[[:space:]]*/, ""); split($0, d, ","); n = split(d[1], w, " "); v = w[3]; sub(/\)$/, "", v); print w[1], v; exit }' |
+		grep .
+}
+
+# ensure_kernel LABEL: vmlinuz and the igb/igbvf modules (plain .ko, with
+# their dependencies, in load order) under $cache/kernels/LABEL/PKG_VERSION.
+ensure_kernel() {
+	local label=$1 pkg ver dir
+	ensure_apt_lists
+	if ! read -r pkg ver < <(resolve_kernel "$label"); then
+		apt_update
+		read -r pkg ver < <(resolve_kernel "$label") || true
+	fi
+	if [[ -z ${pkg:-} ]]; then
+		dir=$(find "$cache/kernels/$label" -mindepth 2 -maxdepth 2 -name .complete -printf '%h\n' 2>/dev/null | sort -V | tail -n1)
+		[[ -n $dir ]] || die "cannot resolve the linux-image package for $label"
+		log "apt cannot resolve linux $label; using cached $(basename "$dir")"
+		kernel_dir[$label]=$dir
+		return 0
+	fi
+	dir=$cache/kernels/$label/${pkg}_$ver
+	kernel_dir[$label]=$dir
+	if [[ -f $dir/.complete ]]; then
+		log "linux $label: $pkg $ver (cached)"
+		return 0
+	fi
+	log "linux $label: downloading $pkg $ver"
+	local dl=$work/deb-$label x=$work/kx-$label
+	mkdir -p "$dl" "$x"
+	(cd "$dl" && quietly apt-get -q download "$pkg=$ver") ||
+		{ apt_update && (cd "$dl" && quietly apt-get -q download "$pkg=$ver"); }
+	local deb
+	deb=$(find "$dl" -name '*.deb' | head -n1)
+	[[ -n $deb ]] || die "apt-get download $pkg gave no .deb"
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$x" --wildcards \
+		'*/vmlinuz-*' '*/kernel/drivers/net/ethernet/intel/*' '*/kernel/drivers/dma/*' '*/kernel/drivers/dca/*' \
+		'*/kernel/drivers/i2c/*' '*/kernel/drivers/ptp/*' '*/kernel/drivers/pps/*' \
+		'*/kernel/drivers/hwmon/*' '*/kernel/lib/*'
+
+	local tmp=$dir.tmp
+	rm -rf "$tmp"
+	mkdir -p "$tmp/modules"
+	cp "$(find "$x" -name 'vmlinuz-*' | head -n1)" "$tmp/vmlinuz"
+	basename "$(find "$x" -type d -path '*/lib/modules/*' -prune -print -quit)" >"$tmp/release"
+	local order=()
+	add_module() {
+		local name=$1 f dep
+		local m
+		for m in "${order[@]}"; do [[ $m == "$name" ]] && return 0; done
+		f=$(find "$x" -regextype posix-extended -regex ".*/${name//[-_]/[-_]}\\.ko(\\.xz)?" | head -n1)
+		[[ -n $f ]] || die "linux $label: module $name not found in $pkg"
+		if [[ $f == *.xz ]]; then
+			xz -dc "$f" >"$tmp/modules/$name.ko"
+		else
+			cp "$f" "$tmp/modules/$name.ko"
+		fi
+		for dep in $(tr '\0' '\n' <"$tmp/modules/$name.ko" | sed -n 's/^depends=//p' | tr ',' ' '); do
+			add_module "$dep"
+		done
+		order+=("$name")
+	}
+	add_module igb
+	add_module igbvf
+	printf '%s\n' "${order[@]}" >"$tmp/modules/order"
+	touch "$tmp/.complete"
+	rm -rf "$dir"
+	mv "$tmp" "$dir"
+	# Keep one version per label.
+	find "$cache/kernels/$label" -mindepth 1 -maxdepth 1 -type d ! -path "$dir" -exec rm -rf {} +
+	rm -rf "$dl" "$x"
+	log "linux $label: $(cat "$dir/release") modules: ${order[*]}"
+}
+
+# build_binaries MODE: static plugin, cnitool and (for e2e) the test binary,
+# then the base initramfs that every VM of this run shares.
+build_binaries() {
+	local mode=$1 out=$work/root/opt/sriovpt
+	mkdir -p "$out"
+	if [[ -n ${SRIOVPT_VM_PLUGIN:-} ]]; then
+		cp "$SRIOVPT_VM_PLUGIN" "$out/sriov-passthrough-cni"
+	else
+		(cd "$repo" && quietly make build)
+		cp "$repo/bin/sriov-passthrough-cni" "$out/"
+	fi
+	local cniver
+	cniver=$(cd "$repo" && go list -m -f '{{.Version}}' github.com/containernetworking/cni)
+	(cd "$repo" && GOBIN="$work/gobin" CGO_ENABLED=0 quietly go install -trimpath -ldflags '-s -w' \
+		"github.com/containernetworking/cni/cnitool@$cniver")
+	cp "$work/gobin/cnitool" "$out/"
+	if [[ $mode == e2e ]]; then
+		(cd "$repo" && CGO_ENABLED=0 quietly go test -c -trimpath -tags e2e -o "$out/e2e.test" ./test/e2e)
+	fi
+	if [[ $mode == bench && -n ${BENCH_FLOOR:-} ]]; then
+		cp "$BENCH_FLOOR" "$out/floor"
+	fi
+	cp "$here/guest/"*.sh "$out/"
+	build_base_initramfs
+}
+
+# copy_with_libs BIN DEST: a dynamic host binary and the libraries ldd lists.
+copy_with_libs() {
+	local bin=$1 root=$2 lib
+	install -D -m 0755 "$bin" "$root/usr/bin/$(basename "$bin")"
+	for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+		[[ -e $root$lib ]] || install -D -m 0755 "$lib" "$root$lib"
+	done
+}
+
+build_base_initramfs() {
+	local root=$work/root a
+	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,etc,var/lib,lib/modules,root}
+	ln -sfn ../run "$root/var/run"
+	cp /bin/busybox "$root/bin/busybox"
+	for a in $("$root/bin/busybox" --list); do
+		[[ -e $root/bin/$a ]] || ln -s busybox "$root/bin/$a"
+	done
+	rm -f "$root/bin/ip"
+	copy_with_libs "$(command -v ip)" "$root"
+	install -m 0755 "$here/guest/init" "$root/init"
+	echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet) >"$work/base.cpio"
+}
+
+# guest_conf MODE LABEL: shell assignments the guest's init sources.
+guest_conf() {
+	local q="'\\''" run=${E2E_RUN:-}
+	printf "SRIOVPT_MODE='%s'\n" "$1"
+	printf "SRIOVPT_KERNEL='%s'\n" "$2"
+	printf "SRIOVPT_NICS=3\n"
+	printf "E2E_RUN='%s'\n" "${run//\'/$q}"
+	printf "E2E_TIMEOUT='%s'\n" "$((vm_timeout - 30))s"
+	printf "BENCH_ROUNDS='%s'\n" "${BENCH_ROUNDS:-10}"
+}
+
+# run_vm MODE LABEL: boot the VM, stream its console, return its result.
+run_vm() {
+	local mode=$1 label=$2 dir=${kernel_dir[$2]} kroot=$work/kroot-$2
+	local initrd=$work/initrd-$label.cpio console=$work/console-$label.log
+	rm -rf "$kroot"
+	mkdir -p "$kroot/lib/modules" "$kroot/etc"
+	cp "$dir/modules/"* "$kroot/lib/modules/"
+	guest_conf "$mode" "$label" >"$kroot/etc/sriovpt-vm.conf"
+	(cd "$kroot" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet) |
+		cat "$work/base.cpio" - >"$initrd"
+
+	local smp=${SRIOVPT_VM_SMP:-$(nproc)}
+	((smp > 4)) && smp=4
+	# shellcheck disable=SC2054 # commas are QEMU's
+	local args=(
+		-machine q35 -accel tcg,thread=multi -cpu max -smp "$smp" -m 1024
+		-nographic -no-reboot -no-user-config
+		-kernel "$dir/vmlinuz" -initrd "$initrd"
+		-append "console=ttyS0 net.ifnames=0 panic=-1 quiet loglevel=4"
+	)
+	local i
+	for i in 0 1 2; do
+		args+=(
+			-device "pcie-root-port,id=rp$i,slot=$i,chassis=$((i + 1))"
+			-device "igb,bus=rp$i,netdev=n$i,romfile=,mac=52:54:00:5a:00:0$i"
+			-netdev "user,id=n$i,restrict=on"
+		)
+	done
+
+	log "=== linux $label ($(cat "$dir/release")): $mode ==="
+	local t=$SECONDS rc=0
+	set +e
+	timeout -k 10 "$vm_timeout" qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 |
+		sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' |
+		tee "$console" | sed -u "s/^/linux-$label| /"
+	local qrc=${PIPESTATUS[0]}
+	set -e
+	local secs=$((SECONDS - t)) result
+	result=$(grep -a -o 'SRIOVPT-VM-RESULT rc=[0-9]*' "$console" | tail -n1 | cut -d= -f2)
+	if ((qrc == 124)); then
+		log "linux $label: VM timed out after ${vm_timeout}s"
+		rc=1
+	elif [[ -z $result ]]; then
+		log "linux $label: VM ended (qemu exit $qrc) without a result line"
+		rc=1
+	elif ((result != 0)); then
+		rc=1
+	fi
+
+	if [[ $mode == e2e ]]; then
+		grep -a -E '^\s*--- (FAIL|SKIP)' "$console" || true
+		if ((rc == 0)); then
+			printf 'ok  \t%s (linux %s)\t%ss\n' "$module_path" "$label" "$secs"
+		else
+			printf 'FAIL\t%s (linux %s)\t%ss\n' "$module_path" "$label" "$secs"
+		fi
+	else
+		log "linux $label: $mode $([[ $rc == 0 ]] && echo ok || echo FAILED) (${secs}s)"
+	fi
+	return "$rc"
+}

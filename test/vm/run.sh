@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Boot emulated SR-IOV NICs (QEMU's igb, an Intel 82576 with 7 VFs) in a
+# throwaway VM and run the plugin against them.
+#
+#   test/vm/run.sh e2e     the e2e suite (test/e2e) on Debian 12's 6.1 kernel
+#                          and on bookworm-backports' 6.12 kernel
+#   test/vm/run.sh demo    a guided ADD/DEL of one PF with its 7 VFs
+#   test/vm/run.sh bench   ADD+DEL timings, plugin vs a floor program
+#
+# Runs as root on Debian 12. Installs what it needs (QEMU with igb from
+# bookworm-backports, busybox-static, cpio, xz-utils), caches kernels under
+# $SRIOVPT_VM_CACHE and never touches the host's network devices: the VM's
+# NICs are user-mode back ends with restrict=on.
+#
+# Environment:
+#   SRIOVPT_VM_CACHE    cache directory (default /var/cache/sriov-passthrough-cni-vm)
+#   SRIOVPT_VM_KERNELS  kernels to run e2e on, space separated (default "6.1 6.12")
+#   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 300)
+#   SRIOVPT_VM_SMP      guest CPUs (default: host CPUs, at most 4)
+#   E2E_RUN             passed to the e2e binary as -test.run
+#   SRIOVPT_VM_PLUGIN   use this plugin binary instead of building one (make build)
+#   BENCH_FLOOR         path of a static "floor" program for bench mode
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+# shellcheck source=test/vm/lib.sh
+source "$here/lib.sh"
+
+main() {
+	local mode=${1:-}
+	case "$mode" in
+	e2e | demo | bench) ;;
+	*)
+		echo "usage: $0 e2e|demo|bench" >&2
+		exit 2
+		;;
+	esac
+	if [[ $(id -u) -ne 0 ]]; then
+		die "must run as root (it installs packages and boots a VM)"
+	fi
+
+	work=$(mktemp -d /tmp/sriovpt-vm.XXXXXX)
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+
+	local t0=$SECONDS
+	step "host packages" ensure_host_packages
+
+	local kernels
+	case "$mode" in
+	e2e) read -r -a kernels <<<"${SRIOVPT_VM_KERNELS:-6.1 6.12}" ;;
+	*) kernels=("${SRIOVPT_VM_KERNELS:-6.1}") kernels=("${kernels[0]%% *}") ;;
+	esac
+	[[ ${kernels[0]:-} ]] || kernels=(6.1)
+
+	local k failed=()
+	for k in "${kernels[@]}"; do
+		step "kernel $k" ensure_kernel "$k"
+	done
+	step "static binaries" build_binaries "$mode"
+	for k in "${kernels[@]}"; do
+		if ! run_vm "$mode" "$k"; then
+			failed+=("$k")
+		fi
+	done
+
+	log "VM stage took $((SECONDS - t0))s"
+	if ((${#failed[@]})); then
+		log "FAILED on linux ${failed[*]}"
+		exit 1
+	fi
+}
+
+cleanup() {
+	local rc=$?
+	if [[ -n ${qemu_pid:-} ]] && kill -0 "$qemu_pid" 2>/dev/null; then
+		kill "$qemu_pid" 2>/dev/null || true
+	fi
+	[[ -n ${work:-} && -d $work ]] && rm -rf "$work"
+	exit "$rc"
+}
+
+main "$@"
