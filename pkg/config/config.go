@@ -1,0 +1,183 @@
+// Package config loads and validates the plugin's network configuration, the
+// runtime's CNI_ARGS and the node's reserved-interfaces file.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+// Defaults for every optional field.
+const (
+	DefaultReservedInterfacesFile = "/etc/pfscni-system-reserved-interfaces"
+	DefaultStateDir               = "/var/lib/cni/sriov-passthrough"
+	DefaultSysfsRoot              = "/sys"
+	DefaultLogLevel               = "info"
+)
+
+// NetConf is the plugin's configuration: the NetworkAttachmentDefinition's
+// spec.config, or a conf file given to cnitool.
+type NetConf struct {
+	types.PluginConf
+
+	// PCIBusID pins one PF by PCI address (e.g. "0000:3b:00.0").
+	PCIBusID string `json:"pciBusID,omitempty"`
+	// PFNames restricts the pool to PFs with these host names.
+	PFNames []string `json:"pfNames,omitempty"`
+	// ReservedInterfaces are PF names that are never handed out.
+	ReservedInterfaces []string `json:"reservedInterfaces,omitempty"`
+	// ReservedInterfacesFile lists more reserved names, one per line. nil
+	// means the default path; an explicit "" means no file.
+	ReservedInterfacesFile *string `json:"reservedInterfacesFile,omitempty"`
+	StateDir               string  `json:"stateDir,omitempty"`
+	SysfsRoot              string  `json:"sysfsRoot,omitempty"`
+	LogFile                string  `json:"logFile,omitempty"`
+	LogLevel               string  `json:"logLevel,omitempty"`
+
+	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
+}
+
+// RuntimeConfig holds the capability arguments the runtime (multus) passes.
+type RuntimeConfig struct {
+	// DeviceID is the PCI address a device plugin allocated to the pod.
+	DeviceID string `json:"deviceID,omitempty"`
+}
+
+// ReservedFile returns the reserved-interfaces file to read, "" for none.
+func (c *NetConf) ReservedFile() string {
+	if c.ReservedInterfacesFile == nil {
+		return DefaultReservedInterfacesFile
+	}
+	return *c.ReservedInterfacesFile
+}
+
+// PinnedPCI returns the PCI address the attachment must use, "" if any
+// free PF will do. The device plugin's deviceID wins over pciBusID only when
+// they agree; Parse rejects a conflict.
+func (c *NetConf) PinnedPCI() string {
+	if c.RuntimeConfig.DeviceID != "" {
+		return c.RuntimeConfig.DeviceID
+	}
+	return c.PCIBusID
+}
+
+// Parse decodes and validates a configuration, filling in defaults. Unknown
+// fields are ignored: runtimes add their own. The returned error is a
+// *types.Error with a code from the CNI spec.
+func Parse(data []byte) (*NetConf, error) {
+	conf := &NetConf{}
+	if err := json.Unmarshal(data, conf); err != nil {
+		return nil, decodeError(err)
+	}
+	conf.setDefaults()
+	if err := conf.validate(); err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
+	}
+	return conf, nil
+}
+
+func decodeError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		field := typeErr.Field
+		if field == "" {
+			field = "(top level)"
+		}
+		return types.NewError(types.ErrDecodingFailure, "invalid network configuration",
+			fmt.Sprintf("field %q: expected %s, got JSON %s", field, typeErr.Type, typeErr.Value))
+	}
+	return types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON", err.Error())
+}
+
+func (c *NetConf) setDefaults() {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.SysfsRoot == "" {
+		c.SysfsRoot = DefaultSysfsRoot
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = DefaultLogLevel
+	}
+	c.PCIBusID = NormalizePCI(c.PCIBusID)
+	c.RuntimeConfig.DeviceID = NormalizePCI(c.RuntimeConfig.DeviceID)
+}
+
+func (c *NetConf) validate() error {
+	var errs []error
+	if c.Name == "" {
+		errs = append(errs, errors.New(`field "name" is required`))
+	}
+	if c.PCIBusID != "" && !IsPCIAddress(c.PCIBusID) {
+		errs = append(errs, fmt.Errorf(`field "pciBusID": %q is not a PCI address like 0000:3b:00.0`, c.PCIBusID))
+	}
+	if id := c.RuntimeConfig.DeviceID; id != "" && !IsPCIAddress(id) {
+		errs = append(errs, fmt.Errorf(`field "runtimeConfig.deviceID": %q is not a PCI address like 0000:3b:00.0`, id))
+	}
+	if c.PCIBusID != "" && c.RuntimeConfig.DeviceID != "" && c.PCIBusID != c.RuntimeConfig.DeviceID {
+		errs = append(errs, fmt.Errorf(`field "pciBusID" (%s) and the device plugin's deviceID (%s) name different PFs`,
+			c.PCIBusID, c.RuntimeConfig.DeviceID))
+	}
+	for i, name := range c.PFNames {
+		if err := ValidateIfName(name); err != nil {
+			errs = append(errs, fmt.Errorf(`field "pfNames[%d]": %w`, i, err))
+		}
+	}
+	for i, name := range c.ReservedInterfaces {
+		if strings.TrimSpace(name) == "" {
+			errs = append(errs, fmt.Errorf(`field "reservedInterfaces[%d]" is empty`, i))
+		}
+	}
+	for field, path := range map[string]string{"stateDir": c.StateDir, "sysfsRoot": c.SysfsRoot} {
+		if !filepath.IsAbs(path) {
+			errs = append(errs, fmt.Errorf("field %q: %q is not an absolute path", field, path))
+		}
+	}
+	if f := c.ReservedFile(); f != "" && !filepath.IsAbs(f) {
+		errs = append(errs, fmt.Errorf(`field "reservedInterfacesFile": %q is not an absolute path`, f))
+	}
+	if c.LogFile != "" && !filepath.IsAbs(c.LogFile) {
+		errs = append(errs, fmt.Errorf(`field "logFile": %q is not an absolute path`, c.LogFile))
+	}
+	if _, err := ParseLogLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+var pciRE = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$`)
+
+// IsPCIAddress reports whether s is a full PCI address (domain:bus:dev.fn).
+func IsPCIAddress(s string) bool { return pciRE.MatchString(s) }
+
+// NormalizePCI lower-cases an address and adds the 0000 domain when the
+// short bus:dev.fn form is given, as lspci prints it.
+func NormalizePCI(s string) string {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if strings.Count(s, ":") == 1 {
+		s = "0000:" + s
+	}
+	return s
+}
+
+// ValidateIfName applies the kernel's rules for a netdev name
+// (dev_valid_name): 1 to 15 bytes, not "." or "..", no '/', ':' or space.
+func ValidateIfName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("interface name is empty")
+	case len(name) > 15:
+		return fmt.Errorf("interface name %q is longer than 15 bytes", name)
+	case name == "." || name == "..":
+		return fmt.Errorf("interface name %q is not allowed", name)
+	case strings.ContainsAny(name, "/: \t\n\v\f\r"):
+		return fmt.Errorf("interface name %q contains '/', ':' or white space", name)
+	}
+	return nil
+}

@@ -1,0 +1,179 @@
+package netdev
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+const tagPrefix = "sriovpt."
+
+// Tag is the alternative name the plugin gives a device while it holds it.
+// ':' is not allowed in interface names, so it becomes '.'.
+func Tag(pciAddr string) string {
+	return tagPrefix + strings.ReplaceAll(pciAddr, ":", ".")
+}
+
+// PCIOf returns the PCI address behind a link, "" for a link that is
+// neither a PCI netdev nor tagged by the plugin.
+func PCIOf(l netlink.Link) string {
+	a := l.Attrs()
+	if a.ParentDevBus == "pci" && a.ParentDev != "" {
+		return a.ParentDev
+	}
+	for _, alt := range a.AltNames {
+		if rest, ok := strings.CutPrefix(alt, tagPrefix); ok {
+			return tagToPCI(rest)
+		}
+	}
+	return ""
+}
+
+// tagToPCI turns "0000.3b.00.0" back into "0000:3b:00.0".
+func tagToPCI(s string) string {
+	parts := strings.Split(s, ".")
+	if len(parts) != 4 {
+		return ""
+	}
+	return parts[0] + ":" + parts[1] + ":" + parts[2] + "." + parts[3]
+}
+
+// ByPCI dumps the netns once and indexes its links by PCI address.
+func (n *NS) ByPCI() (map[string]netlink.Link, error) {
+	links, err := n.Links()
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]netlink.Link, len(links))
+	for _, l := range links {
+		if addr := PCIOf(l); addr != "" {
+			m[addr] = l
+		}
+	}
+	return m, nil
+}
+
+// ByName dumps the netns once and indexes its links by name.
+func (n *NS) ByName() (map[string]netlink.Link, error) {
+	links, err := n.Links()
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]netlink.Link, len(links))
+	for _, l := range links {
+		m[l.Attrs().Name] = l
+	}
+	return m, nil
+}
+
+// AddTag gives a link the plugin's alternative name for pciAddr. A tag left
+// by an earlier, interrupted run is fine.
+func (n *NS) AddTag(l netlink.Link, pciAddr string) error {
+	err := n.nl.LinkAddAltName(l, Tag(pciAddr))
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("tag %q with altname %s: %w", l.Attrs().Name, Tag(pciAddr), err)
+	}
+	return nil
+}
+
+// DelTag removes the plugin's alternative name, if the link has it.
+func (n *NS) DelTag(l netlink.Link, pciAddr string) error {
+	tag := Tag(pciAddr)
+	for _, alt := range l.Attrs().AltNames {
+		if alt == tag {
+			if err := n.nl.LinkDelAltName(l, tag); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("remove altname %s from %q: %w", tag, l.Attrs().Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Move sends a link from n into dst. The kernel takes the device down on
+// the way, keeps its name (failing with EEXIST if dst has that name) and
+// keeps its ifindex unless dst already uses it.
+func (n *NS) Move(l netlink.Link, dst *NS) error {
+	if err := n.nl.LinkSetNsFd(l, int(dst.ns.Fd())); err != nil {
+		return fmt.Errorf("move %q from netns %q to %q: %w", l.Attrs().Name, n.Path(), dst.Path(), err)
+	}
+	return nil
+}
+
+// Rename renames a link inside n. The kernel refuses to rename a device
+// that is up, so callers rename before setting links up.
+func (n *NS) Rename(l netlink.Link, name string) error {
+	if err := n.nl.LinkSetName(l, name); err != nil {
+		return fmt.Errorf("rename %q to %q in netns %q: %w", l.Attrs().Name, name, n.Path(), err)
+	}
+	l.Attrs().Name = name
+	return nil
+}
+
+// SetUp sets a link administratively up.
+func (n *NS) SetUp(l netlink.Link) error {
+	if err := n.nl.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %q up in netns %q: %w", l.Attrs().Name, n.Path(), err)
+	}
+	return nil
+}
+
+// SetMTU changes a link's MTU if it differs.
+func (n *NS) SetMTU(l netlink.Link, mtu int) error {
+	if mtu == 0 || l.Attrs().MTU == mtu {
+		return nil
+	}
+	if err := n.nl.LinkSetMTU(l, mtu); err != nil {
+		return fmt.Errorf("set MTU %d on %q in netns %q: %w", mtu, l.Attrs().Name, n.Path(), err)
+	}
+	return nil
+}
+
+// RenameAll gives every link in links (keyed by PCI address) the name in
+// names, inside n. A target may be the current name of another link in the
+// set (a VF called net1 while the PF is to become net1), so links whose
+// target is free go first; a cycle is broken through a temporary name.
+func (n *NS) RenameAll(links map[string]netlink.Link, names map[string]string) error {
+	current := make(map[string]string, len(links)) // name -> PCI address
+	for addr, l := range links {
+		current[l.Attrs().Name] = addr
+	}
+	pending := make([]string, 0, len(names))
+	for addr, name := range names {
+		if l, ok := links[addr]; ok && l.Attrs().Name != name {
+			pending = append(pending, addr)
+		}
+	}
+	for tmp := 0; len(pending) > 0; {
+		var blocked []string
+		for _, addr := range pending {
+			l, target := links[addr], names[addr]
+			if owner, taken := current[target]; taken && owner != addr {
+				blocked = append(blocked, addr)
+				continue
+			}
+			old := l.Attrs().Name
+			if err := n.Rename(l, target); err != nil {
+				return err
+			}
+			delete(current, old)
+			current[target] = addr
+		}
+		if len(blocked) == len(pending) {
+			// Every remaining rename waits on another: park one aside.
+			l := links[blocked[0]]
+			old := l.Attrs().Name
+			parked := fmt.Sprintf("sptmp%d", tmp)
+			tmp++
+			if err := n.Rename(l, parked); err != nil {
+				return err
+			}
+			delete(current, old)
+			current[parked] = blocked[0]
+		}
+		pending = blocked
+	}
+	return nil
+}

@@ -1,0 +1,286 @@
+package plugin
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+// Add hands a free PF and all its VF netdevs to the pod.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	o, err := p.begin(args)
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	pod, err := o.openPodNS()
+	if err != nil {
+		return err
+	}
+	defer pod.Close()
+
+	unlock, err := o.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	recs := o.repair()
+	if res, handled, err := o.existingAttachment(recs, pod); handled {
+		if err != nil {
+			return err
+		}
+		return types.PrintResult(res, o.conf.CNIVersion)
+	}
+	view, err := o.viewHost()
+	if err != nil {
+		return types.NewError(types.ErrInternal, "inspect host netns", err.Error())
+	}
+	chosen, err := o.choosePF(recs, view)
+	if err != nil {
+		o.log.Warn("no PF for attachment", "error", err)
+		return err
+	}
+	rec, links, err := o.plan(chosen, view, pod)
+	if err != nil {
+		return err
+	}
+	res, err := o.attach(rec, links, pod)
+	if err != nil {
+		return err
+	}
+	return types.PrintResult(res, o.conf.CNIVersion)
+}
+
+// existingAttachment handles a second ADD for a container+ifname that
+// already has a record. It returns the stored result only when the record
+// provably describes this same attachment: same netns (by inode), finished,
+// and the PF still in it. Anything else is refused.
+func (o *op) existingAttachment(recs []*state.Record, pod *netdev.NS) (types.Result, bool, error) {
+	var rec *state.Record
+	for _, r := range recs {
+		if r.ContainerID == o.args.ContainerID && r.IfName == o.args.IfName {
+			rec = r
+		}
+	}
+	if rec == nil {
+		return nil, false, nil
+	}
+	refuse := func(why string) (types.Result, bool, error) {
+		return nil, true, types.NewError(types.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("container %s already holds PF %s as %s", rec.ContainerID, rec.PF().PCIAddress, rec.IfName),
+			why+"; DEL the attachment first")
+	}
+	id, err := pod.ID()
+	if err != nil || id != rec.NetnsID || rec.Phase != state.Attached {
+		return refuse("the existing attachment is for another netns or not complete")
+	}
+	links, err := pod.ByPCI()
+	if err != nil {
+		return nil, true, types.NewError(types.ErrInternal, "inspect pod netns", err.Error())
+	}
+	if l, ok := links[rec.PF().PCIAddress]; !ok || l.Attrs().Name != rec.IfName {
+		return refuse("the PF is no longer in the pod as " + rec.IfName)
+	}
+	res, err := current.NewResult(rec.Result)
+	if err != nil {
+		return nil, true, types.NewError(types.ErrDecodingFailure, "stored result", err.Error())
+	}
+	o.log.Info("repeated ADD of an existing attachment; returning its result", "pf", rec.PF().PCIAddress)
+	return res, true, nil
+}
+
+// plan lists the devices to take, from the host links, and the names they
+// will have in the pod. The PF becomes CNI_IFNAME; a VF keeps its name
+// unless the pod already has one like it, then it becomes <ifname>v<N>.
+func (o *op) plan(c candidate, view *hostView, pod *netdev.NS) (*state.Record, []netlink.Link, error) {
+	podLinks, err := pod.ByName()
+	if err != nil {
+		return nil, nil, types.NewError(types.ErrInternal, "inspect pod netns", err.Error())
+	}
+	if _, taken := podLinks[o.args.IfName]; taken {
+		return nil, nil, types.NewError(types.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("the pod already has an interface named %q", o.args.IfName), "choose another CNI_IFNAME")
+	}
+	id, err := pod.ID()
+	if err != nil {
+		return nil, nil, types.NewError(types.ErrInternal, "identify pod netns", err.Error())
+	}
+	rec := &state.Record{
+		Version: state.Version, ContainerID: o.args.ContainerID, IfName: o.args.IfName,
+		Netns: o.args.Netns, NetnsID: id, Pod: o.pod, Phase: state.Adding, Created: time.Now().UTC(),
+	}
+	taken := map[string]bool{o.args.IfName: true}
+	for name := range podLinks {
+		taken[name] = true
+	}
+	links := []netlink.Link{c.link}
+	rec.Devices = append(rec.Devices, deviceOf(c.pf.PCIAddress, c.link, o.args.IfName, -1))
+	for _, vf := range c.pf.VFs {
+		l, ok := view.byName[vf.Name]
+		if vf.Name == "" || !ok {
+			o.log.Info("VF has no netdev in the host netns; left alone", "pf", c.pf.PCIAddress, "vf", vf.Index, "vfPCI", vf.PCIAddress)
+			continue
+		}
+		name := vf.Name
+		if taken[name] {
+			name = fmt.Sprintf("%sv%d", o.args.IfName, vf.Index)
+			if len(name) > 15 || taken[name] {
+				return nil, nil, types.NewError(types.ErrInvalidEnvironmentVariables,
+					fmt.Sprintf("no free name in the pod for VF %d (%s): %q is taken there", vf.Index, vf.Name, vf.Name),
+					"use a shorter CNI_IFNAME")
+			}
+		}
+		taken[name] = true
+		links = append(links, l)
+		rec.Devices = append(rec.Devices, deviceOf(vf.PCIAddress, l, name, vf.Index))
+	}
+	return rec, links, nil
+}
+
+func deviceOf(addr string, l netlink.Link, podName string, vfIndex int) state.Device {
+	a := l.Attrs()
+	return state.Device{
+		PCIAddress: addr, OriginalName: a.Name, PodName: podName,
+		MAC: a.HardwareAddr.String(), MTU: a.MTU, Up: a.Flags&net.FlagUp != 0, VFIndex: vfIndex,
+	}
+}
+
+// attach moves the planned devices into the pod. The record is on disk
+// before the first device moves; on any failure every device goes back to
+// the host under its original name and the record goes away.
+func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ types.Result, err error) {
+	// The transit netns outlives the rollback below (defers run last in,
+	// first out), so a rollback finds devices parked there.
+	transit, err := netdev.Temp()
+	if err != nil {
+		return nil, asCNIError(err, "create transit netns")
+	}
+	defer transit.Close()
+	var undo undoList
+	defer func() {
+		if err != nil {
+			o.log.Error("ADD failed; rolling back", "pf", rec.PF().PCIAddress, "error", err)
+			err = asCNIError(undo.run(err), "attach PF "+rec.PF().PCIAddress)
+		}
+	}()
+
+	if err := o.store.Save(rec); err != nil {
+		return nil, err
+	}
+	undo.push(func() error { return o.release(rec, []*netdev.NS{pod, transit}, 0) })
+
+	if err := o.moveToPod(rec, links, transit, pod); err != nil {
+		return nil, err
+	}
+	podLinks, err := o.bringUp(rec, pod)
+	if err != nil {
+		return nil, err
+	}
+	res := o.result(rec, podLinks)
+	if o.conf.IPAM.Type != "" {
+		if err := o.runIPAM(res, pod); err != nil {
+			return nil, err
+		}
+		undo.push(o.ipamDel)
+	}
+	if err := o.mergePrevResult(res); err != nil {
+		return nil, err
+	}
+	if rec.Result, err = json.Marshal(res); err != nil {
+		return nil, fmt.Errorf("encode result: %w", err)
+	}
+	rec.Phase = state.Attached
+	if err := o.store.Save(rec); err != nil {
+		return nil, err
+	}
+	o.log.Info("attached PF", "pf", rec.PF().PCIAddress, "hostName", rec.PF().OriginalName, "vfs", len(rec.Devices)-1, "netns", rec.Netns)
+	return res, nil
+}
+
+// moveToPod tags each device on the host, then moves it through a private
+// transit netns: host -> transit, rename there, transit -> pod. Renaming in
+// transit never races udev or NetworkManager on the host, and never
+// collides with names the pod already has (its eth0).
+func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit, pod *netdev.NS) error {
+	for i, l := range links {
+		d := &rec.Devices[i]
+		if err := o.host.AddTag(l, d.PCIAddress); err != nil {
+			return err
+		}
+		if err := o.host.Move(l, transit); err != nil {
+			return err
+		}
+	}
+	inTransit, err := transit.ByPCI()
+	if err != nil {
+		return err
+	}
+	names := make(map[string]string, len(rec.Devices))
+	for _, d := range rec.Devices {
+		names[d.PCIAddress] = d.PodName
+	}
+	if err := transit.RenameAll(inTransit, names); err != nil {
+		return err
+	}
+	for _, d := range rec.Devices {
+		l, ok := inTransit[d.PCIAddress]
+		if !ok {
+			return fmt.Errorf("device %s (%s) vanished from the transit netns", d.PCIAddress, d.OriginalName)
+		}
+		if err := transit.Move(l, pod); err != nil {
+			return err
+		}
+		o.log.Info("moved device to pod", "pci", d.PCIAddress, "from", d.OriginalName, "to", d.PodName, "vf", d.VFIndex)
+	}
+	return nil
+}
+
+// bringUp sets the PF up in the pod, and each VF that was up on the host
+// (moving a device between namespaces takes it down).
+func (o *op) bringUp(rec *state.Record, pod *netdev.NS) (map[string]netlink.Link, error) {
+	podLinks, err := pod.ByPCI()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range rec.Devices {
+		l, ok := podLinks[d.PCIAddress]
+		if !ok {
+			return nil, fmt.Errorf("device %s (%s) is not in the pod after the move", d.PCIAddress, d.PodName)
+		}
+		if d.IsPF() || d.Up {
+			if err := pod.SetUp(l); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return podLinks, nil
+}
+
+// result lists the PF first, then each VF, as they are in the pod.
+func (o *op) result(rec *state.Record, podLinks map[string]netlink.Link) *current.Result {
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	for _, d := range rec.Devices {
+		a := podLinks[d.PCIAddress].Attrs()
+		res.Interfaces = append(res.Interfaces, &current.Interface{
+			Name: a.Name, Mac: a.HardwareAddr.String(), Mtu: a.MTU, Sandbox: o.args.Netns, PciID: d.PCIAddress,
+		})
+	}
+	return res
+}
+
+// asCNIError keeps a CNI error as it is and wraps anything else.
+func asCNIError(err error, msg string) error {
+	if e, ok := err.(*types.Error); ok {
+		return e
+	}
+	return types.NewError(types.ErrInternal, msg, err.Error())
+}

@@ -1,0 +1,147 @@
+// Package plugin implements the CNI commands: ADD hands a free SR-IOV PF
+// and all its VF netdevs to the pod, DEL gives them back whole.
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+// SupportedVersions are the CNI spec versions the plugin speaks.
+var SupportedVersions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+// Plugin holds the knobs that are not part of the network configuration.
+type Plugin struct {
+	// LockTimeout bounds the wait for the node-wide state lock.
+	LockTimeout time.Duration
+	// SettleTimeout bounds how long a release waits for devices that are
+	// not in the pod or on the host yet. The kernel tears a dead netns
+	// down asynchronously, and only then hands its physical devices back
+	// to init_net.
+	SettleTimeout time.Duration
+	// Stderr receives logs when the configuration names no logFile.
+	Stderr io.Writer
+}
+
+// New returns a Plugin with production defaults.
+func New() *Plugin {
+	return &Plugin{LockTimeout: 60 * time.Second, SettleTimeout: 3 * time.Second, Stderr: os.Stderr}
+}
+
+// Funcs wires the commands for skel.PluginMainFuncs.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
+}
+
+// op is the context of one plugin invocation.
+type op struct {
+	*Plugin
+	args  *skel.CmdArgs
+	conf  *config.NetConf
+	pod   config.Pod
+	log   *slog.Logger
+	sys   sriov.Sysfs
+	store state.Store
+	host  *netdev.NS
+	close func()
+}
+
+// begin parses the configuration and CNI_ARGS, opens the log and the host
+// netns. Everything it returns an error for happens before any change.
+func (p *Plugin) begin(args *skel.CmdArgs) (*op, error) {
+	conf, err := config.Parse(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	pod, err := config.ParseArgs(args.Args)
+	if err != nil {
+		return nil, err
+	}
+	logger, closeLog, err := openLog(conf, p.Stderr)
+	if err != nil {
+		return nil, types.NewError(types.ErrIOFailure, "open log file", err.Error())
+	}
+	logger = logger.With("container", args.ContainerID, "ifname", args.IfName, "pod", pod.String())
+	host, err := netdev.Current()
+	if err != nil {
+		closeLog()
+		return nil, types.NewError(types.ErrInternal, "open host netns", err.Error())
+	}
+	o := &op{
+		Plugin: p, args: args, conf: conf, pod: pod, log: logger,
+		sys:   sriov.Sysfs{Root: conf.SysfsRoot},
+		store: state.Store{Dir: conf.StateDir},
+		host:  host,
+	}
+	o.close = func() { host.Close(); closeLog() }
+	return o, nil
+}
+
+// lock takes the node-wide lock; busy for too long is "try again later".
+func (o *op) lock() (func(), error) {
+	unlock, err := o.store.Lock(o.LockTimeout)
+	if errors.Is(err, state.ErrLockTimeout) {
+		return nil, types.NewError(types.ErrTryAgainLater, "state lock busy", err.Error())
+	}
+	if err != nil {
+		return nil, types.NewError(types.ErrIOFailure, "take state lock", err.Error())
+	}
+	return unlock, nil
+}
+
+// openPodNS opens CNI_NETNS and refuses anything that is not a pod's own
+// netns: a missing path, a file that is not a netns, the host netns.
+func (o *op) openPodNS() (*netdev.NS, error) {
+	path := o.args.Netns
+	if path == "" {
+		return nil, types.NewError(types.ErrInvalidNetNS, "CNI_NETNS is empty", "ADD needs the pod's network namespace path")
+	}
+	pod, err := netdev.Open(path)
+	switch {
+	case netdev.IsNotExist(err):
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q does not exist", path), err.Error())
+	case netdev.IsNotNS(err):
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q is not a network namespace", path), err.Error())
+	case err != nil:
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open CNI_NETNS %q", path), err.Error())
+	}
+	same, err := netdev.Same(pod, o.host)
+	if err != nil || same {
+		pod.Close()
+		if err == nil {
+			err = errors.New("refusing to move the host's devices into the host netns")
+		}
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q is the plugin's own (host) network namespace", path), err.Error())
+	}
+	return pod, nil
+}
+
+func openLog(conf *config.NetConf, stderr io.Writer) (*slog.Logger, func(), error) {
+	level, err := config.ParseLogLevel(conf.LogLevel)
+	if err != nil {
+		return nil, nil, err
+	}
+	w, closeFn := stderr, func() {}
+	if conf.LogFile != "" {
+		f, err := os.OpenFile(conf.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, nil, err
+		}
+		w, closeFn = f, func() { f.Close() }
+	}
+	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
+	return slog.New(h).With("plugin", "sriov-passthrough-cni", "cmd", os.Getenv("CNI_COMMAND")), closeFn, nil
+}

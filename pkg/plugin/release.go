@@ -1,0 +1,233 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+// release gives every device of rec that is not yet back to the host,
+// under its original name, MTU and admin state, then removes the record.
+// It looks for each device, by PCI address, in places (the pod netns, nil
+// when gone) and on the host; for devices found nowhere it waits up to
+// settle for the kernel to hand them back from a dying netns. A device still
+// missing then stays pending in the record, and a later run retries it. The
+// error is non-nil only when a device was found and could not be restored.
+func (o *op) release(rec *state.Record, places []*netdev.NS, settle time.Duration) error {
+	log := o.log.With("releasing", rec.Key(), "owner", rec.Pod.String(), "pf", rec.PF().PCIAddress)
+	if rec.Phase != state.Releasing {
+		rec.Phase = state.Releasing
+		if err := o.store.Save(rec); err != nil {
+			return err
+		}
+	}
+	o.dropVanished(rec, log)
+	if len(rec.Pending()) == 0 {
+		return o.finish(rec, log)
+	}
+	transit, err := netdev.Temp()
+	if err != nil {
+		return err
+	}
+	defer transit.Close()
+
+	g := &gathering{transit: transit, in: map[string]netlink.Link{}, from: map[string]*netdev.NS{}}
+	err = o.gather(rec, g, places, settle)
+	err = errors.Join(err, o.restore(rec, g, log))
+	for _, d := range rec.Pending() {
+		if _, ok := g.from[d.PCIAddress]; !ok {
+			log.Warn("device not found in the pod or on the host; will retry on the next ADD, DEL or GC",
+				"pci", d.PCIAddress, "originalName", d.OriginalName, "podName", d.PodName)
+		}
+	}
+	if len(rec.Pending()) > 0 {
+		return errors.Join(err, o.store.Save(rec))
+	}
+	return errors.Join(err, o.finish(rec, log))
+}
+
+func (o *op) finish(rec *state.Record, log interface{ Info(string, ...any) }) error {
+	if err := o.store.Remove(rec.Key()); err != nil {
+		return err
+	}
+	log.Info("released PF; record removed", "hostName", rec.PF().OriginalName)
+	return nil
+}
+
+// dropVanished marks devices whose PCI function no longer exists as done:
+// lowering sriov_numvfs removes VFs, and their netdevs with them.
+func (o *op) dropVanished(rec *state.Record, log interface{ Warn(string, ...any) }) {
+	for _, d := range rec.Pending() {
+		if !o.sys.DeviceExists(d.PCIAddress) {
+			log.Warn("PCI function is gone from the node; dropping it from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
+			d.Released = true
+		}
+	}
+}
+
+// gathering tracks the devices collected in the transit netns.
+type gathering struct {
+	transit *netdev.NS
+	in      map[string]netlink.Link   // PCI address -> link, in transit
+	from    map[string]*netdev.NS     // PCI address -> where it was found
+	atHost  map[string]netlink.Link   // found on the host already named right
+	parked  int
+}
+
+// gather moves every pending device it can find into transit. Devices
+// already on the host under their original name stay where they are.
+func (o *op) gather(rec *state.Record, g *gathering, places []*netdev.NS, settle time.Duration) error {
+	g.atHost = map[string]netlink.Link{}
+	search := append(append([]*netdev.NS{}, places...), o.host)
+	deadline := time.Now().Add(settle)
+	for {
+		for _, ns := range search {
+			if ns == nil {
+				continue
+			}
+			links, err := ns.ByPCI()
+			if err != nil {
+				return err
+			}
+			for _, d := range rec.Pending() {
+				l, ok := links[d.PCIAddress]
+				if _, done := g.from[d.PCIAddress]; done || !ok {
+					continue
+				}
+				if ns == o.host && l.Attrs().Name == d.OriginalName {
+					g.from[d.PCIAddress], g.atHost[d.PCIAddress] = ns, l
+					continue
+				}
+				if err := g.admit(ns, l, d.PCIAddress); err != nil {
+					return err
+				}
+			}
+		}
+		if len(g.from) == len(rec.Pending()) || !time.Now().Before(deadline) {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// admit moves l from ns into transit. Devices come from several places, so
+// two may share a name; the one already in transit is parked aside first.
+func (g *gathering) admit(ns *netdev.NS, l netlink.Link, addr string) error {
+	name := l.Attrs().Name
+	for a, t := range g.in {
+		if t.Attrs().Name == name && a != addr {
+			if err := g.transit.Rename(t, fmt.Sprintf("sptmp%d", g.parked)); err != nil {
+				return err
+			}
+			g.parked++
+		}
+	}
+	if err := ns.Move(l, g.transit); err != nil {
+		return err
+	}
+	g.in[addr], g.from[addr] = l, ns
+	return nil
+}
+
+// restore renames the gathered devices to their original names, moves them
+// to the host, and brings back their MTU and admin state.
+func (o *op) restore(rec *state.Record, g *gathering, log interface{ Info(string, ...any) }) error {
+	var errs []error
+	if len(g.in) > 0 {
+		inTransit, err := g.transit.ByPCI()
+		if err != nil {
+			return err
+		}
+		names := map[string]string{}
+		for _, d := range rec.Pending() {
+			if _, ok := inTransit[d.PCIAddress]; ok {
+				names[d.PCIAddress] = d.OriginalName
+			}
+		}
+		if err := g.transit.RenameAll(inTransit, names); err != nil {
+			return err
+		}
+		for _, d := range rec.Pending() {
+			l, ok := inTransit[d.PCIAddress]
+			if !ok {
+				continue
+			}
+			if err := g.transit.SetMTU(l, d.MTU); err != nil {
+				errs = append(errs, err)
+			}
+			if err := g.transit.Move(l, o.host); err != nil {
+				errs = append(errs, err)
+				// Do not leave it in transit: a virtual link would die with
+				// it, and a physical one would return as devN.
+				if src := g.from[d.PCIAddress]; src != nil && src != o.host {
+					if berr := g.transit.Move(l, src); berr != nil {
+						errs = append(errs, berr)
+					}
+				}
+				delete(g.from, d.PCIAddress)
+			}
+		}
+	}
+	hostLinks, err := o.host.ByPCI()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, d := range rec.Pending() {
+		if _, found := g.from[d.PCIAddress]; !found {
+			continue
+		}
+		l, ok := hostLinks[d.PCIAddress]
+		if !ok || l.Attrs().Name != d.OriginalName {
+			errs = append(errs, fmt.Errorf("device %s is not on the host as %q after the move", d.PCIAddress, d.OriginalName))
+			continue
+		}
+		if err := o.restoreHostState(l, d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d.Released = true
+		log.Info("device back on the host", "pci", d.PCIAddress, "name", d.OriginalName, "vf", d.VFIndex)
+	}
+	return errors.Join(errs...)
+}
+
+func (o *op) restoreHostState(l netlink.Link, d *state.Device) error {
+	if err := o.host.SetMTU(l, d.MTU); err != nil {
+		return err
+	}
+	if d.Up {
+		if err := o.host.SetUp(l); err != nil {
+			return err
+		}
+	}
+	return o.host.DelTag(l, d.PCIAddress)
+}
+
+// vet refuses a record whose devices are not this node's SR-IOV PF and its
+// VFs, so a tampered or foreign state file cannot make the plugin move
+// arbitrary devices.
+func (o *op) vet(rec *state.Record) error {
+	pf, err := o.sys.PF(rec.PF().PCIAddress)
+	if errors.Is(err, sriov.ErrNotPF) && !o.sys.DeviceExists(rec.PF().PCIAddress) {
+		return nil // the PF itself is gone (hot-unplugged): nothing to move
+	}
+	if err != nil {
+		return err
+	}
+	vfs := map[string]bool{}
+	for _, vf := range pf.VFs {
+		vfs[vf.PCIAddress] = true
+	}
+	for _, d := range rec.Devices[1:] {
+		if !vfs[d.PCIAddress] && o.sys.DeviceExists(d.PCIAddress) {
+			return fmt.Errorf("device %s is not a VF of PF %s", d.PCIAddress, pf.PCIAddress)
+		}
+	}
+	return nil
+}

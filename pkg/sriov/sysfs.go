@@ -1,0 +1,161 @@
+// Package sriov discovers SR-IOV physical functions and their virtual
+// functions from sysfs.
+//
+// sysfs lists only the netdevs of the network namespace it was mounted for:
+// /sys/class/net and /sys/bus/pci/devices/<addr>/net/ are empty for a device
+// that sits in a pod. Discovery therefore answers "which PFs exist and which
+// VFs belong to them" by PCI address; where a netdev is right now is for
+// netlink to say.
+package sriov
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Sysfs reads a sysfs tree mounted at Root ("/sys" on a node, a temp dir
+// in tests).
+type Sysfs struct {
+	Root string
+}
+
+// PF is an SR-IOV physical function.
+type PF struct {
+	PCIAddress string
+	// Name is the PF's netdev name in the netns sysfs was mounted for; ""
+	// when the PF has no netdev there.
+	Name     string
+	TotalVFs int
+	NumVFs   int
+	VFs      []VF
+}
+
+// VF is one virtual function of a PF.
+type VF struct {
+	Index      int
+	PCIAddress string
+	// Name is the VF's netdev name, "" when it has none in this netns (bound
+	// to vfio-pci or no driver at all, or the netdev is elsewhere).
+	Name string
+}
+
+// PFs lists every netdev under class/net whose PCI device can have VFs
+// (sriov_totalvfs > 0), sorted by PCI address.
+func (s Sysfs) PFs() ([]PF, error) {
+	entries, err := os.ReadDir(filepath.Join(s.Root, "class", "net"))
+	if err != nil {
+		return nil, fmt.Errorf("list network devices in sysfs: %w", err)
+	}
+	var pfs []PF
+	for _, e := range entries {
+		dev := filepath.Join(s.Root, "class", "net", e.Name(), "device")
+		total, err := readInt(filepath.Join(dev, "sriov_totalvfs"))
+		if err != nil || total <= 0 {
+			continue // virtual netdev, or a PCI device without SR-IOV
+		}
+		addr, err := pciAddressOf(dev)
+		if err != nil {
+			return nil, fmt.Errorf("resolve PCI address of %q: %w", e.Name(), err)
+		}
+		pf, err := s.pf(addr, dev)
+		if err != nil {
+			return nil, err
+		}
+		pf.Name = e.Name()
+		pfs = append(pfs, pf)
+	}
+	sort.Slice(pfs, func(i, j int) bool { return pfs[i].PCIAddress < pfs[j].PCIAddress })
+	return pfs, nil
+}
+
+// PF reads one PF by PCI address. It fails with ErrNotPF when the address
+// is not an SR-IOV physical function on this node.
+func (s Sysfs) PF(addr string) (PF, error) {
+	dev := s.DevicePath(addr)
+	total, err := readInt(filepath.Join(dev, "sriov_totalvfs"))
+	if err != nil || total <= 0 {
+		return PF{}, fmt.Errorf("%s: %w", addr, ErrNotPF)
+	}
+	pf, err := s.pf(addr, dev)
+	if err != nil {
+		return PF{}, err
+	}
+	pf.Name = firstNetdev(dev)
+	return pf, nil
+}
+
+// ErrNotPF says a PCI address is not an SR-IOV physical function here.
+var ErrNotPF = errors.New("not an SR-IOV physical function on this node")
+
+// DevicePath is the sysfs directory of a PCI device.
+func (s Sysfs) DevicePath(addr string) string {
+	return filepath.Join(s.Root, "bus", "pci", "devices", addr)
+}
+
+// DeviceExists reports whether a PCI device is present. A VF's device goes
+// away when sriov_numvfs is lowered; its netdev is then gone for good.
+func (s Sysfs) DeviceExists(addr string) bool {
+	_, err := os.Stat(s.DevicePath(addr))
+	return err == nil
+}
+
+func (s Sysfs) pf(addr, dev string) (PF, error) {
+	pf := PF{PCIAddress: addr}
+	var err error
+	if pf.TotalVFs, err = readInt(filepath.Join(dev, "sriov_totalvfs")); err != nil {
+		return PF{}, fmt.Errorf("read sriov_totalvfs of %s: %w", addr, err)
+	}
+	if pf.NumVFs, err = readInt(filepath.Join(dev, "sriov_numvfs")); err != nil {
+		return PF{}, fmt.Errorf("read sriov_numvfs of %s: %w", addr, err)
+	}
+	links, err := filepath.Glob(filepath.Join(dev, "virtfn*"))
+	if err != nil {
+		return PF{}, err
+	}
+	for _, l := range links {
+		idx, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(l), "virtfn"))
+		if err != nil {
+			continue
+		}
+		vfAddr, err := pciAddressOf(l)
+		if err != nil {
+			return PF{}, fmt.Errorf("resolve %s of PF %s: %w", filepath.Base(l), addr, err)
+		}
+		pf.VFs = append(pf.VFs, VF{Index: idx, PCIAddress: vfAddr, Name: firstNetdev(l)})
+	}
+	sort.Slice(pf.VFs, func(i, j int) bool { return pf.VFs[i].Index < pf.VFs[j].Index })
+	return pf, nil
+}
+
+// pciAddressOf resolves a sysfs link to a PCI device directory; the
+// directory's base name is the device's address.
+func pciAddressOf(link string) (string, error) {
+	target, err := filepath.EvalSymlinks(link)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Base(target), nil
+}
+
+// firstNetdev returns the netdev name under dev/net, "" when there is none.
+// A PCI function has at most one netdev for the drivers we care about.
+func firstNetdev(dev string) string {
+	entries, err := os.ReadDir(filepath.Join(dev, "net"))
+	if err != nil || len(entries) == 0 {
+		return ""
+	}
+	return entries[0].Name()
+}
+
+func readInt(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}

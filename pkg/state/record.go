@@ -1,0 +1,150 @@
+// Package state persists one record per attachment under the state
+// directory and serialises plugin processes with a file lock.
+//
+// A record is written before the first device moves and removed only after
+// every device is back on the host, so whatever kills a plugin process
+// part-way, the next one finds out what to put back.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+)
+
+// Version of the record format.
+const Version = 1
+
+// Phase says how far an operation on an attachment got.
+type Phase string
+
+const (
+	// Adding: the record is written and devices may be on their way to the
+	// pod. Found by another process, it means its ADD died: roll it back.
+	Adding Phase = "adding"
+	// Attached: ADD finished; the pod holds the devices.
+	Attached Phase = "attached"
+	// Releasing: DEL (or GC, or a rollback) began giving devices back. Some
+	// devices may not have been found yet; any later run retries them.
+	Releasing Phase = "releasing"
+)
+
+// Device is one netdev the attachment took: the PF or one of its VFs.
+type Device struct {
+	PCIAddress   string `json:"pciAddress"`
+	OriginalName string `json:"originalName"`
+	// PodName is the name the device was given in the pod.
+	PodName string `json:"podName"`
+	MAC     string `json:"mac"`
+	MTU     int    `json:"mtu"`
+	Up      bool   `json:"up"`
+	// VFIndex is the VF's index under its PF, -1 for the PF itself.
+	VFIndex int `json:"vfIndex"`
+	// Released is set once the device is back on the host under its
+	// original name.
+	Released bool `json:"released,omitempty"`
+}
+
+// IsPF reports whether the device is the physical function.
+func (d Device) IsPF() bool { return d.VFIndex < 0 }
+
+// Record is everything one attachment took, and from whom.
+type Record struct {
+	Version     int        `json:"version"`
+	ContainerID string     `json:"containerID"`
+	IfName      string     `json:"ifName"`
+	Netns       string     `json:"netns"`
+	NetnsID     netdev.ID  `json:"netnsID"`
+	Pod         config.Pod `json:"pod"`
+	Phase       Phase      `json:"phase"`
+	Created     time.Time  `json:"created"`
+	// Devices holds the PF first, then its VFs.
+	Devices []Device `json:"devices"`
+	// Result is the CNI result ADD printed, as JSON in the request's
+	// version; CHECK and an idempotent ADD read it back.
+	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// Key names the record of an attachment. Neither a container ID nor an
+// interface name may contain a colon, so the key is unambiguous.
+func Key(containerID, ifName string) string {
+	return containerID + ":" + ifName
+}
+
+// Key is the record's own key.
+func (r *Record) Key() string { return Key(r.ContainerID, r.IfName) }
+
+// PF is the record's physical function.
+func (r *Record) PF() *Device { return &r.Devices[0] }
+
+// Pending lists the devices not yet given back.
+func (r *Record) Pending() []*Device {
+	var out []*Device
+	for i := range r.Devices {
+		if !r.Devices[i].Released {
+			out = append(out, &r.Devices[i])
+		}
+	}
+	return out
+}
+
+// Validate rejects a record that could make the plugin touch devices it
+// never took: every address must be a PCI address, names valid, the PF
+// first and alone.
+func (r *Record) Validate() error {
+	var errs []error
+	if r.Version != Version {
+		errs = append(errs, fmt.Errorf("version %d, want %d", r.Version, Version))
+	}
+	if r.ContainerID == "" || strings.ContainsAny(r.ContainerID, "/\x00") {
+		errs = append(errs, fmt.Errorf("bad containerID %q", r.ContainerID))
+	}
+	if err := config.ValidateIfName(r.IfName); err != nil {
+		errs = append(errs, err)
+	}
+	switch r.Phase {
+	case Adding, Attached, Releasing:
+	default:
+		errs = append(errs, fmt.Errorf("unknown phase %q", r.Phase))
+	}
+	if len(r.Devices) == 0 {
+		errs = append(errs, errors.New("no devices"))
+	}
+	seen := map[string]bool{}
+	for i, d := range r.Devices {
+		if !config.IsPCIAddress(d.PCIAddress) {
+			errs = append(errs, fmt.Errorf("device %d: bad PCI address %q", i, d.PCIAddress))
+		}
+		if seen[d.PCIAddress] {
+			errs = append(errs, fmt.Errorf("device %d: PCI address %s listed twice", i, d.PCIAddress))
+		}
+		seen[d.PCIAddress] = true
+		if err := config.ValidateIfName(d.OriginalName); err != nil {
+			errs = append(errs, fmt.Errorf("device %d original name: %w", i, err))
+		}
+		if err := config.ValidateIfName(d.PodName); err != nil {
+			errs = append(errs, fmt.Errorf("device %d pod name: %w", i, err))
+		}
+		if (i == 0) != d.IsPF() {
+			errs = append(errs, fmt.Errorf("device %d: the PF must come first and only once", i))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Decode parses and validates a record.
+func Decode(data []byte) (*Record, error) {
+	var r Record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("decode record: %w", err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid record: %w", err)
+	}
+	return &r, nil
+}
