@@ -38,7 +38,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		if err != nil {
 			return err
 		}
-		return types.PrintResult(res, o.conf.CNIVersion)
+		return o.print(res)
 	}
 	view, err := o.viewHost()
 	if err != nil {
@@ -57,7 +57,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	return types.PrintResult(res, o.conf.CNIVersion)
+	return o.print(res)
 }
 
 // existingAttachment handles a second ADD for a container+ifname that

@@ -12,6 +12,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
@@ -32,13 +33,14 @@ type Plugin struct {
 	// down asynchronously, and only then hands its physical devices back
 	// to init_net.
 	SettleTimeout time.Duration
-	// Stderr receives logs when the configuration names no logFile.
-	Stderr io.Writer
+	// Stdout receives the CNI result; Stderr the logs when the
+	// configuration names no logFile.
+	Stdout, Stderr io.Writer
 }
 
 // New returns a Plugin with production defaults.
 func New() *Plugin {
-	return &Plugin{LockTimeout: 60 * time.Second, SettleTimeout: 3 * time.Second, Stderr: os.Stderr}
+	return &Plugin{LockTimeout: 60 * time.Second, SettleTimeout: 3 * time.Second, Stdout: os.Stdout, Stderr: os.Stderr}
 }
 
 // Funcs wires the commands for skel.PluginMainFuncs.
@@ -144,4 +146,25 @@ func openLog(conf *config.NetConf, stderr io.Writer) (*slog.Logger, func(), erro
 	}
 	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
 	return slog.New(h).With("plugin", "sriov-passthrough-cni", "cmd", os.Getenv("CNI_COMMAND")), closeFn, nil
+}
+
+// print writes the result in the version the request asked for.
+func (o *op) print(res types.Result) error {
+	out, err := res.GetAsVersion(o.conf.CNIVersion)
+	if err != nil {
+		return types.NewError(types.ErrIncompatibleCNIVersion, "convert result", err.Error())
+	}
+	// 1.0.0 shares its Go type with 1.1.0, but mtu, pciID and socketPath
+	// only exist from 1.1.0 on: a 1.0.0 runtime must not see them.
+	if r, ok := out.(*current.Result); ok && o.conf.CNIVersion == "1.0.0" {
+		stripped := *r
+		stripped.Interfaces = nil
+		for _, i := range r.Interfaces {
+			c := *i
+			c.Mtu, c.PciID, c.SocketPath = 0, "", ""
+			stripped.Interfaces = append(stripped.Interfaces, &c)
+		}
+		out = &stripped
+	}
+	return out.PrintTo(o.Stdout)
 }

@@ -74,9 +74,9 @@ func (o *op) dropVanished(rec *state.Record, log interface{ Warn(string, ...any)
 // gathering tracks the devices collected in the transit netns.
 type gathering struct {
 	transit *netdev.NS
-	in      map[string]netlink.Link   // PCI address -> link, in transit
-	from    map[string]*netdev.NS     // PCI address -> where it was found
-	atHost  map[string]netlink.Link   // found on the host already named right
+	in      map[string]netlink.Link // PCI address -> link, in transit
+	from    map[string]*netdev.NS   // PCI address -> where it was found
+	atHost  map[string]netlink.Link // found on the host already named right
 	parked  int
 }
 

@@ -1,0 +1,233 @@
+// Package kerneltest builds throwaway worlds for tests that need the real
+// kernel: a "host" netns holding ifb links that stand in for PF and VF
+// netdevs, and a fake sysfs tree in a temp dir that describes them the way
+// /sys does (class/net/<name>/device -> the PCI function, sriov_totalvfs,
+// virtfnN -> the VF's PCI function, <function>/net/<name>).
+package kerneltest
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+)
+
+// RequireRoot skips a test that needs root, with a clear message, except
+// under CI (CI=true), where a skipped kernel test would hide a regression.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this kernel test needs root (network namespaces, real links) and CI=true: run CI as root")
+	}
+	t.Skip("skipped: needs root to create network namespaces and links (run as root, as CI does)")
+}
+
+// Env is one test's world.
+type Env struct {
+	t         testing.TB
+	Host      ns.NetNS
+	SysfsRoot string
+	StateDir  string
+	PFs       []PF
+	nextBus   int
+}
+
+// PF is a fake PF: its PCI address, host name and VFs.
+type PF struct {
+	PCI  string
+	Name string
+	VFs  []VF
+}
+
+// VF is a fake VF; Name is "" when it has no netdev.
+type VF struct {
+	Index int
+	PCI   string
+	Name  string
+}
+
+// New makes an empty host netns, sysfs tree and state dir, all removed when
+// the test ends.
+func New(t testing.TB) *Env {
+	t.Helper()
+	RequireRoot(t)
+	host, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create host netns: %v", err)
+	}
+	t.Cleanup(func() { closeNS(host) })
+	dir := t.TempDir()
+	e := &Env{t: t, Host: host, SysfsRoot: filepath.Join(dir, "sys"), StateDir: filepath.Join(dir, "state"), nextBus: 0x3b}
+	for _, d := range []string{"class/net", "bus/pci/devices", "devices/pci0000:00"} {
+		must(t, os.MkdirAll(filepath.Join(e.SysfsRoot, d), 0o755))
+	}
+	return e
+}
+
+// NewPod makes a pod netns, closed and unmounted when the test ends unless
+// the test deleted it first.
+func (e *Env) NewPod() ns.NetNS {
+	e.t.Helper()
+	pod, err := testutils.NewNS()
+	if err != nil {
+		e.t.Fatalf("create pod netns: %v", err)
+	}
+	e.t.Cleanup(func() { closeNS(pod) })
+	return pod
+}
+
+func closeNS(n ns.NetNS) {
+	_ = n.Close()
+	_ = testutils.UnmountNS(n)
+}
+
+// DeleteNS makes a netns go away as a force-deleted pod's does: the handle
+// is closed and the bind mount removed. The kernel destroys it once nothing
+// refers to it; virtual links in it die with it.
+func DeleteNS(t testing.TB, n ns.NetNS) {
+	t.Helper()
+	closeNS(n)
+}
+
+// AddPF creates a PF called name with numVFs VF netdevs named <name>v<i>.
+func (e *Env) AddPF(name string, numVFs int) PF {
+	return e.AddPFWithVFs(name, numVFs, nil)
+}
+
+// AddPFWithVFs is AddPF where the VFs whose index is in noNetdev get a PCI
+// function but no netdev (as when bound to vfio-pci).
+func (e *Env) AddPFWithVFs(name string, numVFs int, noNetdev map[int]bool) PF {
+	e.t.Helper()
+	bus := e.nextBus
+	e.nextBus++
+	pf := PF{PCI: fmt.Sprintf("0000:%02x:00.0", bus), Name: name}
+	pfDir := e.pciDir(pf.PCI)
+	e.writeFile(filepath.Join(pfDir, "sriov_totalvfs"), fmt.Sprint(max(numVFs, 1)))
+	e.writeFile(filepath.Join(pfDir, "sriov_numvfs"), fmt.Sprint(numVFs))
+	e.addNetdev(pf.PCI, name)
+	for i := range numVFs {
+		// VFs live on their own bus, 8 functions per device, as on metal.
+		vf := VF{Index: i, PCI: fmt.Sprintf("0000:%02x:%02x.%d", bus+0x40, i/8, i%8)}
+		vfDir := e.pciDir(vf.PCI)
+		must(e.t, os.Symlink("../"+pf.PCI, filepath.Join(vfDir, "physfn")))
+		must(e.t, os.Symlink("../"+vf.PCI, filepath.Join(pfDir, fmt.Sprintf("virtfn%d", i))))
+		if !noNetdev[i] {
+			vf.Name = fmt.Sprintf("%sv%d", name, i)
+			e.addNetdev(vf.PCI, vf.Name)
+		}
+		pf.VFs = append(pf.VFs, vf)
+	}
+	e.PFs = append(e.PFs, pf)
+	return pf
+}
+
+// AddPlainNetdev creates a non-SR-IOV netdev (no sriov_totalvfs), like a
+// node's ordinary NIC.
+func (e *Env) AddPlainNetdev(pci, name string) {
+	e.t.Helper()
+	e.pciDir(pci)
+	e.addNetdev(pci, name)
+}
+
+func (e *Env) pciDir(pci string) string {
+	dir := filepath.Join(e.SysfsRoot, "devices", "pci0000:00", pci)
+	must(e.t, os.MkdirAll(dir, 0o755))
+	must(e.t, os.Symlink("../../../devices/pci0000:00/"+pci, filepath.Join(e.SysfsRoot, "bus", "pci", "devices", pci)))
+	return dir
+}
+
+// addNetdev makes a real ifb link in the host netns and the sysfs entries
+// that tie its name to a PCI function.
+func (e *Env) addNetdev(pci, name string) {
+	e.t.Helper()
+	err := e.Host.Do(func(ns.NetNS) error {
+		return netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name}})
+	})
+	if err != nil {
+		e.t.Fatalf("create link %q: %v", name, err)
+	}
+	netDir := filepath.Join(e.SysfsRoot, "devices", "pci0000:00", pci, "net", name)
+	must(e.t, os.MkdirAll(netDir, 0o755))
+	must(e.t, os.Symlink("../../", filepath.Join(netDir, "device")))
+	must(e.t, os.Symlink("../../devices/pci0000:00/"+pci+"/net/"+name, filepath.Join(e.SysfsRoot, "class", "net", name)))
+}
+
+// RemoveVF makes a VF's PCI function disappear, as lowering sriov_numvfs
+// does.
+func (e *Env) RemoveVF(pf PF, index int) {
+	e.t.Helper()
+	vf := pf.VFs[index]
+	must(e.t, os.RemoveAll(filepath.Join(e.SysfsRoot, "devices", "pci0000:00", vf.PCI)))
+	must(e.t, os.Remove(filepath.Join(e.SysfsRoot, "bus", "pci", "devices", vf.PCI)))
+	must(e.t, os.Remove(filepath.Join(e.SysfsRoot, "devices", "pci0000:00", pf.PCI, fmt.Sprintf("virtfn%d", index))))
+	if vf.Name != "" {
+		_ = os.Remove(filepath.Join(e.SysfsRoot, "class", "net", vf.Name))
+	}
+}
+
+func (e *Env) writeFile(path, content string) {
+	must(e.t, os.WriteFile(path, []byte(content+"\n"), 0o644))
+}
+
+// Conf is a plugin configuration for this world; fields override or add
+// to the defaults (a reservedInterfacesFile of "" so the node's real file
+// is never read).
+func (e *Env) Conf(fields map[string]any) []byte {
+	e.t.Helper()
+	c := map[string]any{
+		"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "type": "sriov-passthrough-cni",
+		"sysfsRoot": e.SysfsRoot, "stateDir": e.StateDir, "reservedInterfacesFile": "",
+	}
+	for k, v := range fields {
+		c[k] = v
+	}
+	b, err := json.Marshal(c)
+	must(e.t, err)
+	return b
+}
+
+// Links lists the links in a netns by name (loopback left out).
+func Links(t testing.TB, n ns.NetNS) map[string]netlink.Link {
+	t.Helper()
+	out := map[string]netlink.Link{}
+	err := n.Do(func(ns.NetNS) error {
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			if l.Attrs().Name != "lo" {
+				out[l.Attrs().Name] = l
+			}
+		}
+		return err
+	})
+	must(t, err)
+	return out
+}
+
+// AllNames is every netdev name the env created for its PFs and VFs.
+func (e *Env) AllNames() []string {
+	var names []string
+	for _, pf := range e.PFs {
+		names = append(names, pf.Name)
+		for _, vf := range pf.VFs {
+			if vf.Name != "" {
+				names = append(names, vf.Name)
+			}
+		}
+	}
+	return names
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
