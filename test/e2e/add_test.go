@@ -1,0 +1,213 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// ADD net1 into a fresh netns with cnitool: the pod holds the lowest PF as
+// net1 (its sysfs visible there) and all 7 VFs; the host lost exactly those.
+func TestAddMovesPFAndAllVFs(t *testing.T) {
+	h := newHarness(t, nil)
+	p := h.newPod()
+	before := mustLinks(t, "")
+
+	res := h.toolAdd(p, "net1")
+
+	a := wholePF(p, "net1", pfs[0])
+	if len(a.vfs) != 7 {
+		t.Fatalf("%s has %d VFs, the igb model has 7", pfs[0], len(a.vfs))
+	}
+	assertAttached(t, a, res)
+	assertPodHolds(t, p, a.pcis()...)
+	assertHostLost(t, before, a)
+	if res.CNIVersion != "1.1.0" {
+		t.Errorf("result cniVersion = %q, want 1.1.0", res.CNIVersion)
+	}
+	if n := len(h.records()); n != 1 {
+		t.Errorf("state dir holds %d records, want 1: %v", n, h.records())
+	}
+	t.Logf("pod %s holds %s as net1 and VFs %v", p.name, pfs[0], a.vfs)
+}
+
+// One pod asking twice (net1, net2) gets two different PFs, lowest first.
+func TestTwoAttachmentsGetDifferentPFs(t *testing.T) {
+	h := newHarness(t, nil)
+	p := h.newPod()
+	before := mustLinks(t, "")
+
+	r1 := h.toolAdd(p, "net1")
+	r2 := h.toolAdd(p, "net2")
+
+	a1, a2 := wholePF(p, "net1", pfs[0]), wholePF(p, "net2", pfs[1])
+	assertAttached(t, a1, r1)
+	assertAttached(t, a2, r2)
+	assertPodHolds(t, p, append(a1.pcis(), a2.pcis()...)...)
+	assertHostLost(t, before, a1, a2)
+	if r1.Interfaces[0].PciID == r2.Interfaces[0].PciID {
+		t.Errorf("net1 and net2 got the same PF %s", r1.Interfaces[0].PciID)
+	}
+}
+
+// With every PF taken, ADD fails with CNI code 11 ("try again later"), says
+// why each PF is unavailable, and changes nothing anywhere.
+func TestNoFreePFIsCode11AndChangesNothing(t *testing.T) {
+	h := newHarness(t, nil)
+	pa, pb, pc := h.newPod(), h.newPod(), h.newPod()
+	h.mustLibAdd(pa, "net1")
+	h.mustLibAdd(pa, "net2")
+	h.mustLibAdd(pb, "net1")
+
+	host := mustLinks(t, "")
+	inA, inB := mustLinks(t, pa.path), mustLinks(t, pb.path)
+	records := h.records()
+
+	_, err := h.libAdd(pc, "net1")
+	if err == nil {
+		t.Cleanup(func() { _ = h.libDel(pc, "net1") })
+		t.Fatal("ADD succeeded with no free PF")
+	}
+	if code := cniCode(err); code != 11 {
+		t.Errorf("ADD error code = %d, want 11: %v", code, err)
+	}
+	for _, f := range pfs {
+		if !strings.Contains(err.Error(), f.PCI) && !strings.Contains(err.Error(), f.Name) {
+			t.Errorf("error does not say why %s is unavailable: %v", f, err)
+		}
+	}
+	t.Logf("ADD with no free PF: %v", err)
+
+	// cnitool reports the same failure with a non-zero exit.
+	if _, err := h.cnitool("add", netName, pc.path, "-i", "net1"); err == nil {
+		t.Cleanup(func() { _, _ = h.cnitool("del", netName, pc.path, "-i", "net1") })
+		t.Error("cnitool add succeeded with no free PF")
+	}
+
+	assertSame(t, "host", host, mustLinks(t, ""))
+	assertSame(t, pa.name, inA, mustLinks(t, pa.path))
+	assertSame(t, pb.name, inB, mustLinks(t, pb.path))
+	if got, _, _ := netnsLinks(pc.path); len(got) != 0 {
+		t.Errorf("the refused pod holds %v", got)
+	}
+	if got := h.records(); fmt.Sprint(got) != fmt.Sprint(records) {
+		t.Errorf("state records changed: %v -> %v", records, got)
+	}
+}
+
+func assertSame(t *testing.T, where string, before, after map[string]link) {
+	t.Helper()
+	for pci, b := range before {
+		if a, ok := after[pci]; !ok || a.Name != b.Name || a.MAC != b.MAC || a.Up != b.Up {
+			t.Errorf("%s: %v changed to %v", where, b, a)
+		}
+	}
+	for pci, a := range after {
+		if _, ok := before[pci]; !ok {
+			t.Errorf("%s: %v appeared", where, a)
+		}
+	}
+}
+
+// Parallel ADDs never hand one PF to two pods: three pods race for three PFs
+// and each gets a different one, then a fourth finds none.
+func TestParallelAddsGetDistinctPFs(t *testing.T) {
+	h := newHarness(t, nil)
+	pods := []*pod{h.newPod(), h.newPod(), h.newPod()}
+	results := make([]*result, len(pods))
+	errs := make([]error, len(pods))
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		t.Cleanup(func() { h.toolDel(p, "net1") })
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := h.cnitool("add", netName, p.path, "-i", "net1")
+			if errs[i] = err; err == nil {
+				results[i] = decodeResult(t, []byte(out))
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[string]string{}
+	for i, p := range pods {
+		if errs[i] != nil {
+			t.Errorf("parallel ADD %s: %v", p.name, errs[i])
+			continue
+		}
+		pci := results[i].Interfaces[0].PciID
+		if other, dup := seen[pci]; dup {
+			t.Errorf("PF %s handed to both %s and %s", pci, other, p.name)
+		}
+		seen[pci] = p.name
+		for _, f := range pfs {
+			if f.PCI == pci {
+				assertAttached(t, wholePF(p, "net1", f), results[i])
+				assertPodHolds(t, p, wholePF(p, "net1", f).pcis()...)
+			}
+		}
+	}
+	if len(seen) != len(pfs) {
+		t.Errorf("3 parallel ADDs took %d PFs, want %d", len(seen), len(pfs))
+	}
+	extra := h.newPod()
+	if _, err := h.libAdd(extra, "net1"); cniCode(err) != 11 {
+		t.Errorf("fourth ADD: got %v, want CNI error 11", err)
+	}
+}
+
+// The result is converted to the requested cniVersion: older runtimes still
+// get the PF first, with its MAC (pciID and mtu exist from 1.1.0 only).
+func TestResultInOlderCNIVersions(t *testing.T) {
+	for _, v := range []string{"0.3.1", "0.4.0", "1.0.0"} {
+		t.Run(v, func(t *testing.T) {
+			h := newHarness(t, map[string]any{"cniVersion": v})
+			p := h.newPod()
+			res := h.mustLibAdd(p, "net1")
+			if res.CNIVersion != v {
+				t.Errorf("result cniVersion = %q, want %q", res.CNIVersion, v)
+			}
+			inPod := mustLinks(t, p.path)
+			if len(res.Interfaces) != 8 {
+				t.Fatalf("result has %d interfaces, want 8", len(res.Interfaces))
+			}
+			got := res.Interfaces[0]
+			if got.Name != "net1" || got.Mac != inPod[pfs[0].PCI].MAC || got.Sandbox != p.path {
+				t.Errorf("interfaces[0] = %+v, want net1 %s in %s", got, inPod[pfs[0].PCI].MAC, p.path)
+			}
+			if v != "0.3.1" { // CHECK exists from 0.4.0 on
+				if err := h.libCheck(p, "net1"); err != nil {
+					t.Errorf("CHECK (%s): %v", v, err)
+				}
+			}
+		})
+	}
+}
+
+// STATUS is ok with PFs free and with PFs busy.
+func TestStatus(t *testing.T) {
+	h := newHarness(t, nil)
+	if err := h.cni.GetStatusNetworkList(context.Background(), h.list); err != nil {
+		t.Errorf("STATUS: %v", err)
+	}
+	p := h.newPod()
+	h.mustLibAdd(p, "net1")
+	if err := h.cni.GetStatusNetworkList(context.Background(), h.list); err != nil {
+		t.Errorf("STATUS with a busy PF: %v", err)
+	}
+	info, err := h.cni.GetVersionInfo(context.Background(), "sriov-passthrough-cni")
+	if err != nil {
+		t.Fatalf("VERSION: %v", err)
+	}
+	want := []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+	got := info.SupportedVersions()
+	slices.Sort(got)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("supported versions = %v, want %v", got, want)
+	}
+}
