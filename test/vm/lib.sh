@@ -262,6 +262,8 @@ build_base_initramfs() {
 	rm -f "$root/bin/ip"
 	copy_with_libs "$(command -v ip)" "$root"
 	install -m 0755 "$here/guest/init" "$root/init"
+	mkdir -p "$root/etc/cni/net.d"
+	cp "$repo"/plugin/*.conf "$root/etc/cni/net.d/"
 	echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet) >"$work/base.cpio"
 }
@@ -306,12 +308,18 @@ run_vm() {
 		)
 	done
 
+	# e2e: every console line, labelled with the kernel. demo, bench: from
+	# the guest's first line on, as it is (the firmware's chatter is noise).
+	local show=(sed -u "s/^/linux-$label| /")
+	if [[ $mode != e2e ]]; then
+		show=(awk '/^guest: / { on = 1 } on { print; fflush() }')
+	fi
 	log "=== linux $label ($(cat "$dir/release")): $mode ==="
 	local t=$SECONDS rc=0
 	set +e
 	timeout -k 10 "$vm_timeout" qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 |
 		sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' |
-		tee "$console" | sed -u "s/^/linux-$label| /"
+		tee "$console" | "${show[@]}"
 	local qrc=${PIPESTATUS[0]}
 	set -e
 	local secs=$((SECONDS - t)) result
