@@ -11,6 +11,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -176,6 +177,7 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 	if err := o.store.Save(rec); err != nil {
 		return nil, err
 	}
+	failpoint.Hit("add/record-adding")
 	undo.push(func() error { return o.release(rec, []*netdev.NS{pod, transit}, 0) })
 
 	if err := o.moveToPod(rec, links, transit, pod); err != nil {
@@ -202,6 +204,7 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 	if err := o.store.Save(rec); err != nil {
 		return nil, err
 	}
+	failpoint.Hit("add/record-attached")
 	o.log.Info("attached PF", "pf", rec.PF().PCIAddress, "hostName", rec.PF().OriginalName, "vfs", len(rec.Devices)-1, "netns", rec.Netns)
 	return res, nil
 }
@@ -216,9 +219,11 @@ func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit, pod *ne
 		if err := o.host.AddTag(l, d.PCIAddress); err != nil {
 			return err
 		}
+		failpoint.Hit("add/tagged")
 		if err := o.host.Move(l, transit); err != nil {
 			return err
 		}
+		failpoint.Hit("add/to-transit")
 	}
 	inTransit, err := transit.ByPCI()
 	if err != nil {
@@ -231,6 +236,7 @@ func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit, pod *ne
 	if err := transit.RenameAll(inTransit, names); err != nil {
 		return err
 	}
+	failpoint.Hit("add/renamed")
 	for _, d := range rec.Devices {
 		l, ok := inTransit[d.PCIAddress]
 		if !ok {
@@ -239,6 +245,7 @@ func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit, pod *ne
 		if err := transit.Move(l, pod); err != nil {
 			return err
 		}
+		failpoint.Hit("add/to-pod")
 		o.log.Info("moved device to pod", "pci", d.PCIAddress, "from", d.OriginalName, "to", d.PodName, "vf", d.VFIndex)
 	}
 	return nil
@@ -260,6 +267,7 @@ func (o *op) bringUp(rec *state.Record, pod *netdev.NS) (map[string]netlink.Link
 			if err := pod.SetUp(l); err != nil {
 				return nil, err
 			}
+			failpoint.Hit("add/up")
 		}
 	}
 	return podLinks, nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
@@ -26,6 +27,7 @@ func (o *op) release(rec *state.Record, places []*netdev.NS, settle time.Duratio
 		if err := o.store.Save(rec); err != nil {
 			return err
 		}
+		failpoint.Hit("release/record-releasing")
 	}
 	o.dropVanished(rec, log)
 	if len(rec.Pending()) == 0 {
@@ -56,6 +58,7 @@ func (o *op) finish(rec *state.Record, log interface{ Info(string, ...any) }) er
 	if err := o.store.Remove(rec.Key()); err != nil {
 		return err
 	}
+	failpoint.Hit("release/record-removed")
 	log.Info("released PF; record removed", "hostName", rec.PF().OriginalName)
 	return nil
 }
@@ -131,6 +134,7 @@ func (g *gathering) admit(ns *netdev.NS, l netlink.Link, addr string) error {
 	if err := ns.Move(l, g.transit); err != nil {
 		return err
 	}
+	failpoint.Hit("release/to-transit")
 	g.in[addr], g.from[addr] = l, ns
 	return nil
 }
@@ -153,6 +157,7 @@ func (o *op) restore(rec *state.Record, g *gathering, log interface{ Info(string
 		if err := g.transit.RenameAll(inTransit, names); err != nil {
 			return err
 		}
+		failpoint.Hit("release/renamed")
 		for _, d := range rec.Pending() {
 			l, ok := inTransit[d.PCIAddress]
 			if !ok {
@@ -172,6 +177,7 @@ func (o *op) restore(rec *state.Record, g *gathering, log interface{ Info(string
 				}
 				delete(g.from, d.PCIAddress)
 			}
+			failpoint.Hit("release/to-host")
 		}
 	}
 	hostLinks, err := o.host.ByPCI()
@@ -191,6 +197,7 @@ func (o *op) restore(rec *state.Record, g *gathering, log interface{ Info(string
 			errs = append(errs, err)
 			continue
 		}
+		failpoint.Hit("release/restored")
 		d.Released = true
 		log.Info("device back on the host", "pci", d.PCIAddress, "name", d.OriginalName, "vf", d.VFIndex)
 	}

@@ -1,0 +1,60 @@
+package failpoint_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
+)
+
+// TestProductionBinaryHasNoFailpoints builds the plugin as `make build`
+// does, once without and once with the failpoints tag, and looks for the
+// failpoint code in each: the symbols (go tool nm) and the environment
+// variable's name in the bytes. The tagged build is the control that shows
+// the check would see the code if it were there. Symbols are kept (no -s)
+// so that nm has something to look at.
+func TestProductionBinaryHasNoFailpoints(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the plugin twice")
+	}
+	dir := t.TempDir()
+	build := func(tags ...string) (syms string, data []byte) {
+		t.Helper()
+		out := filepath.Join(dir, "plugin"+strings.Join(tags, ""))
+		args := append([]string{"build", "-trimpath", "-o", out}, tags...)
+		cmd := exec.Command("go", append(args, "github.com/kubevirt/sriov-passthrough-cni/cmd/sriov-passthrough-cni")...)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go %v: %v\n%s", args, err, b)
+		}
+		nm, err := exec.Command("go", "tool", "nm", out).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go tool nm: %v\n%s", err, nm)
+		}
+		data, err = os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(nm), data
+	}
+	const pkg = "sriov-passthrough-cni/pkg/failpoint."
+
+	syms, data := build()
+	for _, line := range strings.Split(syms, "\n") {
+		if strings.Contains(line, pkg) {
+			t.Errorf("production binary has failpoint symbol: %s", line)
+		}
+	}
+	if bytes.Contains(data, []byte(failpoint.Env)) {
+		t.Errorf("production binary contains the string %q", failpoint.Env)
+	}
+
+	syms, data = build("-tags", "failpoints")
+	if !strings.Contains(syms, pkg+"die") || !bytes.Contains(data, []byte(failpoint.Env)) {
+		t.Errorf("control failed: the failpoints build shows no failpoint code, so the check above proves nothing")
+	}
+}
