@@ -29,8 +29,10 @@ unit: build
 e2e:
 	bash test/vm/run.sh e2e
 
-bench:
-	$(GO) run ./test/bench
+# ADD+DEL cost against VF count, next to host-device and the netlink floor (root).
+bench: build
+	$(GO) build -o _output/bench/host-device github.com/containernetworking/plugins/plugins/main/host-device
+	$(GO) run ./test/bench -plugin $(BIN) -host-device _output/bench/host-device -out docs
 
 bench-vm:
 	bash test/vm/run.sh bench

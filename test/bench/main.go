@@ -1,0 +1,225 @@
+// Command bench measures what a full ADD and DEL of a PF with 0 to 256 VFs
+// cost as the runtime sees them (exec of the built plugin with the CNI env
+// and stdin), next to containernetworking's host-device called once per
+// device, and next to the floor: the same netlink moves and renames done
+// in process. Each method runs on the same devices in the same run, in
+// rotating order, so the ratios are paired; the machines are noisy, and
+// absolute times do not carry over between runs.
+//
+// It needs root (network namespaces, ifb links). `make bench` builds both
+// binaries and runs it; see docs/bench.md.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/testutils"
+)
+
+func main() {
+	var (
+		pluginBin = flag.String("plugin", "bin/sriov-passthrough-cni", "the built plugin binary")
+		hdBin     = flag.String("host-device", "_output/bench/host-device", "containernetworking host-device binary (\"\" to skip)")
+		vfList    = flag.String("vfs", "0,8,32,128,256", "VF counts to measure")
+		runs      = flag.String("runs", "0:21,8:21,32:15,128:11,256:7", "ADD+DEL cycles per VF count (vfs:runs,...; a bare number for all)")
+		hdRuns    = flag.Int("host-device-runs", 5, "at most this many host-device cycles per VF count (it is slow)")
+		out       = flag.String("out", "docs", "directory for bench.png and bench.md (\"\" to skip)")
+	)
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: needs root to create network namespaces and links")
+		os.Exit(2)
+	}
+	cfg := config{plugin: *pluginBin, hostDevice: *hdBin, hdRuns: *hdRuns}
+	var err error
+	if cfg.vfs, err = parseInts(*vfList); err == nil {
+		cfg.runs, err = parseRuns(*runs, cfg.vfs)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	res, err := run(cfg, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	report(os.Stdout, res)
+	if *out != "" {
+		if err := writeDocs(*out, res); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+	fmt.Println(summary(res, 128))
+}
+
+type config struct {
+	plugin, hostDevice string
+	vfs                []int
+	runs               map[int]int
+	hdRuns             int
+}
+
+// sample is one ADD+DEL cycle of one method.
+type sample struct {
+	add, del time.Duration
+	rss      int64 // KiB, peak of ADD and DEL
+}
+
+// point is every sample taken at one VF count, per method name.
+type point struct {
+	vfs     int
+	samples map[string][]sample
+}
+
+// results is one bench run.
+type results struct {
+	cfg    config
+	points []point
+	kernel string
+	cpus   int
+	when   time.Time
+}
+
+func run(cfg config, log io.Writer) (*results, error) {
+	res := &results{cfg: cfg, kernel: kernelRelease(), cpus: runtime.NumCPU(), when: time.Now().UTC()}
+	for _, n := range cfg.vfs {
+		p, err := measure(cfg, n, log)
+		if err != nil {
+			return nil, fmt.Errorf("%d VFs: %w", n, err)
+		}
+		res.points = append(res.points, p)
+	}
+	return res, nil
+}
+
+// measure builds a world with n VFs and runs every method on it, one cycle
+// of each per round, the order rotating from round to round.
+func measure(cfg config, n int, log io.Writer) (point, error) {
+	w, err := newWorld("bpf0", n)
+	if err != nil {
+		return point{}, err
+	}
+	defer w.close()
+	pm, err := newPluginMethod(cfg.plugin, w)
+	if err != nil {
+		return point{}, err
+	}
+	methods := []method{pm, floorMethod{}}
+	if cfg.hostDevice != "" {
+		methods = append(methods, &hostDeviceMethod{bin: cfg.hostDevice})
+	}
+	p := point{vfs: n, samples: map[string][]sample{}}
+	hostNames := names(w.devices(), false)
+	podNames := names(w.devices(), true)
+	start := time.Now()
+	for r := range cfg.runs[n] {
+		for i := range methods {
+			m := methods[(r+i)%len(methods)]
+			if m.name() == "host-device" && len(p.samples[m.name()]) >= cfg.hdRuns {
+				continue
+			}
+			s, err := cycle(w, m, fmt.Sprintf("bench-%d-%d", n, r), hostNames, podNames)
+			if err != nil {
+				return point{}, fmt.Errorf("%s: %w", m.name(), err)
+			}
+			p.samples[m.name()] = append(p.samples[m.name()], s)
+		}
+	}
+	fmt.Fprintf(log, "bench: %3d VFs: %d rounds in %.1fs\n", n, cfg.runs[n], time.Since(start).Seconds())
+	return p, nil
+}
+
+// cycle is one ADD and one DEL into a fresh pod netns, checked before and
+// after; only the ADD and DEL themselves are timed.
+func cycle(w *world, m method, cid string, hostNames, podNames []string) (sample, error) {
+	pod, err := testutils.NewNS()
+	if err != nil {
+		return sample{}, fmt.Errorf("create pod netns: %w", err)
+	}
+	defer func() {
+		_ = pod.Close()
+		_ = testutils.UnmountNS(pod)
+	}()
+	var s sample
+	var rss int64
+	if s.add, s.rss, err = m.add(w, pod, cid); err != nil {
+		return s, fmt.Errorf("ADD: %w", err)
+	}
+	if err := checkNames(pod, "pod after ADD", podNames); err != nil {
+		return s, err
+	}
+	if s.del, rss, err = m.del(w, pod, cid); err != nil {
+		return s, fmt.Errorf("DEL: %w", err)
+	}
+	s.rss = max(s.rss, rss)
+	if err := checkNames(pod, "pod after DEL", nil); err != nil {
+		return s, err
+	}
+	return s, checkNames(w.host, "host after DEL", hostNames)
+}
+
+func names(ds []device, inPod bool) []string {
+	var out []string
+	for _, d := range ds {
+		if inPod {
+			out = append(out, d.podName)
+		} else {
+			out = append(out, d.name)
+		}
+	}
+	return out
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("bad count %q", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func parseRuns(s string, vfs []int) (map[int]int, error) {
+	runs := map[int]int{}
+	if n, err := strconv.Atoi(s); err == nil {
+		for _, v := range vfs {
+			runs[v] = n
+		}
+		return runs, nil
+	}
+	for _, f := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(f, ":")
+		a, err1 := strconv.Atoi(k)
+		b, err2 := strconv.Atoi(v)
+		if !ok || err1 != nil || err2 != nil || b < 1 {
+			return nil, fmt.Errorf("bad runs entry %q (want vfs:runs)", f)
+		}
+		runs[a] = b
+	}
+	for _, v := range vfs {
+		if runs[v] == 0 {
+			return nil, fmt.Errorf("no run count for %d VFs", v)
+		}
+	}
+	return runs, nil
+}
+
+func kernelRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}

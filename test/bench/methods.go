@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// method is one way of handing the world's devices to a pod and back.
+// add and del return the wall time as the runtime sees it and the peak RSS
+// in KiB of the largest process involved (0 for in-process work).
+type method interface {
+	name() string
+	add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error)
+	del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error)
+}
+
+// exe runs a CNI plugin binary as a runtime does: CNI env, config on
+// stdin, with the calling thread in the world's host netns (the child
+// inherits the netns of the thread that forks it).
+func exe(w *world, path string, env []string, stdin []byte) (time.Duration, int64, error) {
+	var out, errOut bytes.Buffer
+	var took time.Duration
+	var rss int64
+	err := w.host.Do(func(ns.NetNS) error {
+		cmd := exec.Command(path)
+		cmd.Env = env
+		cmd.Stdin = bytes.NewReader(stdin)
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		start := time.Now()
+		err := cmd.Run()
+		took = time.Since(start)
+		if cmd.ProcessState != nil {
+			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+				rss = ru.Maxrss
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s %v: %w\nstdout: %s\nstderr: %s", filepath.Base(path), env[:3], err, out.Bytes(), errOut.Bytes())
+	}
+	return took, rss, nil
+}
+
+func cniEnv(cmd, cid string, pod ns.NetNS, ifname, cniPath string) []string {
+	return []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + cid, "CNI_IFNAME=" + ifname,
+		"CNI_NETNS=" + pod.Path(), "CNI_PATH=" + cniPath, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+}
+
+// pluginMethod is sriov-passthrough-cni: one exec for the whole PF.
+type pluginMethod struct {
+	bin  string
+	conf []byte
+}
+
+func newPluginMethod(bin string, w *world) (*pluginMethod, error) {
+	conf, err := json.Marshal(map[string]any{
+		"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "type": "sriov-passthrough-cni",
+		"sysfsRoot": w.sysfs, "stateDir": w.stateDir, "reservedInterfacesFile": "", "logLevel": "info",
+	})
+	return &pluginMethod{bin: bin, conf: conf}, err
+}
+
+func (m *pluginMethod) name() string { return "plugin" }
+
+func (m *pluginMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+	return exe(w, m.bin, cniEnv("ADD", cid, pod, podIfName, filepath.Dir(m.bin)), m.conf)
+}
+
+func (m *pluginMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+	return exe(w, m.bin, cniEnv("DEL", cid, pod, podIfName, filepath.Dir(m.bin)), m.conf)
+}
+
+// hostDeviceMethod is containernetworking's host-device, one exec per
+// device: what a user without this plugin would script.
+type hostDeviceMethod struct{ bin string }
+
+func (m *hostDeviceMethod) name() string { return "host-device" }
+
+func (m *hostDeviceMethod) conf(d device) []byte {
+	b, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "hd", "type": "host-device", "device": d.name})
+	return b
+}
+
+func (m *hostDeviceMethod) each(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+	var total time.Duration
+	var peak int64
+	for _, d := range w.devices() {
+		took, rss, err := exe(w, m.bin, cniEnv(cmd, cid, pod, d.podName, filepath.Dir(m.bin)), m.conf(d))
+		if err != nil {
+			return 0, 0, err
+		}
+		total += took
+		peak = max(peak, rss)
+	}
+	return total, peak, nil
+}
+
+func (m *hostDeviceMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+	return m.each(w, "ADD", pod, cid)
+}
+
+func (m *hostDeviceMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+	return m.each(w, "DEL", pod, cid)
+}
+
+// floorMethod does only the kernel work the plugin does, in process: one
+// link dump where the devices are, a private transit netns, and per device
+// a move into transit, a rename there where the name changes, and a move
+// on; the PF is set up in the pod. No config, no sysfs, no state, no
+// process start.
+type floorMethod struct{}
+
+func (floorMethod) name() string { return "floor" }
+
+func (floorMethod) add(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
+	start := time.Now()
+	want := map[string]string{}
+	for _, d := range w.devices() {
+		want[d.name] = d.podName
+	}
+	err := transfer(w.host, pod, want, podIfName)
+	return time.Since(start), 0, err
+}
+
+func (floorMethod) del(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
+	start := time.Now()
+	want := map[string]string{}
+	for _, d := range w.devices() {
+		want[d.podName] = d.name
+	}
+	err := transfer(pod, w.host, want, "")
+	return time.Since(start), 0, err
+}
+
+// transfer moves the links of src named as the keys of names through a
+// fresh transit netns into dst, renamed to the values; up is set up in dst.
+func transfer(src, dst ns.NetNS, names map[string]string, up string) error {
+	hSrc, err := netlink.NewHandleAt(netns.NsHandle(src.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer hSrc.Close()
+	hDst, err := netlink.NewHandleAt(netns.NsHandle(dst.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer hDst.Close()
+	transit, err := ns.TempNetNS()
+	if err != nil {
+		return err
+	}
+	defer transit.Close()
+	hT, err := netlink.NewHandleAt(netns.NsHandle(transit.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer hT.Close()
+
+	links, err := hSrc.LinkList()
+	if err != nil {
+		return err
+	}
+	var moving []netlink.Link
+	for _, l := range links {
+		if _, ok := names[l.Attrs().Name]; ok {
+			moving = append(moving, l)
+		}
+	}
+	if len(moving) != len(names) {
+		return fmt.Errorf("found %d of %d links", len(moving), len(names))
+	}
+	// The kernel keeps a device's ifindex across netns moves unless the
+	// target uses it; a fresh transit netns only has lo.
+	for _, l := range moving {
+		if err := hSrc.LinkSetNsFd(l, int(transit.Fd())); err != nil {
+			return fmt.Errorf("move %q to transit: %w", l.Attrs().Name, err)
+		}
+	}
+	for _, l := range moving {
+		if to := names[l.Attrs().Name]; to != l.Attrs().Name {
+			if err := hT.LinkSetName(l, to); err != nil {
+				return fmt.Errorf("rename %q to %q: %w", l.Attrs().Name, to, err)
+			}
+			l.Attrs().Name = to
+		}
+		if err := hT.LinkSetNsFd(l, int(dst.Fd())); err != nil {
+			return fmt.Errorf("move %q on: %w", l.Attrs().Name, err)
+		}
+		if l.Attrs().Name == up {
+			if err := hDst.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
