@@ -60,15 +60,19 @@ func build(bins map[string]string) int {
 type world struct {
 	*kerneltest.Env
 	t       *testing.T
-	cni     *libcni.CNIConfig
 	logFile string
 }
+
+// cni returns a fresh libcni client per call: CNIConfig sets up its exec
+// lazily and is not safe to share between goroutines, and separate
+// runtimes would not share one either.
+func (w *world) cni() *libcni.CNIConfig { return libcni.NewCNIConfig([]string{binDir}, nil) }
 
 // newWorld makes a test world whose plugin logs go to a file that is shown
 // only when the test fails.
 func newWorld(t *testing.T) *world {
 	e := kerneltest.New(t)
-	w := &world{Env: e, t: t, cni: libcni.NewCNIConfig([]string{binDir}, nil), logFile: filepath.Join(t.TempDir(), "plugin.log")}
+	w := &world{Env: e, t: t, logFile: filepath.Join(t.TempDir(), "plugin.log")}
 	t.Cleanup(func() {
 		if t.Failed() {
 			logs, _ := os.ReadFile(w.logFile)
@@ -116,7 +120,7 @@ func (w *world) inHost(f func() error) error {
 func (w *world) add(list *libcni.NetworkConfigList, r *libcni.RuntimeConf) (*current.Result, error) {
 	var res types.Result
 	err := w.inHost(func() (err error) {
-		res, err = w.cni.AddNetworkList(context.Background(), list, r)
+		res, err = w.cni().AddNetworkList(context.Background(), list, r)
 		return err
 	})
 	if err != nil {
@@ -126,7 +130,7 @@ func (w *world) add(list *libcni.NetworkConfigList, r *libcni.RuntimeConf) (*cur
 }
 
 func (w *world) del(list *libcni.NetworkConfigList, r *libcni.RuntimeConf) error {
-	return w.inHost(func() error { return w.cni.DelNetworkList(context.Background(), list, r) })
+	return w.inHost(func() error { return w.cni().DelNetworkList(context.Background(), list, r) })
 }
 
 func (w *world) hostNames() []string {
@@ -161,7 +165,7 @@ func TestLifecycleThroughLibcni(t *testing.T) {
 		t.Errorf("pod has %d links, want 10", got)
 	}
 	for _, ifname := range []string{"net1", "net2"} {
-		if err := w.inHost(func() error { return w.cni.CheckNetworkList(context.Background(), list, rt(pod, "job1", ifname)) }); err != nil {
+		if err := w.inHost(func() error { return w.cni().CheckNetworkList(context.Background(), list, rt(pod, "job1", ifname)) }); err != nil {
 			t.Errorf("CHECK %s: %v", ifname, err)
 		}
 	}
@@ -189,7 +193,7 @@ func TestGCThroughLibcni(t *testing.T) {
 		}
 	}
 	err := w.inHost(func() error {
-		return w.cni.GCNetworkList(context.Background(), list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{}})
+		return w.cni().GCNetworkList(context.Background(), list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{}})
 	})
 	if err != nil {
 		t.Fatalf("GC: %v", err)
