@@ -31,13 +31,16 @@ func main() {
 		runs      = flag.String("runs", "0:21,8:21,32:15,128:11,256:7", "ADD+DEL cycles per VF count (vfs:runs,...; a bare number for all)")
 		hdRuns    = flag.Int("host-device-runs", 5, "at most this many host-device cycles per VF count (it is slow)")
 		out       = flag.String("out", "docs", "directory for bench.png and bench.md (\"\" to skip)")
+		inProc    = flag.Bool("inproc", false, "also time the plugin's ADD and DEL in process (no exec), to tell start-up from work")
+		wrapCmd   = flag.String("wrap", "", "run plugin binaries under this command, e.g. \"strace -f -c -o /tmp/s\" (profiling only)")
 	)
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: needs root to create network namespaces and links")
 		os.Exit(2)
 	}
-	cfg := config{plugin: *pluginBin, hostDevice: *hdBin, hdRuns: *hdRuns}
+	wrap = strings.Fields(*wrapCmd)
+	cfg := config{plugin: *pluginBin, hostDevice: *hdBin, hdRuns: *hdRuns, inProc: *inProc}
 	var err error
 	if cfg.vfs, err = parseInts(*vfList); err == nil {
 		cfg.runs, err = parseRuns(*runs, cfg.vfs)
@@ -66,6 +69,7 @@ type config struct {
 	vfs                []int
 	runs               map[int]int
 	hdRuns             int
+	inProc             bool
 }
 
 // sample is one ADD+DEL cycle of one method.
@@ -114,6 +118,9 @@ func measure(cfg config, n int, log io.Writer) (point, error) {
 		return point{}, err
 	}
 	methods := []method{pm, floorMethod{}}
+	if cfg.inProc {
+		methods = append(methods, inProcMethod{conf: pm.conf})
+	}
 	if cfg.hostDevice != "" {
 		methods = append(methods, &hostDeviceMethod{bin: cfg.hostDevice})
 	}

@@ -193,6 +193,11 @@ func report(w io.Writer, res *results) {
 	fmt.Fprintln(w, "\nADD and DEL apart, ms, median [interquartile range]:")
 	fmt.Fprintln(w)
 	detail(w, rs)
+	for _, p := range res.points {
+		if ip := p.samples["plugin-inproc"]; len(ip) > 0 {
+			fmt.Fprintf(w, "in process (no exec), %d VFs: plugin ADD %s, DEL %s\n", p.vfs, statOf(pick(ip, addOf)), statOf(pick(ip, delOf)))
+		}
+	}
 	fmt.Fprintln(w, "\nTargets (issue 6):")
 	targets(w, rs)
 	fmt.Fprintln(w)
