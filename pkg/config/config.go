@@ -41,6 +41,11 @@ type NetConf struct {
 	LogLevel               string  `json:"logLevel,omitempty"`
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
+
+	// HasAttachmentList says the runtime sent a GC valid-attachments list
+	// (possibly empty). Without one, GC must not treat every attachment
+	// as stale.
+	HasAttachmentList bool `json:"-"`
 }
 
 // RuntimeConfig holds the capability arguments the runtime (multus) passes.
@@ -75,11 +80,33 @@ func Parse(data []byte) (*NetConf, error) {
 	if err := json.Unmarshal(data, conf); err != nil {
 		return nil, decodeError(err)
 	}
+	if err := conf.readAttachmentList(data); err != nil {
+		return nil, decodeError(err)
+	}
 	conf.setDefaults()
 	if err := conf.validate(); err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
 	}
 	return conf, nil
+}
+
+// readAttachmentList notes whether a GC list was sent, and accepts the
+// spelling "cni.dev/attachments" that libcni also sends (an early version of
+// the spec used it).
+func (c *NetConf) readAttachmentList(data []byte) error {
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(data, &keys); err != nil {
+		return err
+	}
+	if _, ok := keys["cni.dev/valid-attachments"]; ok {
+		c.HasAttachmentList = true
+		return nil
+	}
+	if raw, ok := keys["cni.dev/attachments"]; ok {
+		c.HasAttachmentList = true
+		return json.Unmarshal(raw, &c.ValidAttachments)
+	}
+	return nil
 }
 
 func decodeError(err error) error {

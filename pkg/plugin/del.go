@@ -120,6 +120,10 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		return err
 	}
 	defer o.close()
+	if !o.conf.HasAttachmentList {
+		return types.NewError(types.ErrInvalidNetworkConfig, "GC needs cni.dev/valid-attachments",
+			"without the list every attachment would look stale; nothing was released")
+	}
 	unlock, err := o.lock()
 	if err != nil {
 		return err

@@ -218,7 +218,13 @@ func TestGCReleasesAttachmentsNotListed(t *testing.T) {
 	if _, ok := kerneltest.Links(t, keep)["net1"]; !ok {
 		t.Errorf("GC took the valid attachment's PF")
 	}
-	empty := e.Conf(map[string]any{"cni.dev/valid-attachments": []map[string]string{}})
+	if _, err := call(t, e, "GC", args(nil, "", "", conf)); cniCode(t, err) != types.ErrInvalidNetworkConfig {
+		t.Fatalf("GC without a valid-attachments list must refuse, got %v", err)
+	}
+	if readRecord(t, e, "keep", "net1") == nil {
+		t.Fatalf("GC without a list released the valid attachment")
+	}
+	empty := e.Conf(map[string]any{"cni.dev/attachments": []map[string]string{}})
 	if _, err := call(t, e, "GC", args(nil, "", "", empty)); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -43,6 +44,10 @@ func (o *op) viewHost() (*hostView, error) {
 		}
 	}
 	addrs, err := o.host.Handle().AddrList(nil, netlink.FAMILY_ALL)
+	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 5; try++ {
+		// The kernel interrupts a dump when addresses change under it.
+		addrs, err = o.host.Handle().AddrList(nil, netlink.FAMILY_ALL)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list host addresses: %w", err)
 	}
@@ -147,6 +152,7 @@ func (o *op) choosePF(recs []*state.Record, view *hostView) (candidate, error) {
 		c := judge(pf)
 		switch {
 		case c.reason == "":
+			o.log.Info("chose pinned PF", "pf", addr, "name", pf.Name, "vfs", len(pf.VFs))
 			return c, nil
 		case c.fixed:
 			return candidate{}, types.NewError(types.ErrInvalidNetworkConfig,
@@ -165,6 +171,7 @@ func (o *op) choosePF(recs []*state.Record, view *hostView) (candidate, error) {
 	for _, pf := range pfs {
 		c := judge(pf)
 		if c.reason == "" {
+			o.log.Info("chose PF", "pf", pf.PCIAddress, "name", pf.Name, "vfs", len(pf.VFs), "passedOver", strings.Join(why, "; "))
 			return c, nil
 		}
 		why = append(why, fmt.Sprintf("%s (%s): %s", pf.PCIAddress, nameOr(pf.Name, "no netdev"), c.reason))
