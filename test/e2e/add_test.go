@@ -211,3 +211,61 @@ func TestStatus(t *testing.T) {
 		t.Errorf("supported versions = %v, want %v", got, want)
 	}
 }
+
+// A VF keeps its name in the pod unless the pod already has that name; then
+// it becomes <ifname>v<index>, and DEL still gives back the original name.
+func TestVFNameTakenInPod(t *testing.T) {
+	h := newHarness(t, nil)
+	p := h.newPod()
+	vf1 := vfsOf[pfs[0].PCI][1]
+	clash := baseline[vf1].Name
+	run(t, "ip", "-n", p.name, "link", "add", clash, "type", "veth", "peer", "name", "e2epeer")
+
+	res := h.toolAdd(p, "net1")
+	a := wholePF(p, "net1", pfs[0])
+	a.names = map[string]string{vf1: "net1v1"}
+	assertAttached(t, a, res)
+	if _, other, _ := netnsLinks(p.path); !slices.Contains(other, clash) {
+		t.Errorf("the pod's own %s is gone: %v", clash, other)
+	}
+
+	h.toolDel(p, "net1")
+	assertRestored(t, a.pcis()...)
+}
+
+// A repeated ADD of the same attachment never takes a second PF.
+func TestRepeatedAddTakesNoSecondPF(t *testing.T) {
+	h := newHarness(t, nil)
+	p := h.newPod()
+	before := mustLinks(t, "")
+	first := h.mustLibAdd(p, "net1")
+	second, err := h.libAdd(p, "net1")
+	if err == nil && fmt.Sprint(second.Interfaces) != fmt.Sprint(first.Interfaces) {
+		t.Errorf("second ADD returned a different result:\n%+v\n%+v", second.Interfaces, first.Interfaces)
+	}
+	t.Logf("second ADD of the same attachment: err=%v", err)
+	a := wholePF(p, "net1", pfs[0])
+	assertAttached(t, a, first)
+	assertPodHolds(t, p, a.pcis()...)
+	assertHostLost(t, before, a)
+}
+
+// ADD refuses a CNI_NETNS that is the host's own netns or does not exist,
+// and moves nothing.
+func TestAddRefusesBadNetns(t *testing.T) {
+	h := newHarness(t, nil)
+	for _, path := range []string{"/proc/1/ns/net", "/var/run/netns/e2e-no-such-pod"} {
+		before := mustLinks(t, "")
+		p := &pod{name: "bad", path: path}
+		if _, err := h.libAdd(p, "net1"); err == nil {
+			t.Cleanup(func() { _ = h.libDel(p, "net1") })
+			t.Errorf("ADD into %s succeeded", path)
+		} else {
+			t.Logf("ADD into %s: %v", path, err)
+		}
+		assertSame(t, "host", before, mustLinks(t, ""))
+	}
+	if r := h.records(); len(r) != 0 {
+		t.Errorf("refused ADDs left records: %v", r)
+	}
+}

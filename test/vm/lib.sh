@@ -8,6 +8,8 @@ vm_timeout=${SRIOVPT_VM_TIMEOUT:-300}
 backports_sources=/etc/apt/sources.list.d/sriov-passthrough-cni-backports.sources
 module_path=github.com/kubevirt/sriov-passthrough-cni/test/e2e
 apt_updated=
+# Bump when ensure_kernel packs something else, so caches are rebuilt.
+kernel_recipe=2
 declare -A kernel_dir=()
 
 log() { printf '[vm] %s\n' "$*"; }
@@ -148,7 +150,7 @@ resolve_kernel() {
 }
 
 # ensure_kernel LABEL: vmlinuz and the igb/igbvf modules (plain .ko, with
-# their dependencies, in load order) under $cache/kernels/LABEL/PKG_VERSION.
+# their dependencies, in load order) under $cache/kernels/LABEL/PKG_VERSION_rN.
 ensure_kernel() {
 	local label=$1 pkg ver dir
 	ensure_apt_lists
@@ -163,7 +165,7 @@ ensure_kernel() {
 		kernel_dir[$label]=$dir
 		return 0
 	fi
-	dir=$cache/kernels/$label/${pkg}_$ver
+	dir=$cache/kernels/$label/${pkg}_${ver}_r$kernel_recipe
 	kernel_dir[$label]=$dir
 	if [[ -f $dir/.complete ]]; then
 		log "linux $label: $pkg $ver (cached)"
@@ -180,7 +182,7 @@ ensure_kernel() {
 	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$x" --wildcards \
 		'*/vmlinuz-*' '*/kernel/drivers/net/ethernet/intel/*' '*/kernel/drivers/dma/*' '*/kernel/drivers/dca/*' \
 		'*/kernel/drivers/i2c/*' '*/kernel/drivers/ptp/*' '*/kernel/drivers/pps/*' \
-		'*/kernel/drivers/hwmon/*' '*/kernel/lib/*'
+		'*/kernel/drivers/hwmon/*' '*/kernel/lib/*' '*/kernel/drivers/net/veth.ko*'
 
 	local tmp=$dir.tmp
 	rm -rf "$tmp"
@@ -206,6 +208,7 @@ ensure_kernel() {
 	}
 	add_module igb
 	add_module igbvf
+	add_module veth # the e2e suite makes name clashes in pods with veth
 	printf '%s\n' "${order[@]}" >"$tmp/modules/order"
 	touch "$tmp/.complete"
 	rm -rf "$dir"
@@ -232,7 +235,7 @@ build_binaries() {
 	(cd "$repo" && GOBIN="$work/gobin" CGO_ENABLED=0 quietly go install -trimpath -ldflags '-s -w' \
 		"github.com/containernetworking/cni/cnitool@$cniver")
 	cp "$work/gobin/cnitool" "$out/"
-	if [[ $mode == e2e ]]; then
+	if [[ $mode == e2e || $mode == bench ]]; then
 		(cd "$repo" && CGO_ENABLED=0 quietly go test -c -trimpath -tags e2e -o "$out/e2e.test" ./test/e2e)
 	fi
 	if [[ $mode == bench && -n ${BENCH_FLOOR:-} ]]; then
