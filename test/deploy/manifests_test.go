@@ -1,0 +1,354 @@
+package deploy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+)
+
+// networkAttachmentDefinition is the multus CRD's shape
+// (k8s.cni.cncf.io/v1); k8s.io/api has no type for it.
+type networkAttachmentDefinition struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Config string `json:"config"`
+	} `json:"spec"`
+}
+
+// kustomization holds the fields deploy/kustomization.yaml may use.
+type kustomization struct {
+	metav1.TypeMeta `json:",inline"`
+	Resources       []string `json:"resources"`
+	Images          []struct {
+		Name    string `json:"name"`
+		NewName string `json:"newName,omitempty"`
+		NewTag  string `json:"newTag,omitempty"`
+		Digest  string `json:"digest,omitempty"`
+	} `json:"images,omitempty"`
+}
+
+// manifests is everything in deploy/, decoded strictly.
+type manifests struct {
+	namespaces    []corev1.Namespace
+	daemonSets    []appsv1.DaemonSet
+	nads          []networkAttachmentDefinition
+	kustomization *kustomization
+	files         []string // every YAML file, relative to deploy/
+}
+
+var docSeparator = regexp.MustCompile(`(?m)^---\s*$`)
+
+// decodeStrict rejects unknown and duplicate fields, as the API server's
+// strict field validation does.
+func decodeStrict(doc []byte, into any) error {
+	return yaml.UnmarshalStrict(doc, into)
+}
+
+func loadManifests(t *testing.T) manifests {
+	t.Helper()
+	dir := filepath.Join(repoRoot(t), "deploy")
+	var m manifests
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if ext := filepath.Ext(path); ext != ".yaml" && ext != ".yml" {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, path)
+		m.files = append(m.files, rel)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, doc := range docSeparator.Split(string(data), -1) {
+			if strings.TrimSpace(stripComments(doc)) == "" {
+				continue
+			}
+			if err := m.add([]byte(doc)); err != nil {
+				t.Errorf("deploy/%s document %d: %v", rel, i+1, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func (m *manifests) add(doc []byte) error {
+	var tm metav1.TypeMeta
+	if err := yaml.Unmarshal(doc, &tm); err != nil {
+		return err
+	}
+	switch tm.APIVersion + " " + tm.Kind {
+	case "v1 Namespace":
+		var o corev1.Namespace
+		if err := decodeStrict(doc, &o); err != nil {
+			return err
+		}
+		m.namespaces = append(m.namespaces, o)
+	case "apps/v1 DaemonSet":
+		var o appsv1.DaemonSet
+		if err := decodeStrict(doc, &o); err != nil {
+			return err
+		}
+		m.daemonSets = append(m.daemonSets, o)
+	case "k8s.cni.cncf.io/v1 NetworkAttachmentDefinition":
+		var o networkAttachmentDefinition
+		if err := decodeStrict(doc, &o); err != nil {
+			return err
+		}
+		m.nads = append(m.nads, o)
+	case "kustomize.config.k8s.io/v1beta1 Kustomization":
+		var o kustomization
+		if err := decodeStrict(doc, &o); err != nil {
+			return err
+		}
+		if m.kustomization != nil {
+			return fmt.Errorf("second Kustomization")
+		}
+		m.kustomization = &o
+	default:
+		return fmt.Errorf("no strict decoder for apiVersion %q kind %q: add one to this test", tm.APIVersion, tm.Kind)
+	}
+	return nil
+}
+
+func stripComments(doc string) string {
+	var b strings.Builder
+	for line := range strings.Lines(doc) {
+		if !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
+
+func TestManifestsDecodeStrictly(t *testing.T) {
+	m := loadManifests(t)
+	if len(m.namespaces) != 1 || len(m.daemonSets) != 1 || len(m.nads) != 1 || m.kustomization == nil {
+		t.Fatalf("want one Namespace, DaemonSet, NetworkAttachmentDefinition and Kustomization; got %d, %d, %d, %v",
+			len(m.namespaces), len(m.daemonSets), len(m.nads), m.kustomization != nil)
+	}
+}
+
+// The strict decoder must really refuse what the API server would: a
+// misspelt field in a DaemonSet.
+func TestStrictDecoderRejectsUnknownFields(t *testing.T) {
+	var m manifests
+	bad := []byte("apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: x\nspec:\n  template:\n    spec:\n      nodeSelecter: {}\n")
+	if err := m.add(bad); err == nil || !strings.Contains(err.Error(), "nodeSelecter") {
+		t.Fatalf("unknown field accepted: %v", err)
+	}
+	dup := []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  name: b\n")
+	if err := m.add(dup); err == nil {
+		t.Fatal("duplicate field accepted")
+	}
+}
+
+func TestKustomizationListsEveryManifest(t *testing.T) {
+	m := loadManifests(t)
+	k := m.kustomization
+	if k == nil {
+		t.Fatal("no deploy/kustomization.yaml")
+	}
+	var want []string
+	for _, f := range m.files {
+		if f != "kustomization.yaml" {
+			want = append(want, f)
+		}
+	}
+	got := slices.Clone(k.Resources)
+	sort.Strings(got)
+	sort.Strings(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("kustomization resources %v, want every manifest in deploy/: %v", got, want)
+	}
+	ds := m.daemonSets[0]
+	image := ds.Spec.Template.Spec.Containers[0].Image
+	name, _, _ := strings.Cut(image, ":")
+	if len(k.Images) != 1 || k.Images[0].Name != name {
+		t.Errorf("kustomization images %+v do not override the DaemonSet's image %q", k.Images, image)
+	}
+}
+
+func TestDaemonSetIsLeastPrivilegeInstaller(t *testing.T) {
+	m := loadManifests(t)
+	if len(m.daemonSets) != 1 || len(m.namespaces) != 1 {
+		t.Fatal("want one DaemonSet and one Namespace")
+	}
+	ds, ns := m.daemonSets[0], m.namespaces[0]
+	if ds.Namespace != ns.Name {
+		t.Errorf("DaemonSet in namespace %q, the manifest creates %q", ds.Namespace, ns.Name)
+	}
+	if ds.Spec.Selector == nil {
+		t.Fatal("no selector")
+	}
+	for k, v := range ds.Spec.Selector.MatchLabels {
+		if ds.Spec.Template.Labels[k] != v {
+			t.Errorf("selector %s=%s does not match the pod template labels %v", k, v, ds.Spec.Template.Labels)
+		}
+	}
+	pod := ds.Spec.Template.Spec
+	if pod.NodeSelector["hardwareSupport"] != "sriov-nic" {
+		t.Errorf("node selector %v does not pick SR-IOV nodes (hardwareSupport=sriov-nic)", pod.NodeSelector)
+	}
+	if len(pod.Tolerations) == 0 {
+		t.Error("no tolerations: tainted SR-IOV nodes would get no plugin")
+	}
+	if pod.HostNetwork || pod.HostPID || pod.HostIPC {
+		t.Error("the installer needs no host namespaces")
+	}
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Error("the installer never talks to the API server: automountServiceAccountToken must be false")
+	}
+	if len(pod.InitContainers) != 0 || len(pod.Containers) != 1 {
+		t.Fatalf("want exactly one container, got %d (+%d init)", len(pod.Containers), len(pod.InitContainers))
+	}
+	c := pod.Containers[0]
+	sc := c.SecurityContext
+	if sc == nil {
+		t.Fatal("container has no securityContext")
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		t.Error("container is privileged")
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Error("allowPrivilegeEscalation must be false")
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Error("readOnlyRootFilesystem must be true: install-plugin writes only to the host mounts")
+	}
+	if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 {
+		t.Errorf("capabilities %+v, want drop ALL and add none", sc.Capabilities)
+	}
+	// Root (as the owner of /opt/cni/bin) is what writing it needs.
+	if psc := pod.SecurityContext; psc == nil || psc.RunAsUser == nil || *psc.RunAsUser != 0 {
+		t.Error("pod must run as uid 0 explicitly: /opt/cni/bin is root-owned 0755")
+	}
+	for _, res := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
+		if res.Cpu().IsZero() || res.Memory().IsZero() {
+			t.Errorf("container needs cpu and memory requests and limits, got %+v", c.Resources)
+		}
+	}
+
+	// The installer's first argument is where /opt/cni/bin is mounted.
+	if len(c.Args) == 0 {
+		t.Fatal("container has no args: install-plugin needs CNI_BIN_DIR")
+	}
+	binDir := c.Args[len(c.Args)-1]
+	if len(c.Args) == 2 {
+		binDir = c.Args[0]
+	}
+	mounts := map[string]corev1.VolumeMount{}
+	for _, vm := range c.VolumeMounts {
+		mounts[vm.MountPath] = vm
+	}
+	vm, ok := mounts[binDir]
+	if !ok || vm.ReadOnly {
+		t.Fatalf("CNI_BIN_DIR %q is not a writable mount: %+v", binDir, c.VolumeMounts)
+	}
+	var hostPath string
+	for _, v := range pod.Volumes {
+		if v.Name == vm.Name && v.HostPath != nil {
+			hostPath = v.HostPath.Path
+		}
+	}
+	if hostPath != "/opt/cni/bin" {
+		t.Errorf("%s is hostPath %q, want /opt/cni/bin", binDir, hostPath)
+	}
+
+	// Ready means: the installed binary matches the image and answers VERSION.
+	p := c.ReadinessProbe
+	if p == nil || p.Exec == nil {
+		t.Fatal("no exec readiness probe")
+	}
+	entry := dockerfileEntrypoint(t)
+	want := []string{entry, "--check", binDir}
+	if !slices.Equal(p.Exec.Command, want) {
+		t.Errorf("readiness probe %q, want %q", p.Exec.Command, want)
+	}
+	if p.TimeoutSeconds < 11 {
+		t.Errorf("probe timeout %ds is shorter than install-plugin's 10 s VERSION timeout", p.TimeoutSeconds)
+	}
+}
+
+// The probe really passes against a real install and fails before one.
+func TestReadinessProbeCommandWorks(t *testing.T) {
+	l := newLayout(t, fakePlugin("v1"))
+	probe := func() result { return runInstaller(t, nil, "--check", "--src", l.src, l.bin) }
+	if r := probe(); r.code == 0 {
+		t.Fatalf("probe ready before install: %v", r)
+	}
+	if r := runInstaller(t, nil, "--once", "--src", l.src, l.bin); r.code != 0 {
+		t.Fatal(r)
+	}
+	if r := probe(); r.code != 0 {
+		t.Fatalf("probe not ready after install: %v", r)
+	}
+}
+
+func TestNetworkAttachmentDefinition(t *testing.T) {
+	m := loadManifests(t)
+	if len(m.nads) != 1 {
+		t.Fatal("want one NetworkAttachmentDefinition")
+	}
+	nad := m.nads[0]
+	if nad.Namespace != "multus-cni-ns" || nad.Name != "sriov-passthrough-cni" {
+		t.Errorf("NAD is %s/%s, prow jobs ask for multus-cni-ns/sriov-passthrough-cni", nad.Namespace, nad.Name)
+	}
+	if got := nad.Annotations["k8s.v1.cni.cncf.io/resourceName"]; got != "prow/sriov" {
+		t.Errorf("resourceName annotation %q, want prow/sriov", got)
+	}
+	checkPluginConf(t, "NAD spec.config", []byte(nad.Spec.Config))
+}
+
+func TestDefaultConfFile(t *testing.T) {
+	data := readRepoFile(t, filepath.Join("plugin", confName))
+	conf := checkPluginConf(t, "plugin/"+confName, data)
+	if conf != nil && !slices.Contains([]string{"1.0.0", "1.1.0"}, conf.CNIVersion) {
+		t.Errorf("cniVersion %q, want 1.0.0 or later", conf.CNIVersion)
+	}
+}
+
+// checkPluginConf parses a config with the plugin's own loader and, because
+// that loader ignores unknown fields (runtimes add their own), also decodes it
+// strictly so a misspelt field is caught here rather than silently defaulted.
+func checkPluginConf(t *testing.T, what string, data []byte) *config.NetConf {
+	t.Helper()
+	conf, err := config.Parse(data)
+	if err != nil {
+		t.Errorf("%s: plugin config loader: %v", what, err)
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var strict config.NetConf
+	if err := dec.Decode(&strict); err != nil {
+		t.Errorf("%s: unknown field: %v", what, err)
+	}
+	if conf.Name != "sriov-passthrough-cni" || conf.Type != "sriov-passthrough-cni" {
+		t.Errorf("%s: name %q type %q, want sriov-passthrough-cni for both", what, conf.Name, conf.Type)
+	}
+	if !slices.Contains([]string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}, conf.CNIVersion) {
+		t.Errorf("%s: cniVersion %q is not one the plugin supports", what, conf.CNIVersion)
+	}
+	return conf
+}
