@@ -367,7 +367,7 @@ func TestDaemonExitsPromptlyOnSIGTERM(t *testing.T) {
 	if code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0:\n%s", code, d.out)
 	}
-	if took > 2*time.Second {
+	if took > 5*time.Second { // far below the 3600 s interval, with room for a loaded machine
 		t.Errorf("took %v to exit after SIGTERM", took)
 	}
 	if !strings.Contains(d.out.String(), "received SIGTERM, exiting") {
