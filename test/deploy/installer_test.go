@@ -107,6 +107,32 @@ func TestReplaceIsAtomicForOpenReader(t *testing.T) {
 	assertNoTempFiles(t, l.bin, l.conf)
 }
 
+// A temp file left by an installer killed between write and rename is
+// cleared on the next start; other dot files are not touched.
+func TestStaleTempFilesAreRemoved(t *testing.T) {
+	l := newLayout(t, fakePlugin("v1"))
+	stale := filepath.Join(l.bin, "."+binName+".Ab12Cd")
+	other := filepath.Join(l.bin, ".keep")
+	for _, p := range []string{stale, other} {
+		if err := os.WriteFile(p, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := runInstaller(t, nil, "--once", "--src", l.src, l.bin)
+	if r.code != 0 {
+		t.Fatalf("install: %v", r)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale temp file kept: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("unrelated dot file removed: %v", err)
+	}
+	if !strings.Contains(r.stdout, "removed stale temp file "+stale) {
+		t.Errorf("removal not logged:\n%v", r)
+	}
+}
+
 func TestWrongModeIsRepaired(t *testing.T) {
 	l := newLayout(t, fakePlugin("v1"))
 	if r := runInstaller(t, nil, "--once", "--src", l.src, l.bin, l.conf); r.code != 0 {
