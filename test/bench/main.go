@@ -31,6 +31,7 @@ func main() {
 		runs      = flag.String("runs", "0:21,8:21,32:15,128:11,256:7", "ADD+DEL cycles per VF count (vfs:runs,...; a bare number for all)")
 		hdRuns    = flag.Int("host-device-runs", 5, "at most this many host-device cycles per VF count (it is slow)")
 		out       = flag.String("out", "docs", "directory for bench.png and bench.md (\"\" to skip)")
+		compare   = flag.String("compare", "", "a second plugin binary (e.g. an older build) to time next to the first, as plugin-compare")
 		inProc    = flag.Bool("inproc", false, "also time the plugin's ADD and DEL in process (no exec), to tell start-up from work")
 		wrapCmd   = flag.String("wrap", "", "run plugin binaries under this command, e.g. \"strace -f -c -o /tmp/s\" (profiling only)")
 	)
@@ -40,7 +41,7 @@ func main() {
 		os.Exit(2)
 	}
 	wrap = strings.Fields(*wrapCmd)
-	cfg := config{plugin: *pluginBin, hostDevice: *hdBin, hdRuns: *hdRuns, inProc: *inProc}
+	cfg := benchConfig{plugin: *pluginBin, hostDevice: *hdBin, hdRuns: *hdRuns, inProc: *inProc, compare: *compare}
 	var err error
 	if cfg.vfs, err = parseInts(*vfList); err == nil {
 		cfg.runs, err = parseRuns(*runs, cfg.vfs)
@@ -64,12 +65,13 @@ func main() {
 	fmt.Println(summary(res, 128))
 }
 
-type config struct {
+type benchConfig struct {
 	plugin, hostDevice string
 	vfs                []int
 	runs               map[int]int
 	hdRuns             int
 	inProc             bool
+	compare            string
 }
 
 // sample is one ADD+DEL cycle of one method.
@@ -86,14 +88,14 @@ type point struct {
 
 // results is one bench run.
 type results struct {
-	cfg    config
+	cfg    benchConfig
 	points []point
 	kernel string
 	cpus   int
 	when   time.Time
 }
 
-func run(cfg config, log io.Writer) (*results, error) {
+func run(cfg benchConfig, log io.Writer) (*results, error) {
 	res := &results{cfg: cfg, kernel: kernelRelease(), cpus: runtime.NumCPU(), when: time.Now().UTC()}
 	for _, n := range cfg.vfs {
 		p, err := measure(cfg, n, log)
@@ -107,17 +109,24 @@ func run(cfg config, log io.Writer) (*results, error) {
 
 // measure builds a world with n VFs and runs every method on it, one cycle
 // of each per round, the order rotating from round to round.
-func measure(cfg config, n int, log io.Writer) (point, error) {
+func measure(cfg benchConfig, n int, log io.Writer) (point, error) {
 	w, err := newWorld("bpf0", n)
 	if err != nil {
 		return point{}, err
 	}
 	defer w.close()
-	pm, err := newPluginMethod(cfg.plugin, w)
+	pm, err := newPluginMethod("plugin", cfg.plugin, w)
 	if err != nil {
 		return point{}, err
 	}
 	methods := []method{pm, floorMethod{}}
+	if cfg.compare != "" {
+		cm, err := newPluginMethod("plugin-compare", cfg.compare, w)
+		if err != nil {
+			return point{}, err
+		}
+		methods = append(methods, cm, floorMethod{viaTransit: true})
+	}
 	if cfg.inProc {
 		methods = append(methods, inProcMethod{conf: pm.conf})
 	}

@@ -69,19 +69,20 @@ func cniEnv(cmd, cid string, pod ns.NetNS, ifname, cniPath string) []string {
 
 // pluginMethod is sriov-passthrough-cni: one exec for the whole PF.
 type pluginMethod struct {
-	bin  string
-	conf []byte
+	label string
+	bin   string
+	conf  []byte
 }
 
-func newPluginMethod(bin string, w *world) (*pluginMethod, error) {
+func newPluginMethod(label, bin string, w *world) (*pluginMethod, error) {
 	conf, err := json.Marshal(map[string]any{
 		"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "type": "sriov-passthrough-cni",
 		"sysfsRoot": w.sysfs, "stateDir": w.stateDir, "reservedInterfacesFile": "", "logLevel": "info",
 	})
-	return &pluginMethod{bin: bin, conf: conf}, err
+	return &pluginMethod{label: label, bin: bin, conf: conf}, err
 }
 
-func (m *pluginMethod) name() string { return "plugin" }
+func (m *pluginMethod) name() string { return m.label }
 
 func (m *pluginMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
 	return exe(w, m.bin, cniEnv("ADD", cid, pod, podIfName, filepath.Dir(m.bin)), m.conf)
@@ -126,36 +127,43 @@ func (m *hostDeviceMethod) del(w *world, pod ns.NetNS, cid string) (time.Duratio
 
 // floorMethod does only the kernel work the plugin does, in process: one
 // link dump where the devices are, a private transit netns, and per device
-// a move into transit, a rename there where the name changes, and a move
-// on; the PF is set up in the pod. No config, no sysfs, no state, no
-// process start.
-type floorMethod struct{}
+// either one move straight to the target (its name stays) or a move into
+// transit, a rename there and a move on; the PF is set up in the pod. No
+// config, no sysfs, no state, no tags, no process start. With viaTransit
+// every device goes through transit, as the plugin did before it sent
+// devices that keep their names straight to the pod.
+type floorMethod struct{ viaTransit bool }
 
-func (floorMethod) name() string { return "floor" }
+func (f floorMethod) name() string {
+	if f.viaTransit {
+		return "floor-transit"
+	}
+	return "floor"
+}
 
-func (floorMethod) add(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
+func (f floorMethod) add(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
 	start := time.Now()
 	want := map[string]string{}
 	for _, d := range w.devices() {
 		want[d.name] = d.podName
 	}
-	err := transfer(w.host, pod, want, podIfName)
+	err := transfer(w.host, pod, want, podIfName, f.viaTransit)
 	return time.Since(start), 0, err
 }
 
-func (floorMethod) del(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
+func (f floorMethod) del(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
 	start := time.Now()
 	want := map[string]string{}
 	for _, d := range w.devices() {
 		want[d.podName] = d.name
 	}
-	err := transfer(pod, w.host, want, "")
+	err := transfer(pod, w.host, want, "", f.viaTransit)
 	return time.Since(start), 0, err
 }
 
-// transfer moves the links of src named as the keys of names through a
-// fresh transit netns into dst, renamed to the values; up is set up in dst.
-func transfer(src, dst ns.NetNS, names map[string]string, up string) error {
+// transfer moves the links of src named as the keys of names into dst,
+// renamed to the values in a fresh transit netns; up is set up in dst.
+func transfer(src, dst ns.NetNS, names map[string]string, up string, allViaTransit bool) error {
 	hSrc, err := netlink.NewHandleAt(netns.NsHandle(src.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		return err
@@ -181,23 +189,34 @@ func transfer(src, dst ns.NetNS, names map[string]string, up string) error {
 	if err != nil {
 		return err
 	}
-	var moving []netlink.Link
+	var parked []netlink.Link
+	found := 0
 	for _, l := range links {
-		if _, ok := names[l.Attrs().Name]; ok {
-			moving = append(moving, l)
+		to, ok := names[l.Attrs().Name]
+		if !ok {
+			continue
+		}
+		found++
+		target := dst
+		if to != l.Attrs().Name || allViaTransit {
+			target = transit
+			parked = append(parked, l)
+		}
+		if err := hSrc.LinkSetNsFd(l, int(target.Fd())); err != nil {
+			return fmt.Errorf("move %q: %w", l.Attrs().Name, err)
+		}
+		if l.Attrs().Name == up {
+			if err := hDst.LinkSetUp(l); err != nil {
+				return err
+			}
 		}
 	}
-	if len(moving) != len(names) {
-		return fmt.Errorf("found %d of %d links", len(moving), len(names))
+	if found != len(names) {
+		return fmt.Errorf("found %d of %d links", found, len(names))
 	}
 	// The kernel keeps a device's ifindex across netns moves unless the
 	// target uses it; a fresh transit netns only has lo.
-	for _, l := range moving {
-		if err := hSrc.LinkSetNsFd(l, int(transit.Fd())); err != nil {
-			return fmt.Errorf("move %q to transit: %w", l.Attrs().Name, err)
-		}
-	}
-	for _, l := range moving {
+	for _, l := range parked {
 		if to := names[l.Attrs().Name]; to != l.Attrs().Name {
 			if err := hT.LinkSetName(l, to); err != nil {
 				return fmt.Errorf("rename %q to %q: %w", l.Attrs().Name, to, err)

@@ -117,6 +117,22 @@ func detail(w io.Writer, rs []row) {
 	}
 }
 
+// extras writes the optional methods (-compare, -inproc), ADD+DEL medians
+// and their ratio to the plugin's in the same run.
+func extras(w io.Writer, res *results) {
+	for _, name := range []string{"plugin-compare", "floor-transit", "plugin-inproc"} {
+		for _, p := range res.points {
+			ss := p.samples[name]
+			if len(ss) == 0 {
+				continue
+			}
+			t, pl := statOf(pick(ss, total)), statOf(pick(p.samples["plugin"], total))
+			fmt.Fprintf(w, "%s, %d VFs: ADD+DEL %.1f ms (ADD %s, DEL %s); plugin %.1f ms; %s/plugin %.2f\n",
+				name, p.vfs, t.med, statOf(pick(ss, addOf)), statOf(pick(ss, delOf)), pl.med, name, t.med/pl.med)
+		}
+	}
+}
+
 // fit is a least-squares line through the plugin's medians: ms = a + b*VFs.
 type fit struct{ a, b, r2, maxDev float64 }
 
@@ -193,11 +209,7 @@ func report(w io.Writer, res *results) {
 	fmt.Fprintln(w, "\nADD and DEL apart, ms, median [interquartile range]:")
 	fmt.Fprintln(w)
 	detail(w, rs)
-	for _, p := range res.points {
-		if ip := p.samples["plugin-inproc"]; len(ip) > 0 {
-			fmt.Fprintf(w, "in process (no exec), %d VFs: plugin ADD %s, DEL %s\n", p.vfs, statOf(pick(ip, addOf)), statOf(pick(ip, delOf)))
-		}
-	}
+	extras(w, res)
 	fmt.Fprintln(w, "\nTargets (issue 6):")
 	targets(w, rs)
 	fmt.Fprintln(w)

@@ -40,7 +40,7 @@ func newWorld(name string, numVFs int) (*world, error) {
 		return nil, err
 	}
 	w := &world{dir: dir, sysfs: filepath.Join(dir, "sys"), stateDir: filepath.Join(dir, "state")}
-	if err := writeSysfs(w.sysfs, name, numVFs, w); err != nil {
+	if err := writeSysfs(w.sysfs, 0x3b, name, numVFs, w); err != nil {
 		w.close()
 		return nil, err
 	}
@@ -76,16 +76,19 @@ func (w *world) close() {
 	_ = os.RemoveAll(w.dir)
 }
 
-// writeSysfs writes the fake sysfs tree for one PF with numVFs VFs under
-// root, and records the devices in w when w is not nil. It needs no root
-// and no links, so discovery benchmarks use it alone.
-func writeSysfs(root, name string, numVFs int, w *world) error {
+// writeSysfs writes the fake sysfs tree for one PF on PCI bus bus with
+// numVFs (at most 256) VFs under root, and records the devices in w when w
+// is not nil. It needs no root and no links, so discovery benchmarks use it
+// alone.
+func writeSysfs(root string, bus int, name string, numVFs int, w *world) error {
+	if numVFs > 256 {
+		return fmt.Errorf("%d VFs: at most 256 fit one fake bus", numVFs)
+	}
 	for _, d := range []string{"class/net", "bus/pci/devices", "devices/pci0000:00"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
 		}
 	}
-	const bus = 0x3b
 	pf := device{pci: fmt.Sprintf("0000:%02x:00.0", bus), name: name, podName: podIfName}
 	pfDir, err := pciDir(root, pf.pci)
 	if err != nil {
@@ -102,8 +105,8 @@ func writeSysfs(root, name string, numVFs int, w *world) error {
 	}
 	var vfs []device
 	for i := range numVFs {
-		// VFs on their own bus, 32 devices of 8 functions per bus.
-		vf := device{pci: fmt.Sprintf("0000:%02x:%02x.%d", bus+0x40+i/256, (i/8)%32, i%8), name: fmt.Sprintf("%sv%d", name, i)}
+		// VFs on their own bus, 32 devices of 8 functions each.
+		vf := device{pci: fmt.Sprintf("0000:%02x:%02x.%d", bus+0x40, i/8, i%8), name: fmt.Sprintf("%sv%d", name, i)}
 		vf.podName = vf.name
 		vfDir, err := pciDir(root, vf.pci)
 		if err != nil {

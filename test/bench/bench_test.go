@@ -1,0 +1,171 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+// largeSysfs is a node with pfs PFs of vfs VFs each, plus as many plain
+// netdevs as a busy node's veths, so discovery walks a realistic class/net.
+func largeSysfs(b *testing.B, pfs, vfs, plain int) string {
+	b.Helper()
+	root := b.TempDir()
+	for i := range pfs {
+		if err := writeSysfs(root, 0x10+i, fmt.Sprintf("ens%df0", i), vfs, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range plain {
+		// A virtual netdev: class/net entry with no PCI device behind it.
+		dir := filepath.Join(root, "devices", "virtual", "net", fmt.Sprintf("veth%d", i))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Symlink(dir, filepath.Join(root, "class", "net", fmt.Sprintf("veth%d", i))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return root
+}
+
+// BenchmarkSysfsPFs is discovery as ADD runs it with no pinned PF: every
+// PF on a node with 4 PFs of 256 VFs and 200 veths.
+func BenchmarkSysfsPFs(b *testing.B) {
+	s := sriov.Sysfs{Root: largeSysfs(b, 4, 256, 200)}
+	for b.Loop() {
+		pfs, err := s.PFs()
+		if err != nil || len(pfs) != 4 || len(pfs[3].VFs) != 256 {
+			b.Fatalf("PFs: %d, %v", len(pfs), err)
+		}
+	}
+}
+
+// BenchmarkSysfsPF is discovery of one pinned PF with 256 VFs (DEL's vet,
+// a deviceID from multus).
+func BenchmarkSysfsPF(b *testing.B) {
+	s := sriov.Sysfs{Root: largeSysfs(b, 1, 256, 0)}
+	for b.Loop() {
+		pf, err := s.PF("0000:10:00.0")
+		if err != nil || len(pf.VFs) != 256 {
+			b.Fatalf("PF: %v", err)
+		}
+	}
+}
+
+// record is an attachment of a PF with vfs VFs, as ADD saves it.
+func record(vfs int) *state.Record {
+	r := &state.Record{Version: state.Version, ContainerID: strings.Repeat("c0ffee", 10) + "abcd", IfName: "net1",
+		Netns: "/var/run/netns/cni-5f0b7c2e-1d2a-4c4b-9a7e-0123456789ab", NetnsID: netdev.ID{Dev: 4, Ino: 4026532999},
+		Pod:   config.Pod{Namespace: "kubevirt-prow-jobs", Name: "pull-kubevirt-e2e-sig-network-sriov-1234", UID: "5f0b7c2e-1d2a-4c4b-9a7e-0123456789ab"},
+		Phase: state.Attached, Created: time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)}
+	r.Devices = append(r.Devices, state.Device{PCIAddress: "0000:3b:00.0", OriginalName: "ens1f0", PodName: "net1",
+		MAC: "52:54:00:12:34:56", MTU: 9000, Up: true, VFIndex: -1})
+	for i := range vfs {
+		r.Devices = append(r.Devices, state.Device{PCIAddress: fmt.Sprintf("0000:7b:%02x.%d", i/8, i%8),
+			OriginalName: fmt.Sprintf("ens1f0v%d", i), PodName: fmt.Sprintf("ens1f0v%d", i),
+			MAC: fmt.Sprintf("52:54:00:00:%02x:%02x", i/256, i%256), MTU: 1500, VFIndex: i})
+	}
+	r.Result = json.RawMessage(`{"cniVersion":"1.1.0","interfaces":[]}`)
+	return r
+}
+
+// BenchmarkRecordEncode is the encoding Store.Save does, for 256 VFs.
+func BenchmarkRecordEncode(b *testing.B) {
+	r := record(256)
+	for b.Loop() {
+		if _, err := json.MarshalIndent(r, "", "  "); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRecordDecode is state.Decode (parse and validate), for 256 VFs.
+func BenchmarkRecordDecode(b *testing.B) {
+	data, err := json.MarshalIndent(record(256), "", "  ")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := state.Decode(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkStoreSaveGet is a record to disk and back: temp file, fsync,
+// rename, directory fsync, read, decode. ADD saves twice, DEL once.
+func BenchmarkStoreSaveGet(b *testing.B) {
+	s := state.Store{Dir: b.TempDir()}
+	r := record(256)
+	for b.Loop() {
+		if err := s.Save(r); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Get(r.Key()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestHarness runs every method of the bench once on a PF with 0 and with
+// 3 VFs, so a broken harness shows in go test, not first in make bench.
+// It builds both binaries; a few seconds with a warm build cache.
+func TestHarness(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("the bench harness test needs root and CI=true: run CI as root")
+		}
+		t.Skip("skipped: needs root to create network namespaces and links")
+	}
+	dir := t.TempDir()
+	build := func(out, pkg string) string {
+		path := filepath.Join(dir, out)
+		cmd := exec.Command("go", "build", "-o", path, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", pkg, err, b)
+		}
+		return path
+	}
+	cfg := benchConfig{
+		plugin:     build("sriov-passthrough-cni", "github.com/kubevirt/sriov-passthrough-cni/cmd/sriov-passthrough-cni"),
+		hostDevice: build("host-device", "github.com/containernetworking/plugins/plugins/main/host-device"),
+		vfs:        []int{0, 3}, runs: map[int]int{0: 1, 3: 1}, hdRuns: 1, inProc: true,
+	}
+	cfg.compare = cfg.plugin
+	var log strings.Builder
+	res, err := run(cfg, &log)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	for _, p := range res.points {
+		for _, m := range []string{"plugin", "floor", "host-device", "plugin-compare", "floor-transit", "plugin-inproc"} {
+			if n := len(p.samples[m]); n != 1 {
+				t.Errorf("%d VFs: %d samples of %s, want 1", p.vfs, n, m)
+			}
+		}
+	}
+	var out strings.Builder
+	report(&out, res)
+	if !strings.Contains(out.String(), "| 3 |") {
+		t.Errorf("table has no row for 3 VFs:\n%s", out.String())
+	}
+	if err := writeDocs(t.TempDir(), res); err != nil {
+		t.Fatal(err)
+	}
+	if s := summary(res, 3); !strings.HasPrefix(s, "bench: vfs=3 plugin_ms=") {
+		t.Errorf("summary line %q", s)
+	}
+}
