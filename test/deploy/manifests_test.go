@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -351,4 +352,42 @@ func checkPluginConf(t *testing.T, what string, data []byte) *config.NetConf {
 		t.Errorf("%s: cniVersion %q is not one the plugin supports", what, conf.CNIVersion)
 	}
 	return conf
+}
+
+// kubectl's built-in kustomize renders deploy/ as `kubectl apply -k` would;
+// the output must still decode strictly and carry the image override.
+func TestKustomizeBuild(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skip("kubectl is not installed; TestKustomizationListsEveryManifest still checks the resource list")
+	}
+	out, err := exec.Command(kubectl, "kustomize", filepath.Join(repoRoot(t), "deploy")).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize deploy: %v", err)
+	}
+	var m manifests
+	for i, doc := range docSeparator.Split(string(out), -1) {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		if err := m.add([]byte(doc)); err != nil {
+			t.Errorf("rendered document %d: %v", i+1, err)
+		}
+	}
+	if len(m.namespaces) != 1 || len(m.daemonSets) != 1 || len(m.nads) != 1 {
+		t.Fatalf("rendered %d Namespace, %d DaemonSet, %d NAD; want one each", len(m.namespaces), len(m.daemonSets), len(m.nads))
+	}
+	k := loadManifests(t).kustomization
+	img := k.Images[0]
+	want := img.Name
+	if img.NewName != "" {
+		want = img.NewName
+	}
+	want += ":" + img.NewTag
+	if got := m.daemonSets[0].Spec.Template.Spec.Containers[0].Image; got != want {
+		t.Errorf("rendered image %q, want %q", got, want)
+	}
+	if m.nads[0].Namespace != "multus-cni-ns" {
+		t.Errorf("kustomize moved the NAD to namespace %q", m.nads[0].Namespace)
+	}
 }
