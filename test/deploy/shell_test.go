@@ -96,3 +96,46 @@ func TestInstallerRunsUnderBusybox(t *testing.T) {
 	}
 	assertInstalled(t, l.installedBin(), fakePlugin("v1"), 0o755)
 }
+
+// The DaemonSet runs install-plugin as uid 0 with every capability dropped.
+// That is enough for a root-owned 0755 /opt/cni/bin (root writes it as its
+// owner), and really is without privilege: a directory owned by someone else
+// becomes unwritable.
+func TestInstallerNeedsNoCapabilities(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, as the DaemonSet's container runs")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) is not installed")
+	}
+	noCaps := func(args ...string) result {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		argv := append([]string{"--bounding-set", "-all", "--inh-caps", "-all", "--ambient-caps", "-all", "--no-new-privs", "--", installerPath(t)}, args...)
+		return finish(t, exec.CommandContext(ctx, setpriv, argv...), nil)
+	}
+	l := newLayout(t, fakePlugin("v1"))
+	if r := noCaps("--once", "--src", l.src, l.bin, l.conf); r.code != 0 {
+		t.Fatalf("install without capabilities: %v", r)
+	}
+	l.setSource(t, fakePlugin("v2"))
+	if r := noCaps("--once", "--src", l.src, l.bin, l.conf); r.code != 0 {
+		t.Fatalf("upgrade without capabilities: %v", r)
+	}
+	assertInstalled(t, l.installedBin(), fakePlugin("v2"), 0o755)
+	if r := noCaps("--check", "--src", l.src, l.bin, l.conf); r.code != 0 {
+		t.Errorf("check without capabilities: %v", r)
+	}
+
+	foreign := filepath.Join(t.TempDir(), "foreign")
+	if err := os.Mkdir(foreign, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(foreign, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if r := noCaps("--once", "--src", l.src, foreign); r.code != 1 {
+		t.Errorf("capabilities were not dropped: wrote a directory owned by another user: %v", r)
+	}
+}
