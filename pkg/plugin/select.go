@@ -168,7 +168,9 @@ func (o *op) choosePF(recs []*state.Record, view *hostView) (candidate, error) {
 		return candidate{}, types.NewError(types.ErrIOFailure, "discover SR-IOV PFs", err.Error())
 	}
 	var why []string
+	seen := map[string]bool{}
 	for _, pf := range pfs {
+		seen[pf.PCIAddress] = true
 		c := judge(pf)
 		if c.reason == "" {
 			o.log.Info("chose PF", "pf", pf.PCIAddress, "name", pf.Name, "vfs", len(pf.VFs), "passedOver", strings.Join(why, "; "))
@@ -176,7 +178,21 @@ func (o *op) choosePF(recs []*state.Record, view *hostView) (candidate, error) {
 		}
 		why = append(why, fmt.Sprintf("%s (%s): %s", pf.PCIAddress, nameOr(pf.Name, "no netdev"), c.reason))
 	}
-	if len(pfs) == 0 {
+	// A PF in a pod's netns is not under the host's /sys/class/net, so
+	// discovery does not list it: say who holds it, from the records.
+	var held []string
+	for _, r := range recs {
+		if len(r.Devices) == 0 || seen[r.Devices[0].PCIAddress] {
+			continue
+		}
+		d := r.Devices[0]
+		seen[d.PCIAddress] = true
+		held = append(held, fmt.Sprintf("%s (%s): in use by pod %s (container %s, %s, %s)",
+			d.PCIAddress, d.OriginalName, r.Pod, r.ContainerID, r.IfName, r.Phase))
+	}
+	slices.Sort(held)
+	why = append(why, held...)
+	if len(why) == 0 {
 		why = append(why, fmt.Sprintf("no SR-IOV PF (a netdev whose device has sriov_totalvfs > 0) under %s/class/net", o.conf.SysfsRoot))
 	}
 	return candidate{}, types.NewError(types.ErrTryAgainLater, "no free SR-IOV PF on this node", strings.Join(why, "; "))
