@@ -315,7 +315,7 @@ run_vm() {
 	# the guest's first line on, as it is (the firmware's chatter is noise).
 	local show=(sed -u "s/^/linux-$label| /")
 	if [[ $mode != e2e ]]; then
-		show=(awk '/^guest: / { on = 1 } on { print; fflush() }')
+		show=(awk '/guest: / { on = 1 } on { print; fflush() }')
 	fi
 	log "=== linux $label ($(cat "$dir/release")): $mode ==="
 	local t=$SECONDS rc=0
