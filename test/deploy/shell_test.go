@@ -2,10 +2,12 @@ package deploy_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -18,15 +20,7 @@ func TestInstallRealBinary(t *testing.T) {
 		t.Skip("cmd/sriov-passthrough-cni has no Go files yet")
 	}
 	l := newLayout(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=v0.0.0-deploytest",
-		"-o", filepath.Join(l.src, binName), "./cmd/sriov-passthrough-cni")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	buildPlugin(t, "v0.0.0-deploytest", filepath.Join(l.src, binName))
 	r := runInstaller(t, nil, "--once", "--src", l.src, l.bin, l.conf)
 	if r.code != 0 {
 		t.Fatalf("install of the real binary: %v", r)
@@ -38,6 +32,47 @@ func TestInstallRealBinary(t *testing.T) {
 	}
 	if r := runInstaller(t, nil, "--check", "--src", l.src, l.bin, l.conf); r.code != 0 {
 		t.Errorf("readiness check of the real binary: %v", r)
+	}
+
+	// An upgrade while the runtime is executing the plugin: writing into the
+	// running binary fails with ETXTBSY (what a plain cp hits), a rename
+	// does not. The plugin blocks reading its config from stdin meanwhile.
+	running := exec.Command(l.installedBin())
+	running.Env = append(os.Environ(), "CNI_COMMAND=ADD", "CNI_CONTAINERID=x", "CNI_NETNS=/nonexistent", "CNI_IFNAME=net1", "CNI_PATH=/nonexistent")
+	stdin, err := running.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := running.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); _ = running.Process.Kill(); _ = running.Wait() }()
+	if !waitFor(5*time.Second, func() bool {
+		f, err := os.OpenFile(l.installedBin(), os.O_WRONLY, 0)
+		if err == nil {
+			f.Close()
+		}
+		return errors.Is(err, syscall.ETXTBSY)
+	}) {
+		t.Fatal("the running plugin's binary never became busy; the test proves nothing")
+	}
+	buildPlugin(t, "v0.0.0-deploytest2", filepath.Join(l.src, binName))
+	if r := runInstaller(t, nil, "--once", "--src", l.src, l.bin, l.conf); r.code != 0 || !strings.Contains(r.stdout, "installed sriov-passthrough-cni v0.0.0-deploytest2") {
+		t.Errorf("upgrade while the plugin runs: %v", r)
+	}
+}
+
+// buildPlugin builds the plugin as the Dockerfile does, with version stamped.
+func buildPlugin(t *testing.T, version, out string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+version,
+		"-o", out, "./cmd/sriov-passthrough-cni")
+	build.Dir = repoRoot(t)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
 	}
 }
 
