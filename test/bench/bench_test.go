@@ -142,7 +142,7 @@ func TestHarness(t *testing.T) {
 	cfg := benchConfig{
 		plugin:     build("sriov-passthrough-cni", "github.com/kubevirt/sriov-passthrough-cni/cmd/sriov-passthrough-cni"),
 		hostDevice: build("host-device", "github.com/containernetworking/plugins/plugins/main/host-device"),
-		vfs:        []int{0, 3}, runs: map[int]int{0: 1, 3: 1}, hdRuns: 1, inProc: true,
+		vfs:        []int{0, 3}, runs: map[int]int{0: 1, 3: 1}, hdRuns: map[int]int{0: 1, 3: 1}, inProc: true,
 	}
 	cfg.compare = cfg.plugin
 	var log strings.Builder

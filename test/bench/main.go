@@ -28,8 +28,8 @@ func main() {
 		pluginBin = flag.String("plugin", "bin/sriov-passthrough-cni", "the built plugin binary")
 		hdBin     = flag.String("host-device", "_output/bench/host-device", "containernetworking host-device binary (\"\" to skip)")
 		vfList    = flag.String("vfs", "0,8,32,128,256", "VF counts to measure")
-		runs      = flag.String("runs", "0:21,8:21,32:15,128:11,256:7", "ADD+DEL cycles per VF count (vfs:runs,...; a bare number for all)")
-		hdRuns    = flag.Int("host-device-runs", 5, "at most this many host-device cycles per VF count (it is slow)")
+		runs      = flag.String("runs", "0:41,8:15,32:9,128:5,256:3", "ADD+DEL cycles of the plugin and the floor per VF count (vfs:runs,...; a bare number for all)")
+		hdRuns    = flag.String("host-device-runs", "0:9,8:5,32:3,128:3,256:2", "host-device cycles per VF count (it is slow), at most -runs")
 		out       = flag.String("out", "docs", "directory for bench.png and bench.md (\"\" to skip)")
 		compare   = flag.String("compare", "", "a second plugin binary (e.g. an older build) to time next to the first, as plugin-compare")
 		inProc    = flag.Bool("inproc", false, "also time the plugin's ADD and DEL in process (no exec), to tell start-up from work")
@@ -41,10 +41,13 @@ func main() {
 		os.Exit(2)
 	}
 	wrap = strings.Fields(*wrapCmd)
-	cfg := benchConfig{plugin: *pluginBin, hostDevice: *hdBin, hdRuns: *hdRuns, inProc: *inProc, compare: *compare}
+	cfg := benchConfig{plugin: *pluginBin, hostDevice: *hdBin, inProc: *inProc, compare: *compare}
 	var err error
 	if cfg.vfs, err = parseInts(*vfList); err == nil {
 		cfg.runs, err = parseRuns(*runs, cfg.vfs)
+	}
+	if err == nil {
+		cfg.hdRuns, err = parseRuns(*hdRuns, cfg.vfs)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -69,7 +72,7 @@ type benchConfig struct {
 	plugin, hostDevice string
 	vfs                []int
 	runs               map[int]int
-	hdRuns             int
+	hdRuns             map[int]int
 	inProc             bool
 	compare            string
 }
@@ -140,7 +143,7 @@ func measure(cfg benchConfig, n int, log io.Writer) (point, error) {
 	for r := range cfg.runs[n] {
 		for i := range methods {
 			m := methods[(r+i)%len(methods)]
-			if m.name() == "host-device" && len(p.samples[m.name()]) >= cfg.hdRuns {
+			if m.name() == "host-device" && len(p.samples[m.name()]) >= cfg.hdRuns[n] {
 				continue
 			}
 			s, err := cycle(w, m, fmt.Sprintf("bench-%d-%d", n, r), hostNames, podNames)
