@@ -22,8 +22,12 @@ demo:
 # The unit run goes last so CI output ends with go test's own summary lines.
 test: lint e2e unit
 
+# Debian packages the host-side tests use (apt only when one is missing).
+deps:
+	bash test/deps.sh
+
 # Quick run: unit, kernel (root) and integration tests on this machine.
-unit: build
+unit: build deps
 	$(GO) test $(GOTEST_FLAGS) -race ./...
 
 e2e:

@@ -250,30 +250,30 @@ func TestDaemonSetIsLeastPrivilegeInstaller(t *testing.T) {
 		}
 	}
 
-	// The installer's first argument is where /opt/cni/bin is mounted.
-	if len(c.Args) == 0 {
-		t.Fatal("container has no args: install-plugin needs CNI_BIN_DIR")
-	}
-	binDir := c.Args[len(c.Args)-1]
-	if len(c.Args) == 2 {
-		binDir = c.Args[0]
+	// The installer's arguments are where /opt/cni/bin and /etc/cni/net.d
+	// are mounted: the binary and its 90-sriov-passthrough-cni.conf go there.
+	wantHost := []string{"/opt/cni/bin", "/etc/cni/net.d"}
+	if len(c.Args) != len(wantHost) {
+		t.Fatalf("container args %q, want CNI_BIN_DIR and CNI_CONF_DIR", c.Args)
 	}
 	mounts := map[string]corev1.VolumeMount{}
 	for _, vm := range c.VolumeMounts {
 		mounts[vm.MountPath] = vm
 	}
-	vm, ok := mounts[binDir]
-	if !ok || vm.ReadOnly {
-		t.Fatalf("CNI_BIN_DIR %q is not a writable mount: %+v", binDir, c.VolumeMounts)
-	}
-	var hostPath string
-	for _, v := range pod.Volumes {
-		if v.Name == vm.Name && v.HostPath != nil {
-			hostPath = v.HostPath.Path
+	for i, dir := range c.Args {
+		vm, ok := mounts[dir]
+		if !ok || vm.ReadOnly {
+			t.Fatalf("%q is not a writable mount: %+v", dir, c.VolumeMounts)
 		}
-	}
-	if hostPath != "/opt/cni/bin" {
-		t.Errorf("%s is hostPath %q, want /opt/cni/bin", binDir, hostPath)
+		var hostPath string
+		for _, v := range pod.Volumes {
+			if v.Name == vm.Name && v.HostPath != nil {
+				hostPath = v.HostPath.Path
+			}
+		}
+		if hostPath != wantHost[i] {
+			t.Errorf("%s is hostPath %q, want %s", dir, hostPath, wantHost[i])
+		}
 	}
 
 	// Ready means: the installed binary matches the image and answers VERSION.
@@ -282,7 +282,7 @@ func TestDaemonSetIsLeastPrivilegeInstaller(t *testing.T) {
 		t.Fatal("no exec readiness probe")
 	}
 	entry := dockerfileEntrypoint(t)
-	want := []string{entry, "--check", binDir}
+	want := append([]string{entry, "--check"}, c.Args...)
 	if !slices.Equal(p.Exec.Command, want) {
 		t.Errorf("readiness probe %q, want %q", p.Exec.Command, want)
 	}

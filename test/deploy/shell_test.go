@@ -77,10 +77,7 @@ func buildPlugin(t *testing.T, version, out string) {
 }
 
 func TestInstallerIsShellcheckClean(t *testing.T) {
-	sc, err := exec.LookPath("shellcheck")
-	if err != nil {
-		t.Skip("shellcheck is not installed (apt-get install shellcheck)")
-	}
+	sc := needTool(t, "shellcheck", "shellcheck")
 	if out, err := exec.Command(sc, installerPath(t)).CombinedOutput(); err != nil {
 		t.Errorf("shellcheck install-plugin: %v\n%s", err, out)
 	}
@@ -89,10 +86,7 @@ func TestInstallerIsShellcheckClean(t *testing.T) {
 // The image's shell and tools are busybox's: run the installer with nothing
 // else on PATH.
 func TestInstallerRunsUnderBusybox(t *testing.T) {
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("busybox is not installed (apt-get install busybox)")
-	}
+	bb := needTool(t, "busybox", "busybox")
 	list, err := exec.Command(bb, "--list").Output()
 	if err != nil {
 		t.Fatalf("busybox --list: %v", err)
@@ -140,10 +134,7 @@ func TestInstallerNeedsNoCapabilities(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root, as the DaemonSet's container runs")
 	}
-	setpriv, err := exec.LookPath("setpriv")
-	if err != nil {
-		t.Skip("setpriv (util-linux) is not installed")
-	}
+	setpriv := needTool(t, "setpriv", "util-linux")
 	noCaps := func(args ...string) result {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
