@@ -15,7 +15,9 @@
 // transit netns, see test/stress) sets SRIOVPT_FAILPOINT_NOTIFY to a file
 // descriptor: Hit then writes the step's name there and stops the process
 // with SIGSTOP, and the harness sends the SIGKILL. Either way the process
-// runs no further code of its own.
+// runs no further code of its own. SRIOVPT_FAILPOINT_TRACE, also a file
+// descriptor, receives every step's name as it is passed, so a test learns
+// from one run which steps an operation takes and how often.
 package failpoint
 
 // Env is the variable that selects the step to die at.
@@ -23,3 +25,7 @@ const Env = "SRIOVPT_FAILPOINT"
 
 // NotifyEnv names a file descriptor to report the hit on before stopping.
 const NotifyEnv = "SRIOVPT_FAILPOINT_NOTIFY"
+
+// TraceEnv names a file descriptor that receives the name of every
+// failpoint passed, one per line.
+const TraceEnv = "SRIOVPT_FAILPOINT_TRACE"

@@ -17,7 +17,17 @@ var (
 	hits   int
 )
 
-func init() { target, nth = parse(os.Getenv(Env)) }
+// trace, when SRIOVPT_FAILPOINT_TRACE names a file descriptor, receives
+// the name of every failpoint passed: tests learn from one run how often
+// each is hit.
+var trace *os.File
+
+func init() {
+	target, nth = parse(os.Getenv(Env))
+	if fd, err := strconv.Atoi(os.Getenv(TraceEnv)); err == nil {
+		trace = os.NewFile(uintptr(fd), "failpoint-trace")
+	}
+}
 
 // parse splits "name@N"; N defaults to 1, and a bad N disables the point
 // rather than killing at a step the test did not ask for.
@@ -35,6 +45,9 @@ func parse(v string) (string, int) {
 
 // Hit kills the process if SRIOVPT_FAILPOINT selects this hit of name.
 func Hit(name string) {
+	if trace != nil {
+		_, _ = trace.WriteString(name + "\n")
+	}
 	if target == "" || name != target {
 		return
 	}
