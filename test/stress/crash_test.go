@@ -61,7 +61,7 @@ type scenario struct {
 	// fails: the operation fails without a kill (it is there to reach a
 	// rollback).
 	fails bool
-	run  func(w *world, fp string) (run, []attachment)
+	run   func(w *world, fp string) (run, []attachment)
 }
 
 var scenarios = []scenario{

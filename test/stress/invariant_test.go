@@ -120,7 +120,9 @@ type verdict struct {
 	lost, misnamed int
 }
 
-func (v *verdict) add(format string, a ...any) { v.problems = append(v.problems, fmt.Sprintf(format, a...)) }
+func (v *verdict) add(format string, a ...any) {
+	v.problems = append(v.problems, fmt.Sprintf(format, a...))
+}
 
 // check tests the invariant. Every device is found exactly once, and
 //   - no record claims it: it is home (host netns, original name, untagged);
