@@ -3,6 +3,8 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -100,6 +102,9 @@ func (o *op) gather(rec *state.Record, g *gathering, places []*netdev.NS, settle
 			}
 			for _, d := range rec.Pending() {
 				l, ok := links[d.PCIAddress]
+				if !ok && ns == o.host {
+					l, ok = o.untaggedAtHost(d)
+				}
 				if _, done := g.from[d.PCIAddress]; done || !ok {
 					continue
 				}
@@ -117,6 +122,24 @@ func (o *op) gather(rec *state.Record, g *gathering, places []*netdev.NS, settle
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// untaggedAtHost finds a pending device that sits on the host under its
+// original name with no PCI identity netlink can show: the kernel does not
+// report its parent device (IFLA_PARENT_DEV_NAME is a late 5.x addition)
+// and it carries no tag, because the ADD that recorded it died before
+// tagging it, or a release died after removing the tag but before saving
+// the record. Host sysfs lists host-netns netdevs under their PCI
+// function, so it can vouch for the name.
+func (o *op) untaggedAtHost(d *state.Device) (netlink.Link, bool) {
+	if _, err := os.Stat(filepath.Join(o.sys.DevicePath(d.PCIAddress), "net", d.OriginalName)); err != nil {
+		return nil, false
+	}
+	l, err := o.host.Handle().LinkByName(d.OriginalName)
+	if err != nil || netdev.PCIOf(l) != "" {
+		return nil, false // gone meanwhile, or another device's tag says otherwise
+	}
+	return l, true
 }
 
 // admit moves l from ns into transit. Devices come from several places, so
@@ -189,6 +212,9 @@ func (o *op) restore(rec *state.Record, g *gathering, log interface{ Info(string
 			continue
 		}
 		l, ok := hostLinks[d.PCIAddress]
+		if !ok {
+			l, ok = g.atHost[d.PCIAddress]
+		}
 		if !ok || l.Attrs().Name != d.OriginalName {
 			errs = append(errs, fmt.Errorf("device %s is not on the host as %q after the move", d.PCIAddress, d.OriginalName))
 			continue
