@@ -182,7 +182,7 @@ func (w *world) check(final bool) verdict {
 				}
 			}
 			p := w.pods[r.Netns]
-			if r.Phase == state.Attached && p != nil && !p.deleted && p.id == r.NetnsID {
+			if r.Phase == state.Attached && p != nil && !p.deleted && p.id == r.NetnsID && !w.disturbed[r.Key()] {
 				dev := deviceIn(r, d.pci)
 				if loc.pod != p || loc.name != dev.PodName {
 					v.add("half an attachment: record %s is attached to live pod %s, but device %s (%s) is at %s, want %q there",

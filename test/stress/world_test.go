@@ -119,6 +119,8 @@ type world struct {
 	pods map[string]*pod
 	// running is the set of plugin processes now running.
 	running map[*proc]bool
+	// disturbed attachments had a device moved away by the workload.
+	disturbed map[string]bool
 }
 
 type pod struct {
@@ -132,7 +134,7 @@ type pod struct {
 func newWorld(t testing.TB) *world {
 	e := kerneltest.New(t)
 	dir := t.TempDir()
-	w := &world{Env: e, t: t, pods: map[string]*pod{}, running: map[*proc]bool{},
+	w := &world{Env: e, t: t, pods: map[string]*pod{}, running: map[*proc]bool{}, disturbed: map[string]bool{},
 		cniPath: filepath.Join(dir, "cni-bin"), logFile: filepath.Join(dir, "plugin.log")}
 	if err := os.MkdirAll(w.cniPath, 0o755); err != nil {
 		t.Fatal(err)
@@ -444,6 +446,9 @@ func (w *world) exec(cmdName string, a attachment, o opts) run {
 		}
 	}
 	res.elapsed = time.Since(start)
+	if res.elapsed > time.Second && os.Getenv("STRESS_DEBUG") != "" {
+		fmt.Fprintf(os.Stderr, "slow %s %s: %s killed=%v\n%s\n", cmdName, a.cid, res.elapsed, res.killed, stderr.String())
+	}
 	if st, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && st.Signaled() {
 		res.killed = st.Signal() == syscall.SIGKILL
 		if res.killed {
