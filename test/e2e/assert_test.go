@@ -5,6 +5,7 @@ package e2e
 import (
 	"fmt"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -155,6 +156,8 @@ func assertRestored(t *testing.T, pcis ...string) {
 			t.Errorf("%s came back as %q, want its original name %q", x, got.Name, want.Name)
 		case got.MAC != want.MAC || got.MTU != want.MTU || got.Up != want.Up:
 			t.Errorf("%s came back as %v, want %v", x, got, want)
+		case !slices.Equal(got.AltNames, want.AltNames):
+			t.Errorf("%s came back with altnames %q, it had %q", x, got.AltNames, want.AltNames)
 		}
 	}
 }

@@ -35,7 +35,11 @@ func (l link) String() string {
 	if l.Up {
 		state = "up"
 	}
-	return fmt.Sprintf("%s(%s %s mtu %d %s)", l.Name, l.PCI, l.MAC, l.MTU, state)
+	alt := ""
+	if len(l.AltNames) > 0 {
+		alt = " altnames " + strings.Join(l.AltNames, ",")
+	}
+	return fmt.Sprintf("%s(%s %s mtu %d %s%s)", l.Name, l.PCI, l.MAC, l.MTU, state, alt)
 }
 
 // netnsLinks lists every netdev in the netns at path ("" is the VM's own

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -102,7 +103,8 @@ func diffHost() error {
 		switch {
 		case !ok:
 			diffs = append(diffs, fmt.Sprintf("missing %v", want))
-		case got.Name != want.Name || got.MAC != want.MAC || got.MTU != want.MTU || got.Up != want.Up:
+		case got.Name != want.Name || got.MAC != want.MAC || got.MTU != want.MTU || got.Up != want.Up ||
+			!slices.Equal(got.AltNames, want.AltNames):
 			diffs = append(diffs, fmt.Sprintf("%v is now %v", want, got))
 		}
 	}
@@ -182,6 +184,11 @@ func repairHost(t *testing.T) {
 			state = "up"
 		}
 		ipQuiet("link", "set", want.Name, state, "mtu", fmt.Sprint(want.MTU), "address", want.MAC)
+		for _, alt := range got.AltNames {
+			if !slices.Contains(want.AltNames, alt) {
+				ipQuiet("link", "property", "del", "dev", want.Name, "altname", alt)
+			}
+		}
 	}
 	if err := diffHost(); err != nil {
 		t.Logf("repair incomplete: %v", err)

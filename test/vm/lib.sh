@@ -238,6 +238,11 @@ build_binaries() {
 	if [[ $mode == e2e || $mode == bench ]]; then
 		(cd "$repo" && CGO_ENABLED=0 quietly go test -c -trimpath -tags e2e -o "$out/e2e.test" ./test/e2e)
 	fi
+	if [[ $mode == e2e ]]; then
+		# The crash tests kill this build at named steps (pkg/failpoint).
+		(cd "$repo" && CGO_ENABLED=0 quietly go build -trimpath -tags failpoints \
+			-o "$out/failpoints/sriov-passthrough-cni" ./cmd/sriov-passthrough-cni)
+	fi
 	if [[ $mode == bench && -n ${BENCH_FLOOR:-} ]]; then
 		cp "$BENCH_FLOOR" "$out/floor"
 	fi
@@ -319,12 +324,21 @@ run_vm() {
 	fi
 	log "=== linux $label ($(cat "$dir/release")): $mode ==="
 	local t=$SECONDS rc=0
-	set +e
-	timeout -k 10 "$vm_timeout" qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 |
+	# In the background, so that a signal to us runs cleanup (which stops
+	# QEMU through its pid file) at once instead of after the pipeline.
+	rm -f "$work/qemu.rc"
+	{
+		timeout -k 10 "$vm_timeout" qemu-system-x86_64 "${args[@]}" </dev/null &
+		echo $! >"$work/qemu.pid"
+		wait $!
+		echo $? >"$work/qemu.rc"
+	} 2>&1 |
 		sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' |
-		tee "$console" | "${show[@]}"
-	local qrc=${PIPESTATUS[0]}
-	set -e
+		tee "$console" | "${show[@]}" &
+	wait $! || true
+	local qrc
+	qrc=$(cat "$work/qemu.rc" 2>/dev/null || echo 255)
+	rm -f "$work/qemu.pid"
 	local secs=$((SECONDS - t)) result
 	result=$(grep -a -o 'SRIOVPT-VM-RESULT rc=[0-9]*' "$console" | tail -n1 | cut -d= -f2)
 	if ((qrc == 124)); then

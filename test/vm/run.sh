@@ -74,8 +74,9 @@ main() {
 
 cleanup() {
 	local rc=$?
-	if [[ -n ${qemu_pid:-} ]] && kill -0 "$qemu_pid" 2>/dev/null; then
-		kill "$qemu_pid" 2>/dev/null || true
+	if [[ -n ${work:-} && -s $work/qemu.pid ]]; then
+		kill "$(cat "$work/qemu.pid")" 2>/dev/null || true
+		sleep 1
 	fi
 	[[ -n ${work:-} && -d $work ]] && rm -rf "$work"
 	exit "$rc"

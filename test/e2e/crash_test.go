@@ -1,0 +1,98 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+)
+
+// failpointHarness is a harness whose libcni runs the plugin built with
+// -tags failpoints (E2E_FAILPOINT_PLUGIN_DIR): SRIOVPT_FAILPOINT=step@N makes
+// it SIGKILL itself at that step, as the OOM killer or a runtime timeout would.
+func failpointHarness(t *testing.T) *harness {
+	t.Helper()
+	dir := os.Getenv("E2E_FAILPOINT_PLUGIN_DIR")
+	if dir == "" {
+		t.Fatal("E2E_FAILPOINT_PLUGIN_DIR is unset: the VM harness builds the plugin with -tags failpoints")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sriov-passthrough-cni")); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, nil)
+	h.cni = libcni.NewCNIConfigWithCacheDir([]string{dir}, h.cacheDir, nil)
+	return h
+}
+
+// recoverByDel is what a runtime does after a failed ADD or DEL: DEL until it
+// succeeds. Physical netdevs in a netns that died with the killed process
+// return to the host asynchronously, so a DEL may find some not back yet;
+// the plugin must remember them and finish on a later DEL.
+func recoverByDel(t *testing.T, h *harness, p *pod, pcis []string) {
+	t.Helper()
+	t.Setenv("SRIOVPT_FAILPOINT", "")
+	var err error
+	for i := 0; i < 5; i++ {
+		if err = h.libDel(p, "net1"); err == nil {
+			break
+		}
+		t.Logf("DEL after the crash, try %d: %v", i+1, err)
+		time.Sleep(time.Second)
+	}
+	if err != nil {
+		t.Fatalf("DEL after the crash keeps failing: %v", err)
+	}
+	waitOnHost(t, pcis...)
+	if err := h.libDel(p, "net1"); err != nil {
+		t.Errorf("DEL once every device is back: %v", err)
+	}
+	assertRestored(t, pcis...)
+	if r := h.records(); len(r) != 0 {
+		t.Errorf("state records left after recovery: %v", r)
+	}
+}
+
+// The plugin is killed part-way through ADD; the runtime's DEL puts every
+// device back under its original name.
+func TestCrashDuringAddThenDel(t *testing.T) {
+	// Only a renamed device (the PF) goes through the transit netns; VFs
+	// that keep their names go straight to the pod.
+	for _, step := range []string{"add/record-adding", "add/tagged@3", "add/to-transit", "add/to-pod@4", "add/renamed", "add/up"} {
+		t.Run(step, func(t *testing.T) {
+			h := failpointHarness(t)
+			p := h.newPod()
+			a := wholePF(p, "net1", pfs[0])
+			t.Setenv("SRIOVPT_FAILPOINT", step)
+			if _, err := h.libAdd(p, "net1"); err == nil {
+				t.Cleanup(func() { _ = h.libDel(p, "net1") })
+				t.Fatalf("ADD with failpoint %s succeeded: is the plugin built with -tags failpoints?", step)
+			}
+			recoverByDel(t, h, p, a.pcis())
+			assertPodHolds(t, p)
+		})
+	}
+}
+
+// The plugin is killed part-way through DEL; the runtime's next DEL finishes.
+func TestCrashDuringDelThenDel(t *testing.T) {
+	for _, step := range []string{"release/to-transit@2", "release/renamed", "release/to-host@4"} {
+		t.Run(step, func(t *testing.T) {
+			h := failpointHarness(t)
+			p := h.newPod()
+			a := wholePF(p, "net1", pfs[0])
+			if _, err := h.libAdd(p, "net1"); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			t.Setenv("SRIOVPT_FAILPOINT", step)
+			if err := h.libDel(p, "net1"); err == nil {
+				t.Fatalf("DEL with failpoint %s succeeded", step)
+			}
+			recoverByDel(t, h, p, a.pcis())
+			assertPodHolds(t, p)
+		})
+	}
+}
