@@ -46,6 +46,10 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 func (o *op) releaseRecord(rec *state.Record, settle time.Duration) error {
 	if err := o.vet(rec); err != nil {
 		o.setAside(rec.Key(), err)
+		// Set aside, it holds nothing for this run: its PF may be chosen.
+		for i := range rec.Devices {
+			rec.Devices[i].Released = true
+		}
 		return nil
 	}
 	pod := o.recordedNS(rec)

@@ -248,7 +248,14 @@ func (o *op) restoreHostState(l netlink.Link, d *state.Device) error {
 func (o *op) vet(rec *state.Record) error {
 	pf, err := o.sys.PF(rec.PF().PCIAddress)
 	if errors.Is(err, sriov.ErrNotPF) && !o.sys.DeviceExists(rec.PF().PCIAddress) {
-		return nil // the PF itself is gone (hot-unplugged): nothing to move
+		// The PF is gone (hot-unplugged), and its VFs went with it: a
+		// device of the record that still exists is not one of them.
+		for _, d := range rec.Devices[1:] {
+			if o.sys.DeviceExists(d.PCIAddress) {
+				return fmt.Errorf("PF %s is gone but device %s still exists, so it is not its VF", rec.PF().PCIAddress, d.PCIAddress)
+			}
+		}
+		return nil // nothing to move
 	}
 	if err != nil {
 		return err
