@@ -288,6 +288,7 @@ guest_conf() {
 }
 
 # run_vm MODE LABEL: boot the VM, stream its console, return its result.
+# Its go-test-like summary goes to $work/summary-LABEL for run.sh to print.
 run_vm() {
 	local mode=$1 label=$2 dir=${kernel_dir[$2]} kroot=$work/kroot-$2
 	local initrd=$work/initrd-$label.cpio console=$work/console-$label.log
@@ -326,19 +327,20 @@ run_vm() {
 	local t=$SECONDS rc=0
 	# In the background, so that a signal to us runs cleanup (which stops
 	# QEMU through its pid file) at once instead of after the pipeline.
-	rm -f "$work/qemu.rc"
+	local pidfile=$work/qemu-$label.pid rcfile=$work/qemu-$label.rc
+	rm -f "$rcfile"
 	{
 		timeout -k 10 "$vm_timeout" qemu-system-x86_64 "${args[@]}" </dev/null &
-		echo $! >"$work/qemu.pid"
+		echo $! >"$pidfile"
 		wait $!
-		echo $? >"$work/qemu.rc"
+		echo $? >"$rcfile"
 	} 2>&1 |
 		sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' |
 		tee "$console" | "${show[@]}" &
 	wait $! || true
 	local qrc
-	qrc=$(cat "$work/qemu.rc" 2>/dev/null || echo 255)
-	rm -f "$work/qemu.pid"
+	qrc=$(cat "$rcfile" 2>/dev/null || echo 255)
+	rm -f "$pidfile"
 	local secs=$((SECONDS - t)) result
 	result=$(grep -a -o 'SRIOVPT-VM-RESULT rc=[0-9]*' "$console" | tail -n1 | cut -d= -f2)
 	if ((qrc == 124)); then
@@ -351,15 +353,17 @@ run_vm() {
 		rc=1
 	fi
 
-	if [[ $mode == e2e ]]; then
-		grep -a -E '^\s*--- (FAIL|SKIP)' "$console" || true
-		if ((rc == 0)); then
-			printf 'ok  \t%s (linux %s)\t%ss\n' "$module_path" "$label" "$secs"
+	{
+		if [[ $mode == e2e ]]; then
+			grep -a -E '^\s*--- (FAIL|SKIP)' "$console" || true
+			if ((rc == 0)); then
+				printf 'ok  \t%s (linux %s)\t%ss\n' "$module_path" "$label" "$secs"
+			else
+				printf 'FAIL\t%s (linux %s)\t%ss\n' "$module_path" "$label" "$secs"
+			fi
 		else
-			printf 'FAIL\t%s (linux %s)\t%ss\n' "$module_path" "$label" "$secs"
+			log "linux $label: $mode $([[ $rc == 0 ]] && echo ok || echo FAILED) (${secs}s)"
 		fi
-	else
-		log "linux $label: $mode $([[ $rc == 0 ]] && echo ok || echo FAILED) (${secs}s)"
-	fi
+	} >"$work/summary-$label"
 	return "$rc"
 }

@@ -17,6 +17,7 @@
 #   SRIOVPT_VM_KERNELS  kernels to run e2e on, space separated (default "6.1 6.12")
 #   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 300)
 #   SRIOVPT_VM_SMP      guest CPUs (default: host CPUs, at most 4)
+#   SRIOVPT_VM_SERIAL   set: boot the e2e kernels one after the other, not side by side
 #   E2E_RUN             passed to the e2e binary as -test.run
 #   SRIOVPT_VM_PLUGIN   use this plugin binary instead of building one (make build)
 #   BENCH_FLOOR         path of a static "floor" program for bench mode
@@ -59,10 +60,25 @@ main() {
 		step "kernel $k" ensure_kernel "$k"
 	done
 	step "static binaries" build_binaries "$mode"
+	if ((${#kernels[@]} > 1)) && [[ -z ${SRIOVPT_VM_SERIAL:-} ]]; then
+		# Side by side: a TCG guest mostly waits (RCU grace periods on every
+		# netns move), so two fit on two cores in little more than one's time.
+		log "booting linux ${kernels[*]} side by side; their lines are labelled (SRIOVPT_VM_SERIAL=1: one at a time)"
+		local pids=() i
+		for k in "${kernels[@]}"; do
+			run_vm "$mode" "$k" &
+			pids+=($!)
+		done
+		for i in "${!kernels[@]}"; do
+			wait "${pids[$i]}" || failed+=("${kernels[$i]}")
+		done
+	else
+		for k in "${kernels[@]}"; do
+			run_vm "$mode" "$k" || failed+=("$k")
+		done
+	fi
 	for k in "${kernels[@]}"; do
-		if ! run_vm "$mode" "$k"; then
-			failed+=("$k")
-		fi
+		cat "$work/summary-$k" 2>/dev/null || printf 'FAIL\t%s (linux %s)\tno result\n' "$module_path" "$k"
 	done
 
 	log "VM stage took $((SECONDS - t0))s"
@@ -74,10 +90,12 @@ main() {
 
 cleanup() {
 	local rc=$?
-	if [[ -n ${work:-} && -s $work/qemu.pid ]]; then
-		kill "$(cat "$work/qemu.pid")" 2>/dev/null || true
+	local f
+	for f in "${work:-/nonexistent}"/qemu-*.pid; do
+		[[ -s $f ]] || continue
+		kill "$(cat "$f")" 2>/dev/null || true
 		sleep 1
-	fi
+	done
 	[[ -n ${work:-} && -d $work ]] && rm -rf "$work"
 	exit "$rc"
 }
