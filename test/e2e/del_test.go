@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-// DEL gives every device back under its original name, wherever the workload
-// renamed it; a second DEL has nothing to do and succeeds.
+// DEL gives every device back under its original name, MTU and admin state,
+// whatever the workload did to them; a second DEL has nothing to do and succeeds.
 func TestDelRestoresNamesAndIsIdempotent(t *testing.T) {
 	h := newHarness(t, nil)
 	p := h.newPod()
@@ -15,12 +15,14 @@ func TestDelRestoresNamesAndIsIdempotent(t *testing.T) {
 	a := wholePF(p, "net1", pfs[0])
 	assertAttached(t, a, res)
 
-	// The workload renames the PF and two VFs inside its netns.
-	vf0, vf6 := baseline[a.vfs[0]].Name, baseline[a.vfs[6]].Name
+	// The workload renames the PF and two VFs inside its netns (one VF
+	// takes another's host name) and sets a third up with another MTU.
+	vf0, vf2, vf6 := baseline[a.vfs[0]].Name, baseline[a.vfs[2]].Name, baseline[a.vfs[6]].Name
 	run(t, "ip", "-n", p.name, "link", "set", "net1", "down")
 	run(t, "ip", "-n", p.name, "link", "set", "net1", "name", "wl0")
 	run(t, "ip", "-n", p.name, "link", "set", vf0, "name", "wlvf0")
 	run(t, "ip", "-n", p.name, "link", "set", vf6, "name", vf0)
+	run(t, "ip", "-n", p.name, "link", "set", vf2, "mtu", "1400", "up")
 
 	if _, err := h.cnitool("del", netName, p.path, "-i", "net1"); err != nil {
 		t.Fatalf("DEL: %v", err)

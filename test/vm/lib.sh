@@ -41,7 +41,9 @@ apt_opts=(-q -y -o DPkg::Lock::Timeout=300 -o APT::Get::Show-Versions=0)
 apt_update() {
 	[[ -z $apt_updated ]] || return 0
 	log "apt-get update"
-	quietly "${apt_env[@]}" apt-get "${apt_opts[@]}" update
+	# One retry: a mirror mid-sync can fail one update.
+	"${apt_env[@]}" apt-get "${apt_opts[@]}" update >"$work/apt-update.log" 2>&1 ||
+		{ sleep 5 && quietly "${apt_env[@]}" apt-get "${apt_opts[@]}" update; }
 	apt_updated=1
 }
 
@@ -56,14 +58,20 @@ pkg_installed() {
 
 # The mirror this machine already uses for bookworm, from deb822 sources or a
 # one-line sources.list: the backports suite lives on the same mirror.
+# Prints "URI [SIGNED-BY]".
 debian_mirror_uri() {
 	local f
 	for f in /etc/apt/sources.list.d/*.sources; do
 		[[ -f $f ]] || continue
 		awk '
-			function flush() { if (uri != "" && suites ~ /(^| )bookworm( |$)/) { print uri; found = 1; exit } uri = ""; suites = "" }
+			function flush() {
+				if (uri != "" && suites ~ /(^| )bookworm( |$)/ && enabled != "no") { print uri, key; found = 1; exit }
+				uri = ""; suites = ""; key = ""; enabled = ""
+			}
 			/^[[:space:]]*$/ { flush(); next }
 			/^URIs:/ { uri = $2 }
+			/^Signed-By:/ { key = $2 }
+			/^Enabled:/ { enabled = $2 }
 			/^Suites:/ { suites = $0; sub(/^Suites:[[:space:]]*/, "", suites) }
 			END { if (!found) flush() }
 		' "$f"
@@ -79,15 +87,16 @@ backports_configured() {
 
 ensure_backports_source() {
 	backports_configured && return 0
-	local uri
-	uri=$(debian_mirror_uri) || die "no bookworm entry in the apt sources to derive bookworm-backports from"
+	local uri key
+	read -r uri key < <(debian_mirror_uri) ||
+		die "no bookworm entry in the apt sources to derive bookworm-backports from"
 	log "adding bookworm-backports on the configured mirror ($backports_sources)"
 	cat >"$backports_sources" <<EOF
 Types: deb
 URIs: $uri
 Suites: bookworm-backports
 Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Signed-By: ${key:-/usr/share/keyrings/debian-archive-keyring.gpg}
 EOF
 	apt_updated=
 }
