@@ -20,7 +20,7 @@ demo:
 
 # Every test: VM end-to-end on two kernels, then unit, kernel and integration tests.
 # The unit run goes last so CI output ends with go test's own summary lines.
-test: lint e2e unit
+test: lint e2e stress-short unit
 
 # Debian packages the host-side tests use (apt only when one is missing).
 deps:
@@ -32,6 +32,30 @@ unit: build deps
 
 e2e:
 	bash test/vm/run.sh e2e
+
+# Proofs that no crash, race or bad state loses a device (root; test/stress):
+# the plugin built with -tags failpoints is killed at every step, raced by
+# many processes with netns deletions, fed broken records; the parsers are
+# fuzzed (a crasher lands in testdata/fuzz and stays a regular test case).
+# The stress tests run in local directory mode so their output streams.
+# The run ends with "stress: operations=N kills=N teardowns=N devices_lost=0
+# devices_misnamed=0" and go test's summary line. stress-short is in `test`.
+STRESS_FUZZ := ./pkg/config:FuzzParse ./pkg/config:FuzzParseReserved ./pkg/config:FuzzParseArgs ./pkg/state:FuzzDecode
+define run-stress
+	$(GO) vet -tags stress ./test/stress
+	$(GO) test -count=1 -tags failpoints ./pkg/failpoint
+	@for t in $(STRESS_FUZZ); do \
+		echo "fuzz $$t for $(1)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $(1) $${t%%:*} || exit 1; \
+	done
+	cd test/stress && $(GO) test -count=1 -tags stress -parallel 12 -timeout 30m -args $(2)
+endef
+
+stress:
+	$(call run-stress,60s,-stress.long)
+
+stress-short:
+	$(call run-stress,10s,)
 
 # ADD+DEL cost against VF count, next to host-device and the netlink floor (root).
 bench: build
