@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
@@ -86,7 +87,8 @@ type gathering struct {
 }
 
 // gather moves every pending device it can find into transit. Devices
-// already on the host under their original name stay where they are.
+// already on the host under their original name stay where they are;
+// those elsewhere that have it go straight home (sendHome).
 func (o *op) gather(rec *state.Record, g *gathering, places []*netdev.NS, settle time.Duration) error {
 	g.atHost = map[string]netlink.Link{}
 	search := append(append([]*netdev.NS{}, places...), o.host)
@@ -111,6 +113,16 @@ func (o *op) gather(rec *state.Record, g *gathering, places []*netdev.NS, settle
 				if ns == o.host && l.Attrs().Name == d.OriginalName {
 					g.from[d.PCIAddress], g.atHost[d.PCIAddress] = ns, l
 					continue
+				}
+				if l.Attrs().Name == d.OriginalName {
+					home, err := sendHome(ns, o.host, l)
+					if err != nil {
+						return err
+					}
+					if home {
+						g.from[d.PCIAddress] = ns
+						continue
+					}
 				}
 				if err := g.admit(ns, l, d.PCIAddress); err != nil {
 					return err
@@ -140,6 +152,23 @@ func (o *op) untaggedAtHost(d *state.Device) (netlink.Link, bool) {
 		return nil, false // gone meanwhile, or another device's tag says otherwise
 	}
 	return l, true
+}
+
+// sendHome moves a device that already has its original name straight to
+// the host: no rename, so no transit, and one netns move instead of two
+// (each costs the kernel an rcu_barrier(), ~20 ms on a 2-core VM). If the
+// host has a link by that name now, the kernel refuses with EEXIST before
+// touching the device, and it goes through transit like the others.
+func sendHome(ns, host *netdev.NS, l netlink.Link) (bool, error) {
+	err := ns.Move(l, host)
+	if errors.Is(err, unix.EEXIST) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	failpoint.Hit("release/to-host")
+	return true, nil
 }
 
 // admit moves l from ns into transit. Devices come from several places, so
