@@ -4,7 +4,7 @@
 # shellcheck disable=SC2154
 
 cache=${SRIOVPT_VM_CACHE:-/var/cache/sriov-passthrough-cni-vm}
-vm_timeout=${SRIOVPT_VM_TIMEOUT:-300}
+vm_timeout=${SRIOVPT_VM_TIMEOUT:-480}
 backports_sources=/etc/apt/sources.list.d/sriov-passthrough-cni-backports.sources
 module_path=github.com/kubevirt/sriov-passthrough-cni/test/e2e
 apt_updated=

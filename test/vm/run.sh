@@ -15,7 +15,7 @@
 # Environment:
 #   SRIOVPT_VM_CACHE    cache directory (default /var/cache/sriov-passthrough-cni-vm)
 #   SRIOVPT_VM_KERNELS  kernels to run e2e on, space separated (default "6.1 6.12")
-#   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 300)
+#   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 480; a cached e2e VM takes ~100)
 #   SRIOVPT_VM_SMP      guest CPUs (default: host CPUs, at most 4)
 #   SRIOVPT_VM_SERIAL   set: boot the e2e kernels one after the other, not side by side
 #   E2E_RUN             passed to the e2e binary as -test.run
