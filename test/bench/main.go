@@ -33,9 +33,23 @@ func main() {
 		out       = flag.String("out", "docs", "directory for bench.png and bench.md (\"\" to skip)")
 		compare   = flag.String("compare", "", "a second plugin binary (e.g. an older build) to time next to the first, as plugin-compare")
 		inProc    = flag.Bool("inproc", false, "also time the plugin's ADD and DEL in process (no exec), to tell start-up from work")
+		replot    = flag.String("replot", "", "write the table, bench.md and bench.png again from a bench.json of an earlier run, measuring nothing")
 		wrapCmd   = flag.String("wrap", "", "run plugin binaries under this command, e.g. \"strace -f -c -o /tmp/s\" (profiling only)")
 	)
 	flag.Parse()
+	if *replot != "" {
+		res, err := load(*replot)
+		if err == nil {
+			report(os.Stdout, res)
+			err = writeDocs(*out, res)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		fmt.Println(summary(res, 128))
+		return
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: needs root to create network namespaces and links")
 		os.Exit(2)
