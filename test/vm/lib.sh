@@ -183,8 +183,18 @@ ensure_kernel() {
 	log "linux $label: downloading $pkg $ver"
 	local dl=$work/deb-$label x=$work/kx-$label
 	mkdir -p "$dl" "$x"
-	(cd "$dl" && quietly apt-get -q download "$pkg=$ver") ||
-		{ apt_update && (cd "$dl" && quietly apt-get -q download "$pkg=$ver"); }
+	if ! (cd "$dl" && apt-get -q download "$pkg=$ver" >"$work/download.log" 2>&1); then
+		# Old lists can name a version the mirror has since dropped.
+		if [[ -z $apt_updated ]]; then
+			log "linux $label: download failed; refreshing apt's lists"
+			apt_update
+			rm -rf "$dl" "$x"
+			ensure_kernel "$label"
+			return
+		fi
+		cat "$work/download.log"
+		die "linux $label: apt-get download $pkg=$ver failed"
+	fi
 	local deb
 	deb=$(find "$dl" -name '*.deb' | head -n1)
 	[[ -n $deb ]] || die "apt-get download $pkg gave no .deb"
