@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -267,5 +268,63 @@ func TestAddRefusesBadNetns(t *testing.T) {
 	}
 	if r := h.records(); len(r) != 0 {
 		t.Errorf("refused ADDs left records: %v", r)
+	}
+}
+
+// runtimeConfig.deviceID (a device plugin's PCI address, passed by multus
+// through the deviceID capability) pins the PF.
+func TestDeviceIDCapabilityPinsPF(t *testing.T) {
+	h := newHarness(t, map[string]any{"capabilities": map[string]any{"deviceID": true}})
+	p := h.newPod()
+	before := mustLinks(t, "")
+	rt := h.rt(p, "net1")
+	rt.CapabilityArgs = map[string]any{"deviceID": pfs[1].PCI}
+	t.Cleanup(func() {
+		if err := h.cni.DelNetworkList(context.Background(), h.list, rt); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	})
+	r, err := h.cni.AddNetworkList(context.Background(), h.list, rt)
+	if err != nil {
+		t.Fatalf("ADD with deviceID %s: %v", pfs[1].PCI, err)
+	}
+	var buf bytes.Buffer
+	if err := r.PrintTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	a := wholePF(p, "net1", pfs[1])
+	assertAttached(t, a, decodeResult(t, buf.Bytes()))
+	assertHostLost(t, before, a)
+}
+
+// pfNames restricts the pool: only the named PF is ever taken.
+func TestPFNamesRestrictThePool(t *testing.T) {
+	h := newHarness(t, map[string]any{"pfNames": []string{pfs[2].Name}})
+	p := h.newPod()
+	res := h.toolAdd(p, "net1")
+	assertAttached(t, wholePF(p, "net1", pfs[2]), res)
+	if _, err := h.libAdd(h.newPod(), "net1"); cniCode(err) != 11 {
+		t.Errorf("second ADD with the only pool PF taken: got %v, want CNI error 11", err)
+	}
+}
+
+// A pod whose netns died without a DEL leaves a stale record; the next ADD
+// repairs it first: the PF and VFs get their names back on the host and the
+// PF is free again, so the new pod gets it.
+func TestAddRepairsStaleAttachment(t *testing.T) {
+	h := newHarness(t, nil)
+	dead := h.newPod()
+	h.toolAdd(dead, "net1") // its DEL, registered as cleanup, must then be a no-op
+	a := wholePF(dead, "net1", pfs[0])
+	dead.remove()
+	waitOnHost(t, a.pcis()...)
+
+	p := h.newPod()
+	res := h.toolAdd(p, "net1")
+	b := wholePF(p, "net1", pfs[0])
+	assertAttached(t, b, res)
+	assertPodHolds(t, p, b.pcis()...)
+	if n := len(h.records()); n != 1 {
+		t.Errorf("state dir holds %d records after the repair, want 1: %v", n, h.records())
 	}
 }
