@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -110,10 +111,20 @@ type results struct {
 	kernel string
 	cpus   int
 	when   time.Time
+	// start is the plugin's bare process cost: exec to exit of a VERSION
+	// call, which reads stdin, prints and touches nothing.
+	start []time.Duration
 }
 
 func run(cfg benchConfig, log io.Writer) (*results, error) {
 	res := &results{cfg: cfg, kernel: kernelRelease(), cpus: runtime.NumCPU(), when: time.Now().UTC()}
+	for range 21 {
+		took, err := version(cfg.plugin)
+		if err != nil {
+			return nil, err
+		}
+		res.start = append(res.start, took)
+	}
 	for _, n := range cfg.vfs {
 		p, err := measure(cfg, n, log)
 		if err != nil {
@@ -198,6 +209,20 @@ func cycle(w *world, m method, cid string, hostNames, podNames []string) (sample
 		return s, err
 	}
 	return s, checkNames(w.host, "host after DEL", hostNames)
+}
+
+// version times one VERSION call of the plugin binary.
+func version(bin string) (time.Duration, error) {
+	cmd := exec.Command(bin)
+	cmd.Env = []string{"CNI_COMMAND=VERSION"}
+	cmd.Stdin = strings.NewReader(`{"cniVersion":"1.1.0"}`)
+	start := time.Now()
+	out, err := cmd.Output()
+	took := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("%s VERSION: %w: %s", bin, err, out)
+	}
+	return took, nil
 }
 
 func names(ds []device, inPod bool) []string {

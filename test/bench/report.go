@@ -211,6 +211,7 @@ func report(w io.Writer, res *results) {
 	fmt.Fprintln(w)
 	detail(w, rs)
 	extras(w, res)
+	fmt.Fprintf(w, "plugin process start (exec to exit of a VERSION call): %s ms\n", statOf(res.start))
 	fmt.Fprintln(w, "\nTargets (issue 6):")
 	targets(w, rs)
 	fmt.Fprintln(w)
@@ -250,10 +251,12 @@ func writeDocs(dir string, res *results) error {
 // rawRun is bench.json: every sample of a run, in ms, so the table and the
 // plot can be made again (-replot) or checked by hand.
 type rawRun struct {
-	When   time.Time  `json:"when"`
-	Kernel string     `json:"kernel"`
-	CPUs   int        `json:"cpus"`
-	Points []rawPoint `json:"points"`
+	When   time.Time `json:"when"`
+	Kernel string    `json:"kernel"`
+	CPUs   int       `json:"cpus"`
+	// StartMs is the plugin's bare process start, per VERSION call.
+	StartMs []float64  `json:"startMs"`
+	Points  []rawPoint `json:"points"`
 }
 
 type rawPoint struct {
@@ -269,6 +272,9 @@ type rawSample struct {
 
 func toRaw(res *results) rawRun {
 	r := rawRun{When: res.when, Kernel: res.kernel, CPUs: res.cpus}
+	for _, d := range res.start {
+		r.StartMs = append(r.StartMs, ms(d))
+	}
 	for _, p := range res.points {
 		rp := rawPoint{VFs: p.vfs, Samples: map[string][]rawSample{}}
 		for m, ss := range p.samples {
@@ -293,6 +299,9 @@ func load(path string) (*results, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	res := &results{when: r.When, kernel: r.Kernel, cpus: r.CPUs}
+	for _, v := range r.StartMs {
+		res.start = append(res.start, fromMs(v))
+	}
 	for _, rp := range r.Points {
 		p := point{vfs: rp.VFs, samples: map[string][]sample{}}
 		for m, ss := range rp.Samples {
@@ -368,6 +377,7 @@ func writeMarkdown(w io.Writer, res *results) {
 	fmt.Fprintln(w)
 	detail(w, rs)
 	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Plugin process start alone (exec to exit of a VERSION call): %s ms.\n\n", statOf(res.start))
 	fmt.Fprintln(w, "## Targets (issue 6)")
 	fmt.Fprintln(w)
 	targets(w, rs)
