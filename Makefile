@@ -46,7 +46,7 @@ define run-stress
 	$(GO) test -count=1 -tags failpoints ./pkg/failpoint
 	@for t in $(STRESS_FUZZ); do \
 		echo "fuzz $$t for $(1)"; \
-		$(GO) test -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $(1) $${t%%:*} || exit 1; \
+		$(GO) test -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $(1) -fuzzminimizetime 5s $${t%%:*} || exit 1; \
 	done
 	cd test/stress && $(GO) test -count=1 -tags stress -parallel 12 -timeout 30m -args $(2)
 endef
