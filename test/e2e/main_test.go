@@ -169,7 +169,8 @@ func repairHost(t *testing.T) {
 		i++
 		ipQuiet("link", "set", got.Name, "down")
 		ipQuiet("link", "set", got.Name, "name", tmp)
-		host[pci] = link{Name: tmp, PCI: pci}
+		got.Name = tmp
+		host[pci] = got
 	}
 	for pci, want := range baseline {
 		got, ok := host[pci]

@@ -305,8 +305,14 @@ guest_conf() {
 	printf "SRIOVPT_KERNEL='%s'\n" "$2"
 	printf "SRIOVPT_NICS=3\n"
 	printf "E2E_RUN='%s'\n" "${run//\'/$q}"
+	run=${E2E_SKIP:-}
+	printf "E2E_SKIP='%s'\n" "${run//\'/$q}"
 	printf "E2E_TIMEOUT='%s'\n" "$((vm_timeout - 30))s"
 	printf "BENCH_ROUNDS='%s'\n" "${BENCH_ROUNDS:-10}"
+	local v
+	for v in E2E_CHAOS_SEED E2E_CHAOS_ROUNDS; do
+		[[ -z ${!v:-} ]] || printf "%s='%s'\n" "$v" "${!v//[^0-9]/}"
+	done
 }
 
 # run_vm MODE LABEL: boot the VM, stream its console, return its result.

@@ -18,7 +18,8 @@
 #   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 480; a cached e2e VM takes ~100)
 #   SRIOVPT_VM_SMP      guest CPUs (default: host CPUs, at most 4)
 #   SRIOVPT_VM_SERIAL   set: boot the e2e kernels one after the other, not side by side
-#   E2E_RUN             passed to the e2e binary as -test.run
+#   E2E_RUN, E2E_SKIP   passed to the e2e binary as -test.run, -test.skip
+#   E2E_CHAOS_SEED, E2E_CHAOS_ROUNDS  passed to the guest for the chaos test
 #   SRIOVPT_VM_PLUGIN   use this plugin binary instead of building one (make build)
 #   BENCH_FLOOR         path of a static "floor" program for bench mode
 set -euo pipefail
