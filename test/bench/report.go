@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -314,7 +315,7 @@ func load(path string) (*results, error) {
 	return res, nil
 }
 
-func fromMs(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+func fromMs(v float64) time.Duration { return time.Duration(math.Round(v * float64(time.Millisecond))) }
 
 // plotPNG draws time against VF count on linear axes: a straight line is
 // the claim to check.
@@ -416,12 +417,14 @@ const whereText = `
   BenchmarkStoreSaveGet); discovery of a PF with 256 VFs takes ~15 ms on
   the fake sysfs (BenchmarkSysfsPF), most of it filepath.EvalSymlinks per
   virtfn link; one readlink per link would cut it to ~4 ms.
-- **host-device** pays the same ~20 ms moves (it also renames through a
-  temporary netns: 4 moves per device per cycle) plus one process per
-  device per command. With moves this expensive, host-device/plugin is
-  bounded by about 2 + (exec cost / move cost) ≈ 2-3 here; the ≥ 5 target
-  needs a kernel where a move costs well under the ~4 ms of a process
-  start.
+- **host-device** pays the same ~20 ms moves, twice as many of them (it
+  sends every device through a temporary netns: 4 moves per device per
+  cycle), plus one process per device per command (~10-15 ms each with its
+  temporary netns, see its 0-VF row). Against the plugin's 2 moves per VF,
+  host-device/plugin is about 2 + (its per-call cost / the cost of a move)
+  ≈ 3 on this machine, whatever the plugin does; ≥ 5 needs a kernel whose
+  netns move costs well under a third of a process start, as on machines
+  where the RCU barrier is short.
 
 Profile it yourself:
 
@@ -449,9 +452,12 @@ are timed.
   per device for ADD (the PF as net1, each VF under its own name) and one per
   device for DEL: what a user would script without this plugin.
 - **floor**: in-process Go doing only the kernel work the plugin does: one
-  link dump, a fresh transit netns, and per device a move into transit, a
-  rename where the name changes and a move on; the PF is set up in the pod.
-  No process start, no config, no sysfs, no state files, no tags.
+  link dump, a fresh transit netns, and per device either one move straight
+  to the other side (a device that keeps its name: every VF here) or a move
+  into transit, the rename there and a move on (the PF, net1 in the pod);
+  the PF is set up in the pod. No process start, no config, no sysfs, no
+  state files, no tags. That is the least the kernel can be asked to do
+  without renaming on the host.
 
 ADD+DEL of one cycle is the unit; ratios are of medians from the same run.
 The state directory is on the machine's disk, as /var/lib/cni is on a node.
