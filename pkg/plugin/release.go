@@ -95,7 +95,7 @@ func (o *op) gather(rec *state.Record, g *gathering, places []*netdev.NS, settle
 	deadline := time.Now().Add(settle)
 	for {
 		for _, ns := range search {
-			if ns == nil {
+			if ns == nil || len(g.from) == len(rec.Pending()) {
 				continue
 			}
 			links, err := ns.ByPCI()
@@ -103,11 +103,14 @@ func (o *op) gather(rec *state.Record, g *gathering, places []*netdev.NS, settle
 				return err
 			}
 			for _, d := range rec.Pending() {
+				if _, done := g.from[d.PCIAddress]; done {
+					continue
+				}
 				l, ok := links[d.PCIAddress]
 				if !ok && ns == o.host {
 					l, ok = o.untaggedAtHost(d)
 				}
-				if _, done := g.from[d.PCIAddress]; done || !ok {
+				if !ok {
 					continue
 				}
 				if ns == o.host && l.Attrs().Name == d.OriginalName {

@@ -16,6 +16,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 )
 
 // Sysfs reads a sysfs tree mounted at Root ("/sys" on a node, a temp dir
@@ -135,6 +137,12 @@ func (s Sysfs) pf(addr, dev string) (PF, error) {
 // pciAddressOf resolves a sysfs link to a PCI device directory; the
 // directory's base name is the device's address.
 func pciAddressOf(link string) (string, error) {
+	// sysfs device links point straight at the device directory
+	// ("../0000:3b:10.0"), so one readlink names it; resolving the whole
+	// path, most of discovery's time, is left for links that do not.
+	if target, err := os.Readlink(link); err == nil && config.IsPCIAddress(filepath.Base(target)) {
+		return filepath.Base(target), nil
+	}
 	target, err := filepath.EvalSymlinks(link)
 	if err != nil {
 		return "", err
