@@ -127,3 +127,28 @@ func TestPinnedPF(t *testing.T) {
 	assertAttached(t, a, res)
 	assertHostLost(t, before, a)
 }
+
+// A global unicast address alone (no route) marks a PF as the node's: never
+// taken. A PF that is merely up, with only its IPv6 link-local address, is
+// not an uplink and is taken.
+func TestPFWithGlobalAddressIsNeverTaken(t *testing.T) {
+	h := newHarness(t, nil)
+	addrOnly, upOnly := baseline[pfs[0].PCI].Name, baseline[pfs[1].PCI].Name
+	t.Cleanup(func() {
+		_ = runQuiet("ip", "addr", "flush", "dev", addrOnly)
+		_ = runQuiet("ip", "link", "set", upOnly, "down")
+	})
+	run(t, "ip", "addr", "add", "198.51.100.10/24", "dev", addrOnly)
+	run(t, "ip", "link", "set", upOnly, "up")
+
+	p := h.newPod()
+	before := mustLinks(t, "")
+	res := h.toolAdd(p, "net1")
+	a := wholePF(p, "net1", pfs[1])
+	assertAttached(t, a, res)
+	assertHostLost(t, before, a)
+	h.toolDel(p, "net1")
+	if l := mustLinks(t, "")[pfs[1].PCI]; !l.Up {
+		t.Errorf("%s was up when taken and came back down", l.Name)
+	}
+}
