@@ -120,7 +120,7 @@ func assertSame(t *testing.T, where string, before, after map[string]link) {
 func TestParallelAddsGetDistinctPFs(t *testing.T) {
 	h := newHarness(t, nil)
 	pods := []*pod{h.newPod(), h.newPod(), h.newPod()}
-	results := make([]*result, len(pods))
+	outs := make([]string, len(pods))
 	errs := make([]error, len(pods))
 	var wg sync.WaitGroup
 	for i, p := range pods {
@@ -128,17 +128,20 @@ func TestParallelAddsGetDistinctPFs(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out, err := h.cnitool("add", netName, p.path, "-i", "net1")
-			if errs[i] = err; err == nil {
-				results[i] = decodeResult(t, []byte(out))
-			}
+			outs[i], errs[i] = h.cnitool("add", netName, p.path, "-i", "net1")
 		}()
 	}
 	wg.Wait()
+	results := make([]*result, len(pods))
 	seen := map[string]string{}
 	for i, p := range pods {
 		if errs[i] != nil {
 			t.Errorf("parallel ADD %s: %v", p.name, errs[i])
+			continue
+		}
+		results[i] = decodeResult(t, []byte(outs[i]))
+		if len(results[i].Interfaces) == 0 {
+			t.Errorf("parallel ADD %s: result lists no interfaces", p.name)
 			continue
 		}
 		pci := results[i].Interfaces[0].PciID

@@ -105,9 +105,8 @@ func TestDelAfterNestedNetnsDied(t *testing.T) {
 // CHECK passes after ADD and fails once a VF has been moved out by hand;
 // DEL still restores everything, the strayed VF included.
 func TestCheck(t *testing.T) {
-	h := newHarness(t, nil)
-
 	t.Run("cnitool", func(t *testing.T) {
+		h := newHarness(t, nil)
 		p := h.newPod()
 		h.toolAdd(p, "net1")
 		if _, err := h.cnitool("check", netName, p.path, "-i", "net1"); err != nil {
@@ -123,6 +122,7 @@ func TestCheck(t *testing.T) {
 	})
 
 	t.Run("libcni", func(t *testing.T) {
+		h := newHarness(t, nil)
 		p := h.newPod()
 		res := h.mustLibAdd(p, "net1")
 		if err := h.libCheck(p, "net1"); err != nil {
