@@ -70,15 +70,18 @@ host_table() {
 pod_table() {
 	# shellcheck disable=SC2016 # expanded by the shell in the pod's view
 	"$IP" netns exec "$POD" sh -c '
-		printf "  %-8s %-13s %-18s %-5s %s\n" NETDEV PCI MAC STATE NOTE
+		# ADMIN is what the plugin sets (IFF_UP in flags); LINK is the
+		# carrier, which the emulated NIC raises a moment after.
+		admin() { if [ $(($(cat "$1/flags") & 1)) = 1 ]; then echo up; else echo down; fi; }
+		printf "  %-8s %-13s %-18s %-5s %-5s %s\n" NETDEV PCI MAC ADMIN LINK NOTE
 		for d in /sys/class/net/*; do
 			n=${d##*/}
-			[ -e "$d/device" ] || { printf "  %-8s %-13s %-18s %-5s %s\n" "$n" - "$(cat $d/address)" "$(cat $d/operstate)" "virtual"; continue; }
+			[ -e "$d/device" ] || { printf "  %-8s %-13s %-18s %-5s %-5s %s\n" "$n" - "$(cat $d/address)" "$(admin $d)" "$(cat $d/operstate)" "virtual"; continue; }
 			pci=$(basename "$(readlink "$d/device")")
 			note=""
 			[ -e "$d/device/sriov_totalvfs" ] && note="PF, sriov_totalvfs=$(cat "$d/device/sriov_totalvfs")"
 			[ -e "$d/device/physfn" ] && note="VF of $(basename "$(readlink "$d/device/physfn")")"
-			printf "  %-8s %-13s %-18s %-5s %s\n" "$n" "$pci" "$(cat $d/address)" "$(cat $d/operstate)" "$note"
+			printf "  %-8s %-13s %-18s %-5s %-5s %s\n" "$n" "$pci" "$(cat $d/address)" "$(admin $d)" "$(cat $d/operstate)" "$note"
 		done'
 }
 
