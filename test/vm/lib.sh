@@ -298,15 +298,14 @@ build_base_initramfs() {
 	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet) >"$work/base.cpio"
 }
 
-# guest_conf MODE LABEL: shell assignments the guest's init sources.
+# guest_conf MODE LABEL RUN SKIP: shell assignments the guest's init sources.
 guest_conf() {
-	local q="'\\''" run=${E2E_RUN:-}
+	local q="'\\''" run=$3 skip=$4
 	printf "SRIOVPT_MODE='%s'\n" "$1"
 	printf "SRIOVPT_KERNEL='%s'\n" "$2"
 	printf "SRIOVPT_NICS=3\n"
 	printf "E2E_RUN='%s'\n" "${run//\'/$q}"
-	run=${E2E_SKIP:-}
-	printf "E2E_SKIP='%s'\n" "${run//\'/$q}"
+	printf "E2E_SKIP='%s'\n" "${skip//\'/$q}"
 	printf "E2E_TIMEOUT='%s'\n" "$((vm_timeout - 30))s"
 	printf "BENCH_ROUNDS='%s'\n" "${BENCH_ROUNDS:-10}"
 	local v
@@ -315,15 +314,23 @@ guest_conf() {
 	done
 }
 
-# run_vm MODE LABEL: boot the VM, stream its console, return its result.
-# Its go-test-like summary goes to $work/summary-LABEL for run.sh to print.
+# run_vm MODE LABEL [SHARD]: boot the VM, stream its console, return its
+# result. SHARD splits the e2e suite: "main" is all but the chaos test,
+# "chaos" is only it; none runs E2E_RUN/E2E_SKIP as given. The go-test-like
+# summary goes to $work/summary-JOB for run.sh to print.
 run_vm() {
-	local mode=$1 label=$2 dir=${kernel_dir[$2]} kroot=$work/kroot-$2
-	local initrd=$work/initrd-$label.cpio console=$work/console-$label.log
+	local mode=$1 label=$2 shard=${3:-} dir=${kernel_dir[$2]}
+	local job=$2${3:+-$3} tag=linux-$2${3:+/$3}
+	local kroot=$work/kroot-$job initrd=$work/initrd-$job.cpio console=$work/console-$job.log
+	local run=${E2E_RUN:-} skip=${E2E_SKIP:-}
+	case "$shard" in
+	main) run="" skip=Chaos ;;
+	chaos) run=Chaos skip="" ;;
+	esac
 	rm -rf "$kroot"
 	mkdir -p "$kroot/lib/modules" "$kroot/etc"
 	cp "$dir/modules/"* "$kroot/lib/modules/"
-	guest_conf "$mode" "$label" >"$kroot/etc/sriovpt-vm.conf"
+	guest_conf "$mode" "$label" "$run" "$skip" >"$kroot/etc/sriovpt-vm.conf"
 	(cd "$kroot" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet) |
 		cat "$work/base.cpio" - >"$initrd"
 
@@ -347,15 +354,15 @@ run_vm() {
 
 	# e2e: every console line, labelled with the kernel. demo, bench: from
 	# the guest's first line on, as it is (the firmware's chatter is noise).
-	local show=(sed -u "s/^/linux-$label| /")
+	local show=(sed -u "s|^|$tag\| |")
 	if [[ $mode != e2e ]]; then
 		show=(awk '/guest: / { on = 1 } on { print; fflush() }')
 	fi
-	log "=== linux $label ($(cat "$dir/release")): $mode ==="
+	log "=== linux $label ($(cat "$dir/release")): $mode${shard:+ ($shard)} ==="
 	local t=$SECONDS rc=0
 	# In the background, so that a signal to us runs cleanup (which stops
 	# QEMU through its pid file) at once instead of after the pipeline.
-	local pidfile=$work/qemu-$label.pid rcfile=$work/qemu-$label.rc
+	local pidfile=$work/qemu-$job.pid rcfile=$work/qemu-$job.rc
 	rm -f "$rcfile"
 	{
 		timeout -k 10 "$vm_timeout" qemu-system-x86_64 "${args[@]}" </dev/null &
@@ -372,10 +379,10 @@ run_vm() {
 	local secs=$((SECONDS - t)) result
 	result=$(grep -a -o 'SRIOVPT-VM-RESULT rc=[0-9]*' "$console" | tail -n1 | cut -d= -f2)
 	if ((qrc == 124)); then
-		log "linux $label: VM timed out after ${vm_timeout}s"
+		log "$tag: VM timed out after ${vm_timeout}s"
 		rc=1
 	elif [[ -z $result ]]; then
-		log "linux $label: VM ended (qemu exit $qrc) without a result line"
+		log "$tag: VM ended (qemu exit $qrc) without a result line"
 		rc=1
 	elif ((result != 0)); then
 		rc=1
@@ -385,13 +392,13 @@ run_vm() {
 		if [[ $mode == e2e ]]; then
 			grep -a -E '^\s*--- (FAIL|SKIP)' "$console" || true
 			if ((rc == 0)); then
-				printf 'ok  \t%s (linux %s)\t%ss\n' "$module_path" "$label" "$secs"
+				printf 'ok  \t%s (linux %s%s)\t%ss\n' "$module_path" "$label" "${shard:+, $shard}" "$secs"
 			else
-				printf 'FAIL\t%s (linux %s)\t%ss\n' "$module_path" "$label" "$secs"
+				printf 'FAIL\t%s (linux %s%s)\t%ss\n' "$module_path" "$label" "${shard:+, $shard}" "$secs"
 			fi
 		else
 			log "linux $label: $mode $([[ $rc == 0 ]] && echo ok || echo FAILED) (${secs}s)"
 		fi
-	} >"$work/summary-$label"
+	} >"$work/summary-$job"
 	return "$rc"
 }

@@ -17,7 +17,8 @@
 #   SRIOVPT_VM_KERNELS  kernels to run e2e on, space separated (default "6.1 6.12")
 #   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 480; a cached e2e VM takes ~100)
 #   SRIOVPT_VM_SMP      guest CPUs (default: host CPUs, at most 4)
-#   SRIOVPT_VM_SERIAL   set: boot the e2e kernels one after the other, not side by side
+#   SRIOVPT_VM_SERIAL   set: boot the e2e VMs one after the other, not side by side
+#   SRIOVPT_VM_NO_SPLIT set: one VM per kernel (default: the chaos test in a VM of its own)
 #   E2E_RUN, E2E_SKIP   passed to the e2e binary as -test.run, -test.skip
 #   E2E_CHAOS_SEED, E2E_CHAOS_ROUNDS  passed to the guest for the chaos test
 #   SRIOVPT_VM_PLUGIN   use this plugin binary instead of building one (make build)
@@ -61,25 +62,37 @@ main() {
 		step "kernel $k" ensure_kernel "$k"
 	done
 	step "static binaries" build_binaries "$mode"
-	if ((${#kernels[@]} > 1)) && [[ -z ${SRIOVPT_VM_SERIAL:-} ]]; then
+	# One VM per job, KERNEL[:SHARD]. The full e2e suite is split in two VMs
+	# per kernel, the long chaos test apart, unless E2E_RUN/E2E_SKIP pick tests.
+	local jobs=() j
+	for k in "${kernels[@]}"; do
+		if [[ $mode == e2e && -z ${E2E_RUN:-}${E2E_SKIP:-}${SRIOVPT_VM_NO_SPLIT:-} ]]; then
+			jobs+=("$k:main" "$k:chaos")
+		else
+			jobs+=("$k:")
+		fi
+	done
+	if ((${#jobs[@]} > 1)) && [[ -z ${SRIOVPT_VM_SERIAL:-} ]]; then
 		# Side by side: a TCG guest mostly waits (RCU grace periods on every
-		# netns move), so two fit on two cores in little more than one's time.
-		log "booting linux ${kernels[*]} side by side; their lines are labelled (SRIOVPT_VM_SERIAL=1: one at a time)"
+		# netns move), so several fit on two cores in little more than one's time.
+		log "booting ${jobs[*]} side by side; their lines are labelled (SRIOVPT_VM_SERIAL=1: one at a time)"
 		local pids=() i
-		for k in "${kernels[@]}"; do
-			run_vm "$mode" "$k" &
+		for j in "${jobs[@]}"; do
+			run_vm "$mode" "${j%%:*}" "${j#*:}" &
 			pids+=($!)
 		done
-		for i in "${!kernels[@]}"; do
-			wait "${pids[$i]}" || failed+=("${kernels[$i]}")
+		for i in "${!jobs[@]}"; do
+			wait "${pids[$i]}" || failed+=("${jobs[$i]%:}")
 		done
 	else
-		for k in "${kernels[@]}"; do
-			run_vm "$mode" "$k" || failed+=("$k")
+		for j in "${jobs[@]}"; do
+			run_vm "$mode" "${j%%:*}" "${j#*:}" || failed+=("${j%:}")
 		done
 	fi
-	for k in "${kernels[@]}"; do
-		cat "$work/summary-$k" 2>/dev/null || printf 'FAIL\t%s (linux %s)\tno result\n' "$module_path" "$k"
+	for j in "${jobs[@]}"; do
+		k=${j%%:*} j=${j#*:}
+		cat "$work/summary-$k${j:+-$j}" 2>/dev/null ||
+			printf 'FAIL\t%s (linux %s%s)\tno result\n' "$module_path" "$k" "${j:+, $j}"
 	done
 
 	log "VM stage took $((SECONDS - t0))s"
