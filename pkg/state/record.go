@@ -10,8 +10,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
+
+	"github.com/containernetworking/cni/pkg/utils"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
@@ -101,7 +102,9 @@ func (r *Record) Validate() error {
 	if r.Version != Version {
 		errs = append(errs, fmt.Errorf("version %d, want %d", r.Version, Version))
 	}
-	if r.ContainerID == "" || strings.ContainsAny(r.ContainerID, "/\x00") {
+	// The runtime's own rule for container IDs (the skel enforces it on
+	// every call), so a record's key is always a plain file name.
+	if err := utils.ValidateContainerID(r.ContainerID); err != nil {
 		errs = append(errs, fmt.Errorf("bad containerID %q", r.ContainerID))
 	}
 	if err := config.ValidateIfName(r.IfName); err != nil {
