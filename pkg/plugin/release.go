@@ -3,6 +3,7 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -36,14 +37,9 @@ func (o *op) release(rec *state.Record, places []*netdev.NS, settle time.Duratio
 	if len(rec.Pending()) == 0 {
 		return o.finish(rec, log)
 	}
-	transit, err := netdev.Temp()
-	if err != nil {
-		return err
-	}
-	defer transit.Close()
-
-	g := &gathering{transit: transit, in: map[string]netlink.Link{}, from: map[string]*netdev.NS{}}
-	err = o.gather(rec, g, places, settle)
+	g := &gathering{in: map[string]netlink.Link{}, from: map[string]*netdev.NS{}}
+	defer func() { g.transit.Close() }()
+	err := o.gather(rec, g, places, settle)
 	err = errors.Join(err, o.restore(rec, g, log))
 	for _, d := range rec.Pending() {
 		if _, ok := g.from[d.PCIAddress]; !ok {
@@ -57,7 +53,7 @@ func (o *op) release(rec *state.Record, places []*netdev.NS, settle time.Duratio
 	return errors.Join(err, o.finish(rec, log))
 }
 
-func (o *op) finish(rec *state.Record, log interface{ Info(string, ...any) }) error {
+func (o *op) finish(rec *state.Record, log *slog.Logger) error {
 	if err := o.store.Remove(rec.Key()); err != nil {
 		return err
 	}
@@ -68,7 +64,7 @@ func (o *op) finish(rec *state.Record, log interface{ Info(string, ...any) }) er
 
 // dropVanished marks devices whose PCI function no longer exists as done:
 // lowering sriov_numvfs removes VFs, and their netdevs with them.
-func (o *op) dropVanished(rec *state.Record, log interface{ Warn(string, ...any) }) {
+func (o *op) dropVanished(rec *state.Record, log *slog.Logger) {
 	for _, d := range rec.Pending() {
 		if !o.sys.DeviceExists(d.PCIAddress) {
 			log.Warn("PCI function is gone from the node; dropping it from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
@@ -79,7 +75,7 @@ func (o *op) dropVanished(rec *state.Record, log interface{ Warn(string, ...any)
 
 // gathering tracks the devices collected in the transit netns.
 type gathering struct {
-	transit *netdev.NS
+	transit *netdev.NS              // nil until a device needs it
 	in      map[string]netlink.Link // PCI address -> link, in transit
 	from    map[string]*netdev.NS   // PCI address -> where it was found
 	atHost  map[string]netlink.Link // found on the host already named right
@@ -174,19 +170,37 @@ func sendHome(ns, host *netdev.NS, l netlink.Link) (bool, error) {
 	return true, nil
 }
 
+// transitNS returns the transit netns, creating it on first use: a release
+// whose devices all go straight home (a retried DEL, VFs that kept their
+// names) creates and tears down no namespace under the lock.
+func (g *gathering) transitNS() (*netdev.NS, error) {
+	if g.transit == nil {
+		t, err := netdev.Temp()
+		if err != nil {
+			return nil, err
+		}
+		g.transit = t
+	}
+	return g.transit, nil
+}
+
 // admit moves l from ns into transit. Devices come from several places, so
 // two may share a name; the one already in transit is parked aside first.
 func (g *gathering) admit(ns *netdev.NS, l netlink.Link, addr string) error {
+	transit, err := g.transitNS()
+	if err != nil {
+		return err
+	}
 	name := l.Attrs().Name
 	for a, t := range g.in {
 		if t.Attrs().Name == name && a != addr {
-			if err := g.transit.Rename(t, fmt.Sprintf("sptmp%d", g.parked)); err != nil {
+			if err := transit.Rename(t, fmt.Sprintf("sptmp%d", g.parked)); err != nil {
 				return err
 			}
 			g.parked++
 		}
 	}
-	if err := ns.Move(l, g.transit); err != nil {
+	if err := ns.Move(l, transit); err != nil {
 		return err
 	}
 	failpoint.Hit("release/to-transit")
@@ -195,8 +209,9 @@ func (g *gathering) admit(ns *netdev.NS, l netlink.Link, addr string) error {
 }
 
 // restore renames the gathered devices to their original names, moves them
-// to the host, and brings back their MTU and admin state.
-func (o *op) restore(rec *state.Record, g *gathering, log interface{ Info(string, ...any) }) error {
+// to the host, and brings back their MTU and admin state (on the host: a
+// netns move takes a device down, and MTU is set where it is checked).
+func (o *op) restore(rec *state.Record, g *gathering, log *slog.Logger) error {
 	var errs []error
 	if len(g.in) > 0 {
 		inTransit, err := g.transit.ByPCI()
@@ -218,9 +233,6 @@ func (o *op) restore(rec *state.Record, g *gathering, log interface{ Info(string
 			if !ok {
 				continue
 			}
-			if err := g.transit.SetMTU(l, d.MTU); err != nil {
-				errs = append(errs, err)
-			}
 			if err := g.transit.Move(l, o.host); err != nil {
 				errs = append(errs, err)
 				// Do not leave it in transit: a virtual link would die with
@@ -231,6 +243,7 @@ func (o *op) restore(rec *state.Record, g *gathering, log interface{ Info(string
 					}
 				}
 				delete(g.from, d.PCIAddress)
+				continue
 			}
 			failpoint.Hit("release/to-host")
 		}
