@@ -9,7 +9,7 @@ backports_sources=/etc/apt/sources.list.d/sriov-passthrough-cni-backports.source
 module_path=github.com/kubevirt/sriov-passthrough-cni/test/e2e
 apt_updated=
 # Bump when ensure_kernel packs something else, so caches are rebuilt.
-kernel_recipe=2
+kernel_recipe=3
 declare -A kernel_dir=()
 
 log() { printf '[vm] %s\n' "$*"; }
@@ -201,7 +201,8 @@ ensure_kernel() {
 	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$x" --wildcards \
 		'*/vmlinuz-*' '*/kernel/drivers/net/ethernet/intel/*' '*/kernel/drivers/dma/*' '*/kernel/drivers/dca/*' \
 		'*/kernel/drivers/i2c/*' '*/kernel/drivers/ptp/*' '*/kernel/drivers/pps/*' \
-		'*/kernel/drivers/hwmon/*' '*/kernel/lib/*' '*/kernel/drivers/net/veth.ko*'
+		'*/kernel/drivers/hwmon/*' '*/kernel/lib/*' '*/kernel/drivers/net/veth.ko*' \
+		'*/kernel/drivers/vfio/*' '*/kernel/virt/*'
 
 	local tmp=$dir.tmp
 	rm -rf "$tmp"
@@ -228,6 +229,11 @@ ensure_kernel() {
 	add_module igb
 	add_module igbvf
 	add_module veth # the e2e suite makes name clashes in pods with veth
+	# A kind-sriov job binds VFs to vfio-pci. vfio_iommu_type1 is the
+	# container backend, requested at run time rather than a dependency;
+	# 6.1 also needs vfio_virqfd, which 6.12 folded into vfio.
+	add_module vfio_iommu_type1
+	add_module vfio-pci
 	printf '%s\n' "${order[@]}" >"$tmp/modules/order"
 	touch "$tmp/.complete"
 	rm -rf "$dir"
@@ -336,12 +342,15 @@ run_vm() {
 
 	local smp=${SRIOVPT_VM_SMP:-$(nproc)}
 	((smp > 4)) && smp=4
+	# vfio-pci needs an IOMMU group per VF: QEMU's emulated VT-d gives them
+	# under TCG (interrupt remapping off, it would need a split irqchip).
 	# shellcheck disable=SC2054 # commas are QEMU's
 	local args=(
 		-machine q35 -accel tcg,thread=multi -cpu max -smp "$smp" -m 1024
 		-nographic -no-reboot -no-user-config
 		-kernel "$dir/vmlinuz" -initrd "$initrd"
-		-append "console=ttyS0 net.ifnames=0 panic=-1 quiet loglevel=4"
+		-append "console=ttyS0 net.ifnames=0 panic=-1 quiet loglevel=4 intel_iommu=on iommu=pt"
+		-device intel-iommu,intremap=off
 	)
 	local i
 	for i in 0 1 2; do
