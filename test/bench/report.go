@@ -428,10 +428,10 @@ const whereText = `
 
 Profile it yourself:
 
-    go run ./test/bench -vfs 8 -runs 1 -host-device "" -out "" -wrap "strace -f -c -o /tmp/plugin.strace"
-    go run ./test/bench -vfs 0,8 -runs 9 -host-device "" -out "" -inproc   # plugin without exec
-    go run ./test/bench -vfs 32 -runs 5 -host-device "" -out "" -compare old-build/sriov-passthrough-cni
-    go test ./test/bench -run XXX -bench . -cpuprofile /tmp/cpu.out
+    make bench BENCH_FLAGS='-vfs 8 -runs 1 -host-device "" -out "" -wrap "strace -f -c -o /tmp/plugin.strace"'
+    make bench BENCH_FLAGS='-vfs 0,8 -runs 9 -host-device "" -out "" -inproc'   # plugin without exec
+    make bench BENCH_FLAGS='-vfs 32 -runs 5 -host-device "" -out "" -compare old-build/sriov-passthrough-cni'
+    go -C test/bench test -run XXX -bench . -cpuprofile /tmp/cpu.out
 `
 
 const methodText = `
@@ -466,5 +466,5 @@ Reproduce (as root; about three minutes on 2 cores):
 
     make bench
 
-` + "`go run ./test/bench -h`" + ` lists the knobs (VF counts, runs per count).
+` + "`_output/bench/bench -h`" + ` (built by make bench) lists the knobs (VF counts, runs per count).
 `
