@@ -97,7 +97,7 @@ func (n *NS) DelTag(l netlink.Link, pciAddr string) error {
 // keeps its ifindex unless dst already uses it.
 func (n *NS) Move(l netlink.Link, dst *NS) error {
 	if err := n.nl.LinkSetNsFd(l, int(dst.ns.Fd())); err != nil {
-		return fmt.Errorf("move %q from netns %q to %q: %w", l.Attrs().Name, n.Path(), dst.Path(), err)
+		return fmt.Errorf("move %q from %s netns to %s netns: %w", l.Attrs().Name, n, dst, err)
 	}
 	return nil
 }
@@ -106,7 +106,7 @@ func (n *NS) Move(l netlink.Link, dst *NS) error {
 // that is up, so callers rename before setting links up.
 func (n *NS) Rename(l netlink.Link, name string) error {
 	if err := n.nl.LinkSetName(l, name); err != nil {
-		return fmt.Errorf("rename %q to %q in netns %q: %w", l.Attrs().Name, name, n.Path(), err)
+		return fmt.Errorf("rename %q to %q in %s netns: %w", l.Attrs().Name, name, n, err)
 	}
 	l.Attrs().Name = name
 	return nil
@@ -115,7 +115,7 @@ func (n *NS) Rename(l netlink.Link, name string) error {
 // SetUp sets a link administratively up.
 func (n *NS) SetUp(l netlink.Link) error {
 	if err := n.nl.LinkSetUp(l); err != nil {
-		return fmt.Errorf("set %q up in netns %q: %w", l.Attrs().Name, n.Path(), err)
+		return fmt.Errorf("set %q up in %s netns: %w", l.Attrs().Name, n, err)
 	}
 	return nil
 }
@@ -126,9 +126,34 @@ func (n *NS) SetMTU(l netlink.Link, mtu int) error {
 		return nil
 	}
 	if err := n.nl.LinkSetMTU(l, mtu); err != nil {
-		return fmt.Errorf("set MTU %d on %q in netns %q: %w", mtu, l.Attrs().Name, n.Path(), err)
+		return fmt.Errorf("set MTU %d on %q in %s netns: %w", mtu, l.Attrs().Name, n, err)
 	}
 	return nil
+}
+
+// tempPrefix starts the names of links parked aside while others take
+// their names. It is no kernel name pattern (ethN, devN, enp...), so udev
+// and the kernel never hand it out.
+const tempPrefix = "sptmp"
+
+// Park renames l to a temporary name that is free in n, and returns it.
+// The netns is looked at for every call: a name an earlier, killed run
+// left on a device is skipped, not reused.
+func (n *NS) Park(l netlink.Link) (string, error) {
+	byName, err := n.ByName()
+	if err != nil {
+		return "", err
+	}
+	for i := 0; ; i++ {
+		name := fmt.Sprintf("%s%d", tempPrefix, i)
+		if _, taken := byName[name]; taken {
+			continue
+		}
+		if err := n.Rename(l, name); err != nil {
+			return "", err
+		}
+		return name, nil
+	}
 }
 
 // RenameAll gives every link in links (keyed by PCI address) the name in
@@ -146,7 +171,7 @@ func (n *NS) RenameAll(links map[string]netlink.Link, names map[string]string) e
 			pending = append(pending, addr)
 		}
 	}
-	for tmp := 0; len(pending) > 0; {
+	for len(pending) > 0 {
 		var blocked []string
 		for _, addr := range pending {
 			l, target := links[addr], names[addr]
@@ -165,9 +190,8 @@ func (n *NS) RenameAll(links map[string]netlink.Link, names map[string]string) e
 			// Every remaining rename waits on another: park one aside.
 			l := links[blocked[0]]
 			old := l.Attrs().Name
-			parked := fmt.Sprintf("sptmp%d", tmp)
-			tmp++
-			if err := n.Rename(l, parked); err != nil {
+			parked, err := n.Park(l)
+			if err != nil {
 				return err
 			}
 			delete(current, old)

@@ -40,10 +40,10 @@ func TestRenameAllSwapsAndChains(t *testing.T) {
 	defer n.Close()
 	addrs := map[string]string{"a": "0000:01:00.0", "b": "0000:01:00.1", "c": "0000:01:00.2"}
 	for name, addr := range addrs {
-		if err := n.Handle().LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+		if err := n.nl.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
 			t.Fatal(err)
 		}
-		l, err := n.Handle().LinkByName(name)
+		l, err := n.nl.LinkByName(name)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -22,20 +22,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NS is an open network namespace with a netlink socket inside it.
+// NS is an open network namespace with a netlink socket inside it. The
+// socket stays inside this package: every dump goes through netlinksafe,
+// which retries when the kernel interrupts a dump that changed under it.
 type NS struct {
 	ns ns.NetNS
 	nl netlinksafe.Handle
+	// label names the netns in errors as a person on the node sees it:
+	// "host", "transit", or "pod /var/run/netns/...".
+	label string
 }
 
-// Open opens the netns bind-mounted at path. Errors wrap
+// Open opens a pod's netns bind-mounted at path. Errors wrap
 // ns.NSPathNotExistErr or ns.NSPathNotNSErr where the path is wrong.
 func Open(path string) (*NS, error) {
 	n, err := ns.GetNS(path)
 	if err != nil {
 		return nil, err
 	}
-	return withHandle(n)
+	return withHandle(n, "pod "+path)
 }
 
 // Current opens the netns of the calling thread: the host netns for the
@@ -45,7 +50,7 @@ func Current() (*NS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open current netns: %w", err)
 	}
-	return withHandle(n)
+	return withHandle(n, "host")
 }
 
 // Temp creates an unnamed netns that lives as long as it is open. If the
@@ -56,18 +61,18 @@ func Temp() (*NS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create transit netns: %w", err)
 	}
-	return withHandle(n)
+	return withHandle(n, "transit")
 }
 
-func withHandle(n ns.NetNS) (*NS, error) {
+func withHandle(n ns.NetNS, label string) (*NS, error) {
 	// Only NETLINK_ROUTE: minimal kernels without XFRM refuse the default
 	// family list with "protocol not supported".
 	h, err := netlinksafe.NewHandleAt(netns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		n.Close()
-		return nil, fmt.Errorf("open netlink socket in netns %q: %w", n.Path(), err)
+		return nil, fmt.Errorf("open netlink socket in %s netns: %w", label, err)
 	}
-	return &NS{ns: n, nl: h}, nil
+	return &NS{ns: n, nl: h, label: label}, nil
 }
 
 // Close releases the netlink socket and the netns handle. Leaked handles
@@ -80,11 +85,9 @@ func (n *NS) Close() error {
 	return n.ns.Close()
 }
 
-// Path is the netns path as opened.
-func (n *NS) Path() string { return n.ns.Path() }
-
-// Handle is the netlink socket inside the netns.
-func (n *NS) Handle() netlinksafe.Handle { return n.nl }
+// String names the netns as a person sees it: "host", "transit" or
+// "pod <path>".
+func (n *NS) String() string { return n.label }
 
 // Same reports whether a and b are the same network namespace.
 func Same(a, b *NS) (bool, error) {
@@ -126,6 +129,32 @@ func PathID(path string) (ID, error) {
 	return ID{Dev: st.Dev, Ino: st.Ino}, nil
 }
 
+// Alive reports whether the netns recorded as id is still the one at path.
+// A runtime removes the bind mount when the pod goes, and the kernel may
+// reuse the inode only once the namespace is gone, so a path that now
+// names another namespace means the recorded one is dead.
+func Alive(path string, id ID) bool {
+	got, err := PathID(path)
+	return err == nil && got == id
+}
+
+// OpenIfAlive opens the netns at path if it is still the one recorded as
+// id; nil when it is gone or the path now holds another.
+func OpenIfAlive(path string, id ID) *NS {
+	if !Alive(path, id) {
+		return nil
+	}
+	n, err := Open(path)
+	if err != nil {
+		return nil
+	}
+	if got, err := n.ID(); err != nil || got != id {
+		n.Close()
+		return nil
+	}
+	return n
+}
+
 // IsNotExist reports whether err says a netns path does not exist.
 func IsNotExist(err error) bool {
 	var e ns.NSPathNotExistErr
@@ -142,9 +171,42 @@ func IsNotNS(err error) bool {
 func (n *NS) Links() ([]netlink.Link, error) {
 	links, err := n.nl.LinkList()
 	if err != nil {
-		return nil, fmt.Errorf("list links in netns %q: %w", n.Path(), err)
+		return nil, fmt.Errorf("list links in %s netns: %w", n, err)
 	}
 	return links, nil
+}
+
+// LinkByName finds one link by name.
+func (n *NS) LinkByName(name string) (netlink.Link, error) {
+	l, err := n.nl.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("find %q in %s netns: %w", name, n, err)
+	}
+	return l, nil
+}
+
+// Routes dumps the routes of every table, IPv4 and IPv6.
+func (n *NS) Routes() ([]netlink.Route, error) {
+	routes, err := n.nl.RouteListFiltered(netlink.FAMILY_ALL,
+		&netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list routes in %s netns: %w", n, err)
+	}
+	return routes, nil
+}
+
+// Addrs dumps every address, IPv4 and IPv6.
+func (n *NS) Addrs() ([]netlink.Addr, error) {
+	// netlinksafe has no address dump of its own: retry here when the
+	// kernel interrupts a dump because addresses changed under it.
+	addrs, err := n.nl.AddrList(nil, netlink.FAMILY_ALL)
+	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 5; try++ {
+		addrs, err = n.nl.AddrList(nil, netlink.FAMILY_ALL)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list addresses in %s netns: %w", n, err)
+	}
+	return addrs, nil
 }
 
 // Do runs f with the calling thread inside the netns.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
 
@@ -102,7 +103,7 @@ func (o *op) existingAttachment(recs []*state.Record, pod *netdev.NS) (types.Res
 // plan lists the devices to take, from the host links, and the names they
 // will have in the pod. The PF becomes CNI_IFNAME; a VF keeps its name
 // unless the pod already has one like it, then it becomes <ifname>v<N>.
-func (o *op) plan(c candidate, view *hostView, pod *netdev.NS) (*state.Record, []netlink.Link, error) {
+func (o *op) plan(pf sriov.PF, view *hostView, pod *netdev.NS) (*state.Record, []netlink.Link, error) {
 	podLinks, err := pod.ByName()
 	if err != nil {
 		return nil, nil, types.NewError(types.ErrInternal, "inspect pod netns", err.Error())
@@ -123,12 +124,13 @@ func (o *op) plan(c candidate, view *hostView, pod *netdev.NS) (*state.Record, [
 	for name := range podLinks {
 		taken[name] = true
 	}
-	links := []netlink.Link{c.link}
-	rec.Devices = append(rec.Devices, deviceOf(c.pf.PCIAddress, c.link, o.args.IfName, -1))
-	for _, vf := range c.pf.VFs {
+	pfLink := view.byName[pf.Name]
+	links := []netlink.Link{pfLink}
+	rec.Devices = append(rec.Devices, deviceOf(pf.PCIAddress, pfLink, o.args.IfName, -1))
+	for _, vf := range pf.VFs {
 		l, ok := view.byName[vf.Name]
 		if vf.Name == "" || !ok {
-			o.log.Info("VF has no netdev in the host netns; left alone", "pf", c.pf.PCIAddress, "vf", vf.Index, "vfPCI", vf.PCIAddress)
+			o.log.Info("VF has no netdev in the host netns; left alone", "pf", pf.PCIAddress, "vf", vf.Index, "vfPCI", vf.PCIAddress)
 			continue
 		}
 		name := vf.Name

@@ -1,0 +1,289 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+// route is how a located device gets back to the host.
+type route int
+
+const (
+	// unmoved: just located, not moved yet.
+	unmoved route = iota
+	// home: on the host under its original name already.
+	home
+	// direct: had its original name elsewhere and went straight home.
+	direct
+	// viaTransit: parked in the transit netns, to be renamed there.
+	viaTransit
+)
+
+// location is where a device of the record was found, and how it is
+// going home.
+type location struct {
+	from  *netdev.NS
+	link  netlink.Link
+	route route
+}
+
+// homecoming brings one record's devices back to the host. Devices come
+// from the pod, from a netns the workload nested in it, or come back by
+// themselves from a netns that died; each is found by PCI address.
+// Devices that must be renamed meet in a private transit netns, so no name
+// clash on the host or in the pod can stop them, and a crash leaves them
+// in a netns the kernel empties back into init_net.
+type homecoming struct {
+	o       *op
+	rec     *state.Record
+	search  []*netdev.NS // the places to look, the host last
+	found   map[string]*location
+	transit *netdev.NS // nil until a device needs it
+}
+
+func (o *op) newHomecoming(rec *state.Record, places []*netdev.NS) *homecoming {
+	var search []*netdev.NS
+	for _, ns := range places {
+		if ns != nil {
+			search = append(search, ns)
+		}
+	}
+	return &homecoming{o: o, rec: rec, search: append(search, o.host), found: map[string]*location{}}
+}
+
+func (h *homecoming) close() { h.transit.Close() }
+
+func (h *homecoming) allFound() bool { return len(h.found) == len(h.rec.Pending()) }
+
+// locate looks for every pending device not found yet, one dump per place.
+func (h *homecoming) locate() error {
+	for _, ns := range h.search {
+		if h.allFound() {
+			return nil
+		}
+		links, err := ns.ByPCI()
+		if err != nil {
+			return err
+		}
+		for _, d := range h.rec.Pending() {
+			if _, done := h.found[d.PCIAddress]; done {
+				continue
+			}
+			l, ok := links[d.PCIAddress]
+			if !ok && ns == h.o.host {
+				l, ok = h.untaggedAtHost(d)
+			}
+			if ok {
+				h.found[d.PCIAddress] = &location{from: ns, link: l}
+			}
+		}
+	}
+	return nil
+}
+
+// untaggedAtHost finds a pending device that sits on the host under its
+// original name with no PCI identity netlink can show: the kernel does not
+// report its parent device (IFLA_PARENT_DEV_NAME is a late 5.x addition)
+// and it carries no tag, because the ADD that recorded it died before
+// tagging it, or a release died after removing the tag but before saving
+// the record. Host sysfs lists host-netns netdevs under their PCI
+// function, so it can vouch for the name.
+func (h *homecoming) untaggedAtHost(d *state.Device) (netlink.Link, bool) {
+	if _, err := os.Stat(filepath.Join(h.o.sys.DevicePath(d.PCIAddress), "net", d.OriginalName)); err != nil {
+		return nil, false
+	}
+	l, err := h.o.host.LinkByName(d.OriginalName)
+	if err != nil || netdev.PCIOf(l) != "" {
+		return nil, false // gone meanwhile, or another device's tag says otherwise
+	}
+	return l, true
+}
+
+// bringHome starts every newly located device on its way: a device on
+// the host under its original name stays; one elsewhere that has its
+// original name goes straight home; the others go to transit.
+func (h *homecoming) bringHome() error {
+	for _, d := range h.rec.Pending() {
+		loc := h.found[d.PCIAddress]
+		if loc == nil || loc.route != unmoved {
+			continue
+		}
+		if loc.link.Attrs().Name == d.OriginalName {
+			if loc.from == h.o.host {
+				loc.route = home
+				continue
+			}
+			sent, err := h.sendHome(loc)
+			if err != nil {
+				return err
+			}
+			if sent {
+				continue
+			}
+		}
+		if err := h.admit(loc, d.PCIAddress); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sendHome moves a device that already has its original name straight to
+// the host: no rename, so no transit, and one netns move instead of two
+// (each costs the kernel an rcu_barrier()). If the host has a link by that
+// name now, the kernel refuses with EEXIST before touching the device, and
+// it goes through transit like the others.
+func (h *homecoming) sendHome(loc *location) (bool, error) {
+	err := loc.from.Move(loc.link, h.o.host)
+	if errors.Is(err, unix.EEXIST) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	failpoint.Hit("release/to-host")
+	loc.route = direct
+	return true, nil
+}
+
+// admit moves a device into transit, creating the netns on first use: a
+// release whose devices all go straight home creates none under the lock.
+// Devices come from several places, so two may share a name; the one
+// already in transit is parked aside first.
+func (h *homecoming) admit(loc *location, addr string) error {
+	if h.transit == nil {
+		t, err := netdev.Temp()
+		if err != nil {
+			return err
+		}
+		h.transit = t
+	}
+	name := loc.link.Attrs().Name
+	for a, other := range h.found {
+		if a != addr && other.route == viaTransit && other.link.Attrs().Name == name {
+			if _, err := h.transit.Park(other.link); err != nil {
+				return err
+			}
+		}
+	}
+	if err := loc.from.Move(loc.link, h.transit); err != nil {
+		return err
+	}
+	failpoint.Hit("release/to-transit")
+	loc.route = viaTransit
+	return nil
+}
+
+// leaveTransit renames the devices in transit to their original names and
+// moves them to the host. A device that cannot go home goes back where it
+// came from rather than stay in transit, where a virtual link would die
+// with the netns and a physical one would return as devN; it then counts
+// as not found, and a later run retries it.
+func (h *homecoming) leaveTransit() error {
+	if h.transit == nil {
+		return nil
+	}
+	inTransit, err := h.transit.ByPCI()
+	if err != nil {
+		return err
+	}
+	names := map[string]string{}
+	for _, d := range h.rec.Pending() {
+		if _, ok := inTransit[d.PCIAddress]; ok {
+			names[d.PCIAddress] = d.OriginalName
+		}
+	}
+	if err := h.transit.RenameAll(inTransit, names); err != nil {
+		return err
+	}
+	failpoint.Hit("release/renamed")
+	var errs []error
+	for _, d := range h.rec.Pending() {
+		l, ok := inTransit[d.PCIAddress]
+		if !ok {
+			continue
+		}
+		if err := h.transit.Move(l, h.o.host); err != nil {
+			errs = append(errs, err)
+			if src := h.found[d.PCIAddress].from; src != h.o.host {
+				if berr := h.transit.Move(l, src); berr != nil {
+					errs = append(errs, berr)
+				}
+			}
+			delete(h.found, d.PCIAddress)
+			continue
+		}
+		failpoint.Hit("release/to-host")
+	}
+	return errors.Join(errs...)
+}
+
+// reportMissing logs each device found nowhere: it stays pending, and the
+// next ADD, DEL or GC looks again.
+func (h *homecoming) reportMissing(log *slog.Logger) {
+	for _, d := range h.rec.Pending() {
+		if _, ok := h.found[d.PCIAddress]; !ok {
+			log.Warn("device not found in the pod or on the host; will retry on the next ADD, DEL or GC",
+				"pci", d.PCIAddress, "originalName", d.OriginalName, "podName", d.PodName)
+		}
+	}
+}
+
+// restoreHostState checks that each device that came home is on the host
+// under its original name, and gives it back its MTU and admin state
+// there (a netns move takes a device down, and MTU is set where it is
+// checked). Only then is the device released in the record.
+func (o *op) restoreHostState(rec *state.Record, h *homecoming, log *slog.Logger) error {
+	if len(h.found) == 0 {
+		return nil
+	}
+	hostLinks, err := o.host.ByPCI()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range rec.Pending() {
+		loc, found := h.found[d.PCIAddress]
+		if !found {
+			continue
+		}
+		l, ok := hostLinks[d.PCIAddress]
+		if !ok && loc.route == home {
+			l, ok = loc.link, true // untagged, found through sysfs
+		}
+		if !ok || l.Attrs().Name != d.OriginalName {
+			errs = append(errs, fmt.Errorf("device %s is not on the host as %q after the move", d.PCIAddress, d.OriginalName))
+			continue
+		}
+		if err := o.restoreDevice(l, d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		failpoint.Hit("release/restored")
+		d.Released = true
+		log.Info("device back on the host", "pci", d.PCIAddress, "name", d.OriginalName, "vf", d.VFIndex)
+	}
+	return errors.Join(errs...)
+}
+
+func (o *op) restoreDevice(l netlink.Link, d *state.Device) error {
+	if err := o.host.SetMTU(l, d.MTU); err != nil {
+		return err
+	}
+	if d.Up {
+		if err := o.host.SetUp(l); err != nil {
+			return err
+		}
+	}
+	return o.host.DelTag(l, d.PCIAddress)
+}

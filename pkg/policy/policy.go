@@ -1,0 +1,80 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+)
+
+// Rules are the node's and the network's limits on which PFs may be
+// handed out.
+type Rules struct {
+	// PFNames, when not empty, is the pool: only these host names.
+	PFNames []string
+	// Reserved names are never handed out, as a PF or as one of its VFs.
+	Reserved map[string]bool
+	// Holders maps the PCI address of every device an attachment holds to
+	// a description of that attachment, for the refusal message.
+	Holders map[string]string
+}
+
+// Verdict is why a PF cannot be taken now; the zero Verdict means it can.
+type Verdict struct {
+	Reason string
+	// Fixed means waiting will not help (reserved, an uplink, outside the
+	// pool), as opposed to a PF that is busy or not on the host right now.
+	Fixed bool
+}
+
+// OK reports whether the PF may be taken.
+func (v Verdict) OK() bool { return v.Reason == "" }
+
+// Judge applies the rules to one PF as discovery and the host see it.
+func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
+	if who, held := r.Holders[pf.PCIAddress]; held {
+		return Verdict{Reason: "in use by " + who}
+	}
+	if len(r.PFNames) > 0 && !slices.Contains(r.PFNames, pf.Name) {
+		return Verdict{Reason: fmt.Sprintf("%s is not in pfNames", pf.Name), Fixed: true}
+	}
+	if r.Reserved[pf.Name] {
+		return Verdict{Reason: fmt.Sprintf("%s is reserved", pf.Name), Fixed: true}
+	}
+	if !host.Has(pf.Name) {
+		return Verdict{Reason: "its netdev is not in the host netns"}
+	}
+	if why := host.UplinkReason(pf.Name); why != "" {
+		return Verdict{Reason: "uplink: " + why, Fixed: true}
+	}
+	for _, vf := range pf.VFs {
+		if r.Reserved[vf.Name] {
+			return Verdict{Reason: fmt.Sprintf("its VF %s is reserved", vf.Name), Fixed: true}
+		}
+		if why := host.UplinkReason(vf.Name); why != "" {
+			return Verdict{Reason: "uplink: its VF " + why, Fixed: true}
+		}
+	}
+	return Verdict{}
+}
+
+// Choose picks the first PF (discovery lists them by PCI address) that
+// may be taken. When none may, it says for each PF why it was passed over.
+func (r Rules) Choose(pfs []sriov.PF, host *Host) (sriov.PF, []string, bool) {
+	var passedOver []string
+	for _, pf := range pfs {
+		v := r.Judge(pf, host)
+		if v.OK() {
+			return pf, passedOver, true
+		}
+		passedOver = append(passedOver, fmt.Sprintf("%s (%s): %s", pf.PCIAddress, nameOr(pf.Name, "no netdev"), v.Reason))
+	}
+	return sriov.PF{}, passedOver, false
+}
+
+func nameOr(name, alt string) string {
+	if name == "" {
+		return alt
+	}
+	return name
+}

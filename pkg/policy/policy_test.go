@@ -1,0 +1,95 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+)
+
+// host builds a host view from "name:index" links; routes and addresses
+// are set by the caller.
+func host(links ...Link) *Host {
+	h := &Host{Links: map[string]Link{}, DefaultRoute: map[int]bool{}, GlobalAddr: map[int]string{}}
+	for _, l := range links {
+		h.Links[l.Name] = l
+	}
+	return h
+}
+
+func pf(addr, name string, vfs ...string) sriov.PF {
+	p := sriov.PF{PCIAddress: addr, Name: name, TotalVFs: 7, NumVFs: len(vfs)}
+	for i, v := range vfs {
+		p.VFs = append(p.VFs, sriov.VF{Index: i, PCIAddress: addr[:len(addr)-1] + string(rune('1'+i)), Name: v})
+	}
+	return p
+}
+
+func TestJudge(t *testing.T) {
+	h := host(Link{Index: 2, Name: "ens1"}, Link{Index: 3, Name: "ens1v0"}, Link{Index: 4, Name: "ens2"},
+		Link{Index: 5, Name: "ens3", MasterIndex: 9}, Link{Index: 6, Name: "ens4"}, Link{Index: 7, Name: "ens4v0"},
+		Link{Index: 8, Name: "ens5"})
+	h.DefaultRoute[4] = true
+	h.GlobalAddr[7] = "2001:db8::5"
+	h.GlobalAddr[8] = "192.0.2.1"
+	rules := Rules{
+		Reserved: map[string]bool{"ens1v0": true, "resv": true},
+		Holders:  map[string]string{"0000:09:00.0": "pod ci/job-1 (container c1, net1, attached)"},
+	}
+	for _, c := range []struct {
+		pf    sriov.PF
+		want  string
+		fixed bool
+	}{
+		{pf("0000:01:00.0", "ens1", "ens1v0"), "its VF ens1v0 is reserved", true},
+		{pf("0000:02:00.0", "ens2"), "uplink: ens2 carries a default route", true},
+		{pf("0000:03:00.0", "ens3"), "uplink: ens3 has a master (bond, bridge or OVS)", true},
+		{pf("0000:04:00.0", "ens4", "ens4v0"), "uplink: its VF ens4v0 has global address 2001:db8::5", true},
+		{pf("0000:05:00.0", "ens5"), "uplink: ens5 has global address 192.0.2.1", true},
+		{pf("0000:06:00.0", "resv"), "resv is reserved", true},
+		{pf("0000:07:00.0", "gone"), "its netdev is not in the host netns", false},
+		{pf("0000:08:00.0", ""), "its netdev is not in the host netns", false},
+		{pf("0000:09:00.0", "ens1"), "in use by pod ci/job-1 (container c1, net1, attached)", false},
+	} {
+		v := rules.Judge(c.pf, h)
+		if v.Reason != c.want || v.Fixed != c.fixed || v.OK() {
+			t.Errorf("%s (%s): got %+v, want %q fixed=%v", c.pf.PCIAddress, c.pf.Name, v, c.want, c.fixed)
+		}
+	}
+	// A VF without a netdev on the host is no uplink and no reservation.
+	if v := rules.Judge(pf("0000:0a:00.0", "ens6", ""), host(Link{Index: 10, Name: "ens6"})); !v.OK() {
+		t.Errorf("free PF refused: %+v", v)
+	}
+}
+
+func TestPFNamesRestrictPool(t *testing.T) {
+	h := host(Link{Index: 2, Name: "ens1"}, Link{Index: 3, Name: "ens2"})
+	rules := Rules{PFNames: []string{"ens2"}}
+	if v := rules.Judge(pf("0000:01:00.0", "ens1"), h); v.Reason != "ens1 is not in pfNames" || !v.Fixed {
+		t.Errorf("ens1: %+v", v)
+	}
+	if v := rules.Judge(pf("0000:02:00.0", "ens2"), h); !v.OK() {
+		t.Errorf("ens2: %+v", v)
+	}
+}
+
+func TestChooseTakesFirstFreeAndExplainsTheRest(t *testing.T) {
+	h := host(Link{Index: 2, Name: "ens1"}, Link{Index: 3, Name: "ens2"}, Link{Index: 4, Name: "ens3"})
+	h.DefaultRoute[2] = true
+	pfs := []sriov.PF{pf("0000:01:00.0", "ens1"), pf("0000:02:00.0", "ens2"), pf("0000:03:00.0", "ens3")}
+	got, passed, ok := Rules{}.Choose(pfs, h)
+	if !ok || got.Name != "ens2" {
+		t.Fatalf("chose %+v ok=%v, want ens2", got, ok)
+	}
+	if len(passed) != 1 || !strings.Contains(passed[0], "0000:01:00.0 (ens1): uplink") {
+		t.Errorf("passed over: %q", passed)
+	}
+	_, passed, ok = Rules{Reserved: map[string]bool{"ens2": true, "ens3": true}}.Choose(pfs, h)
+	if ok || len(passed) != 3 || !strings.HasSuffix(passed[2], "ens3 is reserved") {
+		t.Errorf("ok=%v passed over: %q", ok, passed)
+	}
+	_, passed, _ = Rules{}.Choose([]sriov.PF{pf("0000:04:00.0", "")}, h)
+	if len(passed) != 1 || !strings.HasPrefix(passed[0], "0000:04:00.0 (no netdev)") {
+		t.Errorf("passed over: %q", passed)
+	}
+}
