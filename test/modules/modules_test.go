@@ -108,6 +108,9 @@ var rootTestOnly = map[string]string{
 	// go mod tidy records it: containernetworking/cni's skel tests use
 	// gomega, which needs it. About 100 kB.
 	"github.com/google/go-cmp": "in the module graph of containernetworking/cni's tests",
+	// host-local is a tool of the root module (go.mod's tool line): the
+	// IPAM tests of test/integration and test/e2e delegate to it.
+	"github.com/alexflint/go-filemutex": "host-local's lock, about 30 kB",
 }
 
 // Modules that must never reach the production build: the plot library of

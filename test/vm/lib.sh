@@ -264,14 +264,10 @@ build_binaries() {
 		(cd "$repo" && CGO_ENABLED=0 quietly go test -c -trimpath -tags e2e -o "$out/e2e.test" ./test/e2e)
 	fi
 	if [[ $mode == e2e ]]; then
-		# The IPAM test delegates to host-local, at the plugins version in
-		# go.mod, installed like cnitool: the plugin's module needs none of
-		# host-local's own dependencies.
-		local pluginsver
-		pluginsver=$(cd "$repo" && go list -m -f '{{.Version}}' github.com/containernetworking/plugins)
-		(cd "$repo" && GOBIN="$work/gobin" CGO_ENABLED=0 quietly go install -trimpath -ldflags '-s -w' \
-			"github.com/containernetworking/plugins/plugins/ipam/host-local@$pluginsver")
-		cp "$work/gobin/host-local" "$out/"
+		# The IPAM test delegates to host-local, a tool of the root module
+		# (go.mod), as it is for test/integration.
+		(cd "$repo" && CGO_ENABLED=0 quietly go build -trimpath -ldflags '-s -w' -o "$out/host-local" \
+			github.com/containernetworking/plugins/plugins/ipam/host-local)
 		# The crash tests kill this build at named steps (pkg/failpoint).
 		(cd "$repo" && CGO_ENABLED=0 quietly go build -trimpath -tags failpoints \
 			-o "$out/failpoints/sriov-passthrough-cni" ./cmd/sriov-passthrough-cni)
