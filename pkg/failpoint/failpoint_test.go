@@ -2,9 +2,14 @@ package failpoint_test
 
 import (
 	"bytes"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -56,5 +61,37 @@ func TestProductionBinaryHasNoFailpoints(t *testing.T) {
 	syms, data = build("-tags", "failpoints")
 	if !strings.Contains(syms, pkg+"die") || !bytes.Contains(data, []byte(failpoint.Env)) {
 		t.Errorf("control failed: the failpoints build shows no failpoint code, so the check above proves nothing")
+	}
+}
+
+// TestAllListsEveryStep parses steps.go: a Step constant missing from All
+// would never be killed at by test/stress.
+func TestAllListsEveryStep(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "steps.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	declared := 0
+	for _, d := range f.Decls {
+		g, ok := d.(*ast.GenDecl)
+		if !ok || g.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range g.Specs {
+			v := spec.(*ast.ValueSpec)
+			if id, ok := v.Type.(*ast.Ident); !ok || id.Name != "Step" {
+				continue
+			}
+			for _, lit := range v.Values {
+				declared++
+				name, _ := strconv.Unquote(lit.(*ast.BasicLit).Value)
+				if !slices.Contains(failpoint.All, failpoint.Step(name)) {
+					t.Errorf("step %q is declared but not in All", name)
+				}
+			}
+		}
+	}
+	if declared != len(failpoint.All) || declared < 10 {
+		t.Errorf("steps.go declares %d steps, All lists %d", declared, len(failpoint.All))
 	}
 }

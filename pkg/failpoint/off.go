@@ -4,4 +4,4 @@ package failpoint
 
 // Hit marks a world-changing step. Without the failpoints build tag it does
 // nothing and compiles to nothing.
-func Hit(string) {}
+func Hit(Step) {}

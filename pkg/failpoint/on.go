@@ -43,8 +43,9 @@ func parse(v string) (string, int) {
 	return name, i
 }
 
-// Hit kills the process if SRIOVPT_FAILPOINT selects this hit of name.
-func Hit(name string) {
+// Hit kills the process if SRIOVPT_FAILPOINT selects this hit of step.
+func Hit(step Step) {
+	name := string(step)
 	if trace != nil {
 		_, _ = trace.WriteString(name + "\n")
 	}

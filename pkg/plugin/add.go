@@ -118,7 +118,7 @@ func (o *op) plan(pf sriov.PF, view *hostView, pod *netdev.NS) (*state.Record, [
 	}
 	rec := &state.Record{
 		Version: state.Version, ContainerID: o.args.ContainerID, IfName: o.args.IfName,
-		Netns: o.args.Netns, NetnsID: id, Pod: o.pod, Phase: state.Adding, Created: time.Now().UTC(),
+		Netns: o.args.Netns, NetnsID: id, Pod: o.owner, Phase: state.Adding, Created: time.Now().UTC(),
 	}
 	taken := map[string]bool{o.args.IfName: true}
 	for name := range podLinks {
@@ -179,7 +179,7 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 	if err := o.store.Save(rec); err != nil {
 		return nil, err
 	}
-	failpoint.Hit("add/record-adding")
+	failpoint.Hit(failpoint.AddRecordAdding)
 	undo.push(func() error { return o.release(rec, []*netdev.NS{pod, transit}, 0) })
 
 	if err := o.moveToPod(rec, links, transit, pod); err != nil {
@@ -206,7 +206,7 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 	if err := o.store.Save(rec); err != nil {
 		return nil, err
 	}
-	failpoint.Hit("add/record-attached")
+	failpoint.Hit(failpoint.AddRecordAttached)
 	o.log.Info("attached PF", "pf", rec.PF().PCIAddress, "hostName", rec.PF().OriginalName, "vfs", len(rec.Devices)-1, "netns", rec.Netns)
 	return res, nil
 }
@@ -217,27 +217,27 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 // udev or NetworkManager on the host, and never collides with names the
 // pod already has (its eth0). A device that keeps its name (a VF, as a
 // rule) needs no rename and goes straight to the pod: each netns move
-// costs the kernel an RCU barrier (~20 ms on a 2-core VM), and that, not
-// the plugin, is most of ADD's time.
+// costs the kernel an RCU barrier, and that, not the plugin, is most of
+// ADD's time (docs/bench.md has the numbers).
 func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit, pod *netdev.NS) error {
 	for i, l := range links {
 		d := &rec.Devices[i]
 		if err := o.host.AddTag(l, d.PCIAddress); err != nil {
 			return err
 		}
-		failpoint.Hit("add/tagged")
+		failpoint.Hit(failpoint.AddTagged)
 		if d.PodName == d.OriginalName {
 			if err := o.host.Move(l, pod); err != nil {
 				return err
 			}
-			failpoint.Hit("add/to-pod")
+			failpoint.Hit(failpoint.AddToPod)
 			o.log.Info("moved device to pod", "pci", d.PCIAddress, "from", d.OriginalName, "to", d.PodName, "vf", d.VFIndex)
 			continue
 		}
 		if err := o.host.Move(l, transit); err != nil {
 			return err
 		}
-		failpoint.Hit("add/to-transit")
+		failpoint.Hit(failpoint.AddToTransit)
 	}
 	inTransit, err := transit.ByPCI()
 	if err != nil {
@@ -250,7 +250,7 @@ func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit, pod *ne
 	if err := transit.RenameAll(inTransit, names); err != nil {
 		return err
 	}
-	failpoint.Hit("add/renamed")
+	failpoint.Hit(failpoint.AddRenamed)
 	for _, d := range rec.Devices {
 		if d.PodName == d.OriginalName {
 			continue
@@ -262,7 +262,7 @@ func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit, pod *ne
 		if err := transit.Move(l, pod); err != nil {
 			return err
 		}
-		failpoint.Hit("add/to-pod")
+		failpoint.Hit(failpoint.AddToPod)
 		o.log.Info("moved device to pod", "pci", d.PCIAddress, "from", d.OriginalName, "to", d.PodName, "vf", d.VFIndex)
 	}
 	return nil
@@ -284,7 +284,7 @@ func (o *op) bringUp(rec *state.Record, pod *netdev.NS) (map[string]netlink.Link
 			if err := pod.SetUp(l); err != nil {
 				return nil, err
 			}
-			failpoint.Hit("add/up")
+			failpoint.Hit(failpoint.AddUp)
 		}
 	}
 	return podLinks, nil

@@ -151,7 +151,7 @@ func (h *homecoming) sendHome(loc *location) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	failpoint.Hit("release/to-host")
+	failpoint.Hit(failpoint.ReleaseToHost)
 	loc.route = direct
 	return true, nil
 }
@@ -179,7 +179,7 @@ func (h *homecoming) admit(loc *location, addr string) error {
 	if err := loc.from.Move(loc.link, h.transit); err != nil {
 		return err
 	}
-	failpoint.Hit("release/to-transit")
+	failpoint.Hit(failpoint.ReleaseToTransit)
 	loc.route = viaTransit
 	return nil
 }
@@ -206,7 +206,7 @@ func (h *homecoming) leaveTransit() error {
 	if err := h.transit.RenameAll(inTransit, names); err != nil {
 		return err
 	}
-	failpoint.Hit("release/renamed")
+	failpoint.Hit(failpoint.ReleaseRenamed)
 	var errs []error
 	for _, d := range h.rec.Pending() {
 		l, ok := inTransit[d.PCIAddress]
@@ -223,7 +223,7 @@ func (h *homecoming) leaveTransit() error {
 			delete(h.found, d.PCIAddress)
 			continue
 		}
-		failpoint.Hit("release/to-host")
+		failpoint.Hit(failpoint.ReleaseToHost)
 	}
 	return errors.Join(errs...)
 }
@@ -269,7 +269,7 @@ func (o *op) restoreHostState(rec *state.Record, h *homecoming, log *slog.Logger
 			errs = append(errs, err)
 			continue
 		}
-		failpoint.Hit("release/restored")
+		failpoint.Hit(failpoint.ReleaseRestored)
 		d.Released = true
 		log.Info("device back on the host", "pci", d.PCIAddress, "name", d.OriginalName, "vf", d.VFIndex)
 	}

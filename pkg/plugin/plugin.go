@@ -51,9 +51,11 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 // op is the context of one plugin invocation.
 type op struct {
 	*Plugin
-	args  *skel.CmdArgs
-	conf  *config.NetConf
-	pod   config.Pod
+	args *skel.CmdArgs
+	conf *config.NetConf
+	// owner is the Kubernetes pod from CNI_ARGS, for records and logs;
+	// "pod" elsewhere in this package is the pod's network namespace.
+	owner config.Pod
 	log   *slog.Logger
 	sys   sriov.Sysfs
 	store state.Store
@@ -68,7 +70,7 @@ func (p *Plugin) begin(args *skel.CmdArgs) (*op, error) {
 	if err != nil {
 		return nil, err
 	}
-	pod, err := config.ParseArgs(args.Args)
+	owner, err := config.ParseArgs(args.Args)
 	if err != nil {
 		return nil, err
 	}
@@ -76,14 +78,14 @@ func (p *Plugin) begin(args *skel.CmdArgs) (*op, error) {
 	if err != nil {
 		return nil, types.NewError(types.ErrIOFailure, "open log file", err.Error())
 	}
-	logger = logger.With("container", args.ContainerID, "ifname", args.IfName, "pod", pod.String())
+	logger = logger.With("container", args.ContainerID, "ifname", args.IfName, "pod", owner.String())
 	host, err := netdev.Current()
 	if err != nil {
 		closeLog()
 		return nil, types.NewError(types.ErrInternal, "open host netns", err.Error())
 	}
 	o := &op{
-		Plugin: p, args: args, conf: conf, pod: pod, log: logger,
+		Plugin: p, args: args, conf: conf, owner: owner, log: logger,
 		sys:   sriov.Sysfs{Root: conf.SysfsRoot},
 		store: state.Store{Dir: conf.StateDir},
 		host:  host,

@@ -47,7 +47,7 @@ func (o *op) markReleasing(rec *state.Record) error {
 	if err := o.store.Save(rec); err != nil {
 		return err
 	}
-	failpoint.Hit("release/record-releasing")
+	failpoint.Hit(failpoint.ReleaseRecordReleasing)
 	return nil
 }
 
@@ -71,7 +71,7 @@ func (o *op) saveOrFinish(rec *state.Record, err error, log *slog.Logger) error 
 	if rerr := o.store.Remove(rec.Key()); rerr != nil {
 		return errors.Join(err, rerr)
 	}
-	failpoint.Hit("release/record-removed")
+	failpoint.Hit(failpoint.ReleaseRecordRemoved)
 	log.Info("released PF; record removed", "hostName", rec.PF().OriginalName)
 	return err
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+
+	fp "github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 )
 
 // chaosSeed is fixed so that a failure replays: the same rounds, the same
@@ -35,9 +37,14 @@ type chaosAtt struct {
 // failpoints build SIGKILLs itself there (pkg/failpoint). @N picks the Nth
 // device; past the last one the operation simply succeeds.
 var (
-	addSteps = []string{"add/record-adding", "add/tagged@", "add/to-transit@", "add/renamed", "add/to-pod@", "add/up@", "add/record-attached"}
-	delSteps = []string{"release/record-releasing", "release/to-transit@", "release/renamed", "release/to-host@", "release/restored@", "release/record-removed"}
+	addSteps = []string{once(fp.AddRecordAdding), perDevice(fp.AddTagged), perDevice(fp.AddToTransit), once(fp.AddRenamed),
+		perDevice(fp.AddToPod), perDevice(fp.AddUp), once(fp.AddRecordAttached)}
+	delSteps = []string{once(fp.ReleaseRecordReleasing), perDevice(fp.ReleaseToTransit), once(fp.ReleaseRenamed),
+		perDevice(fp.ReleaseToHost), perDevice(fp.ReleaseRestored), once(fp.ReleaseRecordRemoved)}
 )
+
+func once(s fp.Step) string      { return string(s) }
+func perDevice(s fp.Step) string { return string(s) + "@" }
 
 func pickStep(rng *rand.Rand, steps []string) string {
 	s := steps[rng.IntN(len(steps))]

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+
+	fp "github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 )
 
 // failpointHarness is a harness whose libcni runs the plugin built with
@@ -61,7 +63,7 @@ func recoverByDel(t *testing.T, h *harness, p *pod, pcis []string) {
 func TestCrashDuringAddThenDel(t *testing.T) {
 	// Only a renamed device (the PF) goes through the transit netns; VFs
 	// that keep their names go straight to the pod.
-	for _, step := range []string{"add/record-adding", "add/tagged@3", "add/to-transit", "add/to-pod@4", "add/renamed", "add/up"} {
+	for _, step := range []string{string(fp.AddRecordAdding), fp.AddTagged.At(3), string(fp.AddToTransit), fp.AddToPod.At(4), string(fp.AddRenamed), string(fp.AddUp)} {
 		t.Run(step, func(t *testing.T) {
 			h := failpointHarness(t)
 			p := h.newPod()
@@ -80,7 +82,7 @@ func TestCrashDuringAddThenDel(t *testing.T) {
 // The plugin is killed part-way through DEL; the runtime's next DEL finishes.
 func TestCrashDuringDelThenDel(t *testing.T) {
 	// Only devices that need a rename (the PF) go through the transit netns.
-	for _, step := range []string{"release/to-transit", "release/renamed", "release/to-host@4"} {
+	for _, step := range []string{string(fp.ReleaseToTransit), string(fp.ReleaseRenamed), fp.ReleaseToHost.At(4)} {
 		t.Run(step, func(t *testing.T) {
 			h := failpointHarness(t)
 			p := h.newPod()

@@ -6,35 +6,19 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"slices"
 	"strings"
 	"testing"
 
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
 )
 
-// failpoints lists every failpoint.Hit name in the plugin's source, so a
-// step that gains a failpoint is covered here without editing this file.
-func failpoints(t *testing.T) []string {
-	files, err := filepath.Glob("../../pkg/plugin/*.go")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("find plugin sources: %v", err)
-	}
-	re := regexp.MustCompile(`failpoint\.Hit\("([^"]+)"\)`)
+// failpoints lists every step the plugin can be killed at.
+func failpoints() []string {
 	var names []string
-	for _, f := range files {
-		src, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range re.FindAllStringSubmatch(string(src), -1) {
-			if !slices.Contains(names, m[1]) {
-				names = append(names, m[1])
-			}
-		}
+	for _, s := range failpoint.All {
+		names = append(names, string(s))
 	}
-	slices.Sort(names)
 	return names
 }
 
@@ -147,7 +131,7 @@ func (w *world) mustDel(a attachment) {
 // runs every hit with every recovery path.
 func TestCrashAtEveryFailpoint(t *testing.T) {
 	kerneltest.RequireRoot(t)
-	names := failpoints(t)
+	names := failpoints()
 	if len(names) < 10 {
 		t.Fatalf("found only %d failpoints in pkg/plugin: %v", len(names), names)
 	}

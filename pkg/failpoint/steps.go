@@ -1,0 +1,39 @@
+package failpoint
+
+import "strconv"
+
+// Step names a world-changing step of the plugin. The names are the only
+// contract between the plugin, the e2e crash tests and test/stress: use
+// these constants, never the strings.
+type Step string
+
+// At selects the nth hit of s in one process ("name@N"): steps done once
+// per device are hit once per device.
+func (s Step) At(n int) string { return string(s) + "@" + strconv.Itoa(n) }
+
+// The steps of ADD.
+const (
+	AddRecordAdding   Step = "add/record-adding"   // the record is on disk, phase adding
+	AddTagged         Step = "add/tagged"          // a device has its altname tag (per device)
+	AddToTransit      Step = "add/to-transit"      // a renamed device is in transit (per device)
+	AddRenamed        Step = "add/renamed"         // the devices in transit have their pod names
+	AddToPod          Step = "add/to-pod"          // a device is in the pod (per device)
+	AddUp             Step = "add/up"              // a device is up in the pod (per device)
+	AddRecordAttached Step = "add/record-attached" // the record says attached
+)
+
+// The steps of the release path (DEL, GC, ADD's rollback, repair).
+const (
+	ReleaseRecordReleasing Step = "release/record-releasing" // the record says releasing
+	ReleaseToTransit       Step = "release/to-transit"       // a device is in transit (per device)
+	ReleaseRenamed         Step = "release/renamed"          // the devices in transit have their host names
+	ReleaseToHost          Step = "release/to-host"          // a device is on the host (per device)
+	ReleaseRestored        Step = "release/restored"         // a device has its MTU, state, no tag (per device)
+	ReleaseRecordRemoved   Step = "release/record-removed"   // the record is gone
+)
+
+// All lists every step, so crash tests cover a new one without an edit.
+var All = []Step{
+	AddRecordAdding, AddTagged, AddToTransit, AddRenamed, AddToPod, AddUp, AddRecordAttached,
+	ReleaseRecordReleasing, ReleaseToTransit, ReleaseRenamed, ReleaseToHost, ReleaseRestored, ReleaseRecordRemoved,
+}
