@@ -13,6 +13,7 @@ import (
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -120,31 +121,29 @@ func (o *op) plan(pf sriov.PF, view *hostView, pod *netdev.NS) (*state.Record, [
 		Version: state.Version, ContainerID: o.args.ContainerID, IfName: o.args.IfName,
 		Netns: o.args.Netns, NetnsID: id, Pod: o.owner, Phase: state.Adding, Created: time.Now().UTC(),
 	}
-	taken := map[string]bool{o.args.IfName: true}
+	podHas := map[string]bool{}
 	for name := range podLinks {
-		taken[name] = true
+		podHas[name] = true
+	}
+	var vfs []sriov.VF
+	for _, vf := range pf.VFs {
+		if _, ok := view.byName[vf.Name]; vf.Name == "" || !ok {
+			o.log.Info("VF has no netdev in the host netns; left alone", "pf", pf.PCIAddress, "vf", vf.Index, "vfPCI", vf.PCIAddress)
+			continue
+		}
+		vfs = append(vfs, vf)
+	}
+	names, err := policy.PodNames(o.args.IfName, vfs, podHas)
+	if err != nil {
+		return nil, nil, types.NewError(types.ErrInvalidEnvironmentVariables, err.Error(), "use a shorter CNI_IFNAME")
 	}
 	pfLink := view.byName[pf.Name]
 	links := []netlink.Link{pfLink}
 	rec.Devices = append(rec.Devices, deviceOf(pf.PCIAddress, pfLink, o.args.IfName, -1))
-	for _, vf := range pf.VFs {
-		l, ok := view.byName[vf.Name]
-		if vf.Name == "" || !ok {
-			o.log.Info("VF has no netdev in the host netns; left alone", "pf", pf.PCIAddress, "vf", vf.Index, "vfPCI", vf.PCIAddress)
-			continue
-		}
-		name := vf.Name
-		if taken[name] {
-			name = fmt.Sprintf("%sv%d", o.args.IfName, vf.Index)
-			if len(name) > 15 || taken[name] {
-				return nil, nil, types.NewError(types.ErrInvalidEnvironmentVariables,
-					fmt.Sprintf("no free name in the pod for VF %d (%s): %q is taken there", vf.Index, vf.Name, vf.Name),
-					"use a shorter CNI_IFNAME")
-			}
-		}
-		taken[name] = true
+	for _, vf := range vfs {
+		l := view.byName[vf.Name]
 		links = append(links, l)
-		rec.Devices = append(rec.Devices, deviceOf(vf.PCIAddress, l, name, vf.Index))
+		rec.Devices = append(rec.Devices, deviceOf(vf.PCIAddress, l, names[vf.Index], vf.Index))
 	}
 	return rec, links, nil
 }

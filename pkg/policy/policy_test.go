@@ -93,3 +93,27 @@ func TestChooseTakesFirstFreeAndExplainsTheRest(t *testing.T) {
 		t.Errorf("passed over: %q", passed)
 	}
 }
+
+func TestPodNames(t *testing.T) {
+	vfs := []sriov.VF{{Index: 0, Name: "eth3"}, {Index: 1, Name: "net1"}, {Index: 2, Name: "eth0"}, {Index: 3}}
+	got, err := PodNames("net1", vfs, map[string]bool{"eth0": true, "lo": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int]string{0: "eth3", 1: "net1v1", 2: "net1v2"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i, n := range want {
+		if got[i] != n {
+			t.Errorf("VF %d: got %q, want %q", i, got[i], n)
+		}
+	}
+	// The fallback name is taken too, or too long for the kernel.
+	if _, err := PodNames("net1", []sriov.VF{{Index: 4, Name: "eth0"}}, map[string]bool{"eth0": true, "net1v4": true}); err == nil {
+		t.Error("taken fallback accepted")
+	}
+	if _, err := PodNames("verylongname012", []sriov.VF{{Index: 4, Name: "eth0"}}, map[string]bool{"eth0": true}); err == nil {
+		t.Error("16-byte fallback name accepted")
+	}
+}
