@@ -84,7 +84,9 @@ bench: build
 bench-vm:
 	bash test/vm/run.sh bench
 
-lint:
+# gofmt; go mod tidy -diff and go vet (also with VET_TAGS) in every module;
+# shellcheck on every shell script in the tree (test/shellcheck.sh).
+lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	@set -e; for m in $(TEST_MODULES); do \
 		echo "go vet $$m"; \
@@ -92,6 +94,7 @@ lint:
 		$(GO) -C $$m vet ./...; \
 		$(GO) -C $$m vet -tags $(VET_TAGS) ./...; \
 	done
+	bash test/shellcheck.sh
 
 clean:
 	rm -rf bin _output

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the host-side tests use, when they are missing:
-# shellcheck and busybox (installer tests), util-linux's setpriv (least
+# the shellcheck and busybox tools (installer and lint), util-linux's setpriv (least
 # privilege test), iproute2. The VM harness (test/vm/run.sh) installs its own.
 # Runs apt only when something is missing, and only as root.
 set -euo pipefail

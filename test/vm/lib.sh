@@ -101,12 +101,18 @@ EOF
 	apt_updated=
 }
 
+# apt_field PKG/SUITE FIELD: one field of the package's record in that suite.
+# apt-cache show prints deb822 records; --no-all-versions keeps the one apt
+# picks from the suite. Fails when the suite does not have the package.
+apt_field() {
+	apt-cache show --no-all-versions "$1" 2>/dev/null |
+		awk -v f="$2: " 'index($0, f) == 1 { print substr($0, length(f) + 1); exit }' | grep .
+}
+
 # apt's lists must know bookworm-backports before we ask it for versions.
 ensure_apt_lists() {
 	ensure_backports_source
-	if ! apt-cache policy 2>/dev/null | grep -q ' bookworm-backports/main '; then
-		apt_update
-	fi
+	apt_field linux-image-amd64/bookworm-backports Version >/dev/null || apt_update
 }
 
 ensure_host_packages() {
@@ -132,7 +138,7 @@ ensure_host_packages() {
 	fi
 }
 
-# kernel_release LABEL: the suites a kernel label comes from.
+# kernel_suites LABEL: the suites a kernel label comes from.
 kernel_suites() {
 	case "$1" in
 	6.1) echo "bookworm bookworm-security bookworm-updates" ;;
@@ -141,107 +147,150 @@ kernel_suites() {
 	esac
 }
 
-# resolve_kernel LABEL: print "PACKAGE VERSION" of the versioned image package
-# behind linux-image-amd64 in the label's suites (highest version wins).
+# resolve_kernel SUITE...: print "PACKAGE VERSION" of the versioned image
+# package that linux-image-amd64 depends on, from the suite with the highest
+# linux-image-amd64.
 resolve_kernel() {
-	local suites meta_ver="" v s
-	suites=" $(kernel_suites "$1") "
-	while read -r v s; do
-		[[ $suites == *" ${s%%/*} "* ]] || continue
-		if [[ -z $meta_ver ]] || dpkg --compare-versions "$v" gt "$meta_ver"; then
-			meta_ver=$v
+	local s v best="" best_ver="" dep
+	for s in "$@"; do
+		v=$(apt_field "linux-image-amd64/$s" Version) || continue
+		if [[ -z $best_ver ]] || dpkg --compare-versions "$v" gt "$best_ver"; then
+			best=$s best_ver=$v
 		fi
-	done < <(apt-cache madison linux-image-amd64 2>/dev/null | awk -F'|' '{ gsub(/ /, "", $2); split($3, a, " "); print $2, a[2] }')
-	[[ -n $meta_ver ]] || return 1
-	apt-cache show "linux-image-amd64=$meta_ver" 2>/dev/null |
-		awk '/^Depends:/ { sub(/^Depends:[[:space:]]*/, ""); split($0, d, ","); n = split(d[1], w, " "); v = w[3]; sub(/\)$/, "", v); print w[1], v; exit }' |
-		grep .
+	done
+	[[ -n $best ]] || return 1
+	dep=$(apt_field "linux-image-amd64/$best" Depends) || return 1
+	# The meta package's first dependency is its image: "linux-image-X (= V)".
+	local re='^(linux-image-[^ ,]+) \(= ([^)]+)\)'
+	[[ $dep =~ $re ]] || return 1
+	echo "${BASH_REMATCH[1]} ${BASH_REMATCH[2]}"
 }
 
 # ensure_kernel LABEL: vmlinuz and the igb/igbvf modules (plain .ko, with
-# their dependencies, in load order) under $cache/kernels/LABEL/PKG_VERSION_rN.
+# their dependencies, in load order) under $cache/kernels/LABEL/PKG_VERSION_rN;
+# sets kernel_dir[LABEL].
 ensure_kernel() {
-	local label=$1 pkg ver dir
+	local label=$1 suites pkg ver dir deb
+	local dl=$work/deb-$label
+	suites=$(kernel_suites "$label") || exit 1
 	ensure_apt_lists
-	if ! read -r pkg ver < <(resolve_kernel "$label"); then
-		apt_update
-		read -r pkg ver < <(resolve_kernel "$label") || true
-	fi
-	if [[ -z ${pkg:-} ]]; then
-		dir=$(find "$cache/kernels/$label" -mindepth 2 -maxdepth 2 -name .complete -printf '%h\n' 2>/dev/null | sort -V | tail -n1)
-		[[ -n $dir ]] || die "cannot resolve the linux-image package for $label"
-		log "apt cannot resolve linux $label; using cached $(basename "$dir")"
-		kernel_dir[$label]=$dir
-		return 0
-	fi
-	dir=$cache/kernels/$label/${pkg}_${ver}_r$kernel_recipe
-	kernel_dir[$label]=$dir
-	if [[ -f $dir/.complete ]]; then
-		log "linux $label: $pkg $ver (cached)"
-		return 0
-	fi
-	log "linux $label: downloading $pkg $ver"
-	local dl=$work/deb-$label x=$work/kx-$label
-	mkdir -p "$dl" "$x"
-	if ! (cd "$dl" && apt-get -q download "$pkg=$ver" >"$work/download.log" 2>&1); then
-		# Old lists can name a version the mirror has since dropped.
-		if [[ -z $apt_updated ]]; then
-			log "linux $label: download failed; refreshing apt's lists"
+	# At most twice: apt_update refreshes the lists only once per run.
+	while :; do
+		# shellcheck disable=SC2086 # suites is a word list
+		if ! read -r pkg ver < <(resolve_kernel $suites); then
 			apt_update
-			rm -rf "$dl" "$x"
-			ensure_kernel "$label"
-			return
+			# shellcheck disable=SC2086
+			read -r pkg ver < <(resolve_kernel $suites) || {
+				use_cached_kernel "$label"
+				return
+			}
 		fi
-		cat "$work/download.log"
-		die "linux $label: apt-get download $pkg=$ver failed"
-	fi
-	local deb
+		dir=$cache/kernels/$label/${pkg}_${ver}_r$kernel_recipe
+		kernel_dir[$label]=$dir
+		if [[ -f $dir/.complete ]]; then
+			log "linux $label: $pkg $ver (cached)"
+			return 0
+		fi
+		log "linux $label: downloading $pkg $ver"
+		rm -rf "$dl"
+		mkdir -p "$dl"
+		(cd "$dl" && apt-get -q download "$pkg=$ver" >"$work/download.log" 2>&1) && break
+		if [[ -n $apt_updated ]]; then
+			cat "$work/download.log"
+			die "linux $label: apt-get download $pkg=$ver failed"
+		fi
+		# Old lists can name a version the mirror has since dropped.
+		log "linux $label: download failed; refreshing apt's lists"
+		apt_update
+	done
 	deb=$(find "$dl" -name '*.deb' | head -n1)
-	[[ -n $deb ]] || die "apt-get download $pkg gave no .deb"
+	unpack_kernel "$label" "$deb" "$dir"
+	rm -rf "$dl"
+}
+
+# use_cached_kernel LABEL: when apt cannot name a kernel, the newest complete
+# one in the cache.
+use_cached_kernel() {
+	local label=$1 dir
+	dir=$(find "$cache/kernels/$label" -mindepth 2 -maxdepth 2 -name .complete -printf '%h\n' 2>/dev/null | sort -V | tail -n1)
+	[[ -n $dir ]] || die "cannot resolve the linux-image package for $label"
+	log "apt cannot resolve linux $label; using cached $(basename "$dir")"
+	kernel_dir[$label]=$dir
+}
+
+# unpack_kernel LABEL DEB DIR: vmlinuz, the release name and the modules the
+# VM loads, from the image package DEB into DIR, keeping no other version.
+unpack_kernel() {
+	local label=$1 deb=$2 dir=$3 x=$work/kx-$1 tmp=$3.tmp
+	[[ -f $deb ]] || die "linux $label: apt-get download gave no .deb"
+	rm -rf "$x" "$tmp"
+	mkdir -p "$x" "$tmp/modules"
 	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$x" --wildcards \
 		'*/vmlinuz-*' '*/kernel/drivers/net/ethernet/intel/*' '*/kernel/drivers/dma/*' '*/kernel/drivers/dca/*' \
 		'*/kernel/drivers/i2c/*' '*/kernel/drivers/ptp/*' '*/kernel/drivers/pps/*' \
 		'*/kernel/drivers/hwmon/*' '*/kernel/lib/*' '*/kernel/drivers/net/veth.ko*' \
 		'*/kernel/drivers/vfio/*' '*/kernel/virt/*'
-
-	local tmp=$dir.tmp
-	rm -rf "$tmp"
-	mkdir -p "$tmp/modules"
 	cp "$(find "$x" -name 'vmlinuz-*' | head -n1)" "$tmp/vmlinuz"
 	basename "$(find "$x" -type d -path '*/lib/modules/*' -prune -print -quit)" >"$tmp/release"
-	local order=()
-	add_module() {
-		local name=$1 f dep
-		local m
-		for m in "${order[@]}"; do [[ $m == "$name" ]] && return 0; done
-		f=$(find "$x" -regextype posix-extended -regex ".*/${name//[-_]/[-_]}\\.ko(\\.xz)?" | head -n1)
-		[[ -n $f ]] || die "linux $label: module $name not found in $pkg"
-		if [[ $f == *.xz ]]; then
-			xz -dc "$f" >"$tmp/modules/$name.ko"
-		else
-			cp "$f" "$tmp/modules/$name.ko"
-		fi
-		for dep in $(tr '\0' '\n' <"$tmp/modules/$name.ko" | sed -n 's/^depends=//p' | tr ',' ' '); do
-			add_module "$dep"
-		done
-		order+=("$name")
-	}
-	add_module igb
-	add_module igbvf
-	add_module veth # the e2e suite makes name clashes in pods with veth
-	# A kind-sriov job binds VFs to vfio-pci. vfio_iommu_type1 is the
-	# container backend, requested at run time rather than a dependency;
-	# 6.1 also needs vfio_virqfd, which 6.12 folded into vfio.
-	add_module vfio_iommu_type1
-	add_module vfio-pci
-	printf '%s\n' "${order[@]}" >"$tmp/modules/order"
+	# veth: the e2e suite makes name clashes in pods with veth. A kind-sriov
+	# job binds VFs to vfio-pci; vfio_iommu_type1 is the container backend,
+	# requested at run time rather than a dependency; 6.1 also needs
+	# vfio_virqfd, which 6.12 folded into vfio (a dependency, found below).
+	copy_modules "$x" "$tmp/modules" igb igbvf veth vfio_iommu_type1 vfio-pci
 	touch "$tmp/.complete"
 	rm -rf "$dir"
 	mv "$tmp" "$dir"
-	# Keep one version per label.
 	find "$cache/kernels/$label" -mindepth 1 -maxdepth 1 -type d ! -path "$dir" -exec rm -rf {} +
-	rm -rf "$dl" "$x"
-	log "linux $label: $(cat "$dir/release") modules: ${order[*]}"
+	rm -rf "$x"
+	log "linux $label: $(cat "$dir/release") modules: $(tr '\n' ' ' <"$dir/modules/order")"
+}
+
+# copy_modules SRC DEST NAME...: the modules NAME and what they depend on,
+# found under SRC (plain or .xz), as plain DEST/NAME.ko, and DEST/order: one
+# name per line, every module after its dependencies (the order to load them).
+copy_modules() {
+	local src=$1 dest=$2
+	shift 2
+	local todo=("$@") order=() name dep missing
+	while ((${#todo[@]})); do
+		name=${todo[0]}
+		if [[ " ${order[*]} " == *" $name "* ]]; then
+			todo=("${todo[@]:1}")
+			continue
+		fi
+		[[ -f $dest/$name.ko ]] || extract_module "$src" "$name" "$dest/$name.ko"
+		missing=()
+		for dep in $(module_depends "$dest/$name.ko"); do
+			[[ " ${order[*]} " == *" $dep "* ]] || missing+=("$dep")
+		done
+		if ((${#missing[@]})); then
+			# Its dependencies first; module dependencies have no cycles.
+			todo=("${missing[@]}" "${todo[@]}")
+		else
+			order+=("$name")
+			todo=("${todo[@]:1}")
+		fi
+	done
+	printf '%s\n' "${order[@]}" >"$dest/order"
+}
+
+# extract_module SRC NAME OUT: module NAME (a "-" and a "_" match each other,
+# as in module names) found under SRC, decompressed to OUT.
+extract_module() {
+	local src=$1 name=$2 out=$3 f
+	f=$(find "$src" -regextype posix-extended -regex ".*/${name//[-_]/[-_]}\\.ko(\\.xz)?" | head -n1)
+	[[ -n $f ]] || die "module $name not found in $src"
+	if [[ $f == *.xz ]]; then
+		xz -dc "$f" >"$out"
+	else
+		cp "$f" "$out"
+	fi
+}
+
+# module_depends KO: the module names in KO's modinfo "depends=" entry (the
+# .modinfo section is NUL-separated key=value strings).
+module_depends() {
+	tr '\0' '\n' <"$1" | sed -n 's/^depends=//p' | tr ',' ' '
 }
 
 # build_binaries MODE: static plugin, cnitool and (for e2e) the test binary,

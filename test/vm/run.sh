@@ -50,12 +50,11 @@ main() {
 	local t0=$SECONDS
 	step "host packages" ensure_host_packages
 
-	local kernels
-	case "$mode" in
-	e2e) read -r -a kernels <<<"${SRIOVPT_VM_KERNELS:-6.1 6.12}" ;;
-	*) kernels=("${SRIOVPT_VM_KERNELS:-6.1}") kernels=("${kernels[0]%% *}") ;;
-	esac
-	[[ ${kernels[0]:-} ]] || kernels=(6.1)
+	# e2e runs on every kernel named; demo and bench on the first.
+	local kernels=()
+	read -r -a kernels <<<"${SRIOVPT_VM_KERNELS:-6.1 6.12}"
+	((${#kernels[@]})) || kernels=(6.1)
+	[[ $mode == e2e ]] || kernels=("${kernels[0]}")
 
 	local k failed=()
 	for k in "${kernels[@]}"; do
