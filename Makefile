@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 GO ?= go
 BIN := bin/sriov-passthrough-cni
+AGENT_BIN := bin/sriov-passthrough-agent
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GOFLAGS_STATIC := CGO_ENABLED=0
@@ -24,6 +25,7 @@ all: build
 
 build:
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sriov-passthrough-cni
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/sriov-passthrough-agent
 
 # See SR-IOV passthrough happen on emulated igb NICs in a VM (no hardware needed).
 demo:

@@ -39,6 +39,14 @@ type NetConf struct {
 	SysfsRoot              string  `json:"sysfsRoot,omitempty"`
 	LogFile                string  `json:"logFile,omitempty"`
 	LogLevel               string  `json:"logLevel,omitempty"`
+	// NodeConfigFile is the node-local configuration (see Node). nil means
+	// the default path; an explicit "" means none.
+	NodeConfigFile *string `json:"nodeConfigFile,omitempty"`
+	// DeviceID is where multus puts the PCI address the kubelet allocated
+	// when the plugin does not declare the deviceID capability.
+	DeviceID string `json:"deviceID,omitempty"`
+	// RequireDeviceID comes from the node configuration only.
+	RequireDeviceID bool `json:"-"`
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 
@@ -66,10 +74,20 @@ func (c *NetConf) ReservedFile() string {
 // free PF will do. The device plugin's deviceID wins over pciBusID only when
 // they agree; Parse rejects a conflict.
 func (c *NetConf) PinnedPCI() string {
+	if id := c.AllocatedPCI(); id != "" {
+		return id
+	}
+	return c.PCIBusID
+}
+
+// AllocatedPCI is the PCI address a device plugin allocated to the pod, as
+// multus passes it (runtimeConfig.deviceID or a top-level deviceID); ""
+// when there is none.
+func (c *NetConf) AllocatedPCI() string {
 	if c.RuntimeConfig.DeviceID != "" {
 		return c.RuntimeConfig.DeviceID
 	}
-	return c.PCIBusID
+	return c.DeviceID
 }
 
 // Parse decodes and validates a configuration, filling in defaults. Unknown
@@ -80,8 +98,12 @@ func Parse(data []byte) (*NetConf, error) {
 	if err := json.Unmarshal(data, conf); err != nil {
 		return nil, decodeError(err)
 	}
-	if err := conf.readAttachmentList(data); err != nil {
+	set, err := conf.readAttachmentList(data)
+	if err != nil {
 		return nil, decodeError(err)
+	}
+	if err := conf.applyNode(set); err != nil {
+		return nil, err
 	}
 	conf.setDefaults()
 	if err := conf.validate(); err != nil {
@@ -92,21 +114,25 @@ func Parse(data []byte) (*NetConf, error) {
 
 // readAttachmentList notes whether a GC list was sent, and accepts the
 // spelling "cni.dev/attachments" that libcni also sends (an early version of
-// the spec used it).
-func (c *NetConf) readAttachmentList(data []byte) error {
+// the spec used it). It returns the top-level keys the configuration sets.
+func (c *NetConf) readAttachmentList(data []byte) (map[string]bool, error) {
 	var keys map[string]json.RawMessage
 	if err := json.Unmarshal(data, &keys); err != nil {
-		return err
+		return nil, err
+	}
+	set := make(map[string]bool, len(keys))
+	for k := range keys {
+		set[k] = true
 	}
 	if _, ok := keys["cni.dev/valid-attachments"]; ok {
 		c.HasAttachmentList = true
-		return nil
+		return set, nil
 	}
 	if raw, ok := keys["cni.dev/attachments"]; ok {
 		c.HasAttachmentList = true
-		return json.Unmarshal(raw, &c.ValidAttachments)
+		return set, json.Unmarshal(raw, &c.ValidAttachments)
 	}
-	return nil
+	return set, nil
 }
 
 func decodeError(err error) error {
@@ -134,6 +160,7 @@ func (c *NetConf) setDefaults() {
 	}
 	c.PCIBusID = NormalizePCI(c.PCIBusID)
 	c.RuntimeConfig.DeviceID = NormalizePCI(c.RuntimeConfig.DeviceID)
+	c.DeviceID = NormalizePCI(c.DeviceID)
 }
 
 func (c *NetConf) validate() error {
@@ -147,9 +174,15 @@ func (c *NetConf) validate() error {
 	if id := c.RuntimeConfig.DeviceID; id != "" && !IsPCIAddress(id) {
 		errs = append(errs, fmt.Errorf(`field "runtimeConfig.deviceID": %q is not a PCI address like 0000:3b:00.0`, id))
 	}
-	if c.PCIBusID != "" && c.RuntimeConfig.DeviceID != "" && c.PCIBusID != c.RuntimeConfig.DeviceID {
+	if id := c.DeviceID; id != "" && !IsPCIAddress(id) {
+		errs = append(errs, fmt.Errorf(`field "deviceID": %q is not a PCI address like 0000:3b:00.0`, id))
+	}
+	if a, b := c.RuntimeConfig.DeviceID, c.DeviceID; a != "" && b != "" && a != b {
+		errs = append(errs, fmt.Errorf(`fields "runtimeConfig.deviceID" (%s) and "deviceID" (%s) name different PFs`, a, b))
+	}
+	if id := c.AllocatedPCI(); c.PCIBusID != "" && id != "" && c.PCIBusID != id {
 		errs = append(errs, fmt.Errorf(`field "pciBusID" (%s) and the device plugin's deviceID (%s) name different PFs`,
-			c.PCIBusID, c.RuntimeConfig.DeviceID))
+			c.PCIBusID, id))
 	}
 	for i, name := range c.PFNames {
 		if err := ValidateIfName(name); err != nil {
@@ -168,6 +201,9 @@ func (c *NetConf) validate() error {
 	}
 	if f := c.ReservedFile(); f != "" && !filepath.IsAbs(f) {
 		errs = append(errs, fmt.Errorf(`field "reservedInterfacesFile": %q is not an absolute path`, f))
+	}
+	if f := c.NodeFile(); f != "" && !filepath.IsAbs(f) {
+		errs = append(errs, fmt.Errorf(`field "nodeConfigFile": %q is not an absolute path`, f))
 	}
 	if c.LogFile != "" && !filepath.IsAbs(c.LogFile) {
 		errs = append(errs, fmt.Errorf(`field "logFile": %q is not an absolute path`, c.LogFile))

@@ -61,6 +61,10 @@ type op struct {
 	store state.Store
 	host  *netdev.NS
 	close func()
+	// judgeNetns, when set, says whether this process can tell that a
+	// netns path is gone (see netnsGone); nil for the plugin, which runs in
+	// the host's namespaces.
+	judgeNetns func(path string) error
 }
 
 // begin parses the configuration and CNI_ARGS, opens the log and the host

@@ -55,7 +55,7 @@ func (o *op) repair() []*state.Record {
 	}
 	var live []*state.Record
 	for _, r := range recs {
-		stale := r.Phase != state.Attached || !netdev.Alive(r.Netns, r.NetnsID)
+		stale := r.Phase != state.Attached || o.netnsGone(r)
 		if stale {
 			o.log.Info("repairing stale attachment", "record", r.Key(), "owner", r.Pod.String(), "phase", r.Phase)
 			if err := o.releaseRecord(r, 0); err != nil {
@@ -68,6 +68,24 @@ func (o *op) repair() []*state.Record {
 		live = append(live, r)
 	}
 	return live
+}
+
+// netnsGone reports whether an attached record's netns is gone. A caller
+// that may not see every netns (the agent in a container without the host's
+// pid namespace or /var/run/netns) says so through judgeNetns: a record
+// whose netns it cannot see is left alone, so a live pod's PF is never
+// released because its netns merely looked absent.
+func (o *op) netnsGone(r *state.Record) bool {
+	if netdev.Alive(r.Netns, r.NetnsID) {
+		return false
+	}
+	if o.judgeNetns != nil {
+		if err := o.judgeNetns(r.Netns); err != nil {
+			o.log.Warn("cannot tell whether the attachment's netns is gone; leaving it alone", "record", r.Key(), "netns", r.Netns, "why", err)
+			return false
+		}
+	}
+	return true
 }
 
 // GC releases every attachment the runtime no longer lists as valid.

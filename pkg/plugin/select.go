@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
@@ -23,15 +24,29 @@ type hostView struct {
 }
 
 func (o *op) viewHost() (*hostView, error) {
-	byName, err := o.host.ByName()
+	return lookAtHost(o.host)
+}
+
+// PolicyHost is one look at the host netns as the PF policy reads it: the
+// view ADD takes, for the node agent.
+func PolicyHost(host *netdev.NS) (*policy.Host, error) {
+	v, err := lookAtHost(host)
 	if err != nil {
 		return nil, err
 	}
-	routes, err := o.host.Routes()
+	return v.policy, nil
+}
+
+func lookAtHost(host *netdev.NS) (*hostView, error) {
+	byName, err := host.ByName()
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := o.host.Addrs()
+	routes, err := host.Routes()
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := host.Addrs()
 	if err != nil {
 		return nil, err
 	}
@@ -92,6 +107,11 @@ func holderOf(r *state.Record) string {
 // one with the lowest PCI address. With none it returns code 11 and, for
 // each PF, why it was passed over.
 func (o *op) choosePF(recs []*state.Record, view *hostView) (sriov.PF, error) {
+	if o.conf.RequireDeviceID && o.conf.AllocatedPCI() == "" {
+		return sriov.PF{}, types.NewError(types.ErrInvalidNetworkConfig,
+			"no deviceID: this node hands out PFs only as the kubelet allocates them (requireDeviceID in "+o.conf.NodeFile()+")",
+			"request one prow/sriov (the network's resourceName) per attachment in the pod's resources, so the kubelet allocates a PF and multus passes its PCI address")
+	}
 	rules, err := o.rules(recs)
 	if err != nil {
 		return sriov.PF{}, err

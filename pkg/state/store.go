@@ -211,3 +211,29 @@ func (s Store) SetAside(key string) (string, error) {
 	}
 	return aside, nil
 }
+
+// Peek reads every record that decodes, oldest first, without the lock and
+// without setting anything aside: a view for observers (the node agent,
+// status), which must never change the state. Records are replaced by
+// rename, so each one read is whole, but the set may be a moment old.
+func (s Store) Peek() ([]*Record, error) {
+	entries, err := os.ReadDir(s.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list state dir: %w", err)
+	}
+	var recs []*Record
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasSuffix(name, recordSuffix) || strings.HasPrefix(name, ".") {
+			continue
+		}
+		if r, err := s.Get(strings.TrimSuffix(name, recordSuffix)); err == nil && r != nil {
+			recs = append(recs, r)
+		}
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].Created.Before(recs[j].Created) })
+	return recs, nil
+}

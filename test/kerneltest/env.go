@@ -231,3 +231,19 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+// MoveLink moves a link by name from one netns to another: what a
+// workload does, or the kernel when a netns holding a physical device dies.
+func MoveLink(t testing.TB, from, to ns.NetNS, name string) {
+	t.Helper()
+	err := from.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetNsFd(l, int(to.Fd()))
+	})
+	if err != nil {
+		t.Fatalf("move %s: %v", name, err)
+	}
+}

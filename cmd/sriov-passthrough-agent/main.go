@@ -1,0 +1,170 @@
+// Command sriov-passthrough-agent is the node agent of sriov-passthrough-cni:
+// a kubelet device plugin that advertises the node's SR-IOV PFs as the
+// plugin would hand them out, and finishes releases as soon as devices come
+// back. `sriov-passthrough-agent status` shows who holds which PF.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/agent"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+type options struct {
+	nodeConfig, installFrom, hostRoot string
+	resource, pluginDir, socket       string
+	netnsDir, metricsAddr, output     string
+	resync                            time.Duration
+}
+
+func main() {
+	args := os.Args[1:]
+	status := len(args) > 0 && args[0] == "status"
+	if status {
+		args = args[1:]
+	}
+	fs := flag.NewFlagSet("sriov-passthrough-agent", flag.ExitOnError)
+	var o options
+	fs.StringVar(&o.nodeConfig, "node-config", config.DefaultNodeConfigFile, "the node configuration file the plugin also reads")
+	fs.StringVar(&o.installFrom, "install-node-config", "", "copy this file (the DaemonSet's ConfigMap) to -node-config under -host-root first")
+	fs.StringVar(&o.hostRoot, "host-root", "", "where the host's files are mounted: prefixes -node-config and the reserved-interfaces file")
+	fs.StringVar(&o.resource, "resource-name", agent.DefaultResourceName, "the extended resource to advertise")
+	fs.StringVar(&o.pluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
+	fs.StringVar(&o.socket, "socket", "sriov-passthrough.sock", "the plugin's socket file name in -device-plugin-dir")
+	fs.StringVar(&o.netnsDir, "netns-dir", "/var/run/netns", "the host's netns directory, watched for pods going away")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9809); off when empty")
+	fs.DurationVar(&o.resync, "resync", 30*time.Second, "full look at the node at least this often (events drive the rest)")
+	fs.StringVar(&o.output, "o", "", "status output: \"\" for a table, \"json\"")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	_ = fs.Parse(args)
+	if *showVersion {
+		fmt.Printf("sriov-passthrough-agent %s\n", version)
+		return
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("agent", "sriov-passthrough-agent")
+	var err error
+	if status {
+		err = runStatus(o)
+	} else {
+		err = run(o, log)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sriov-passthrough-agent: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func newAgent(o options, log *slog.Logger) (*agent.Agent, error) {
+	conf, err := config.NodeConf(filepath.Join(o.hostRoot, o.nodeConfig))
+	if err != nil {
+		return nil, err
+	}
+	return &agent.Agent{Conf: conf, HostRoot: o.hostRoot, NetnsDir: o.netnsDir, JudgeNetns: agent.CanSeeNetns,
+		Resync: o.resync, Log: log}, nil
+}
+
+func runStatus(o options) error {
+	if o.output != "" && o.output != "json" {
+		return fmt.Errorf("-o %q: want json or nothing", o.output)
+	}
+	a, err := newAgent(o, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	pfs, err := a.Look()
+	if err != nil {
+		return err
+	}
+	return agent.WriteStatus(os.Stdout, pfs, o.output == "json")
+}
+
+func run(o options, log *slog.Logger) error {
+	if o.installFrom != "" {
+		if err := installFile(o.installFrom, filepath.Join(o.hostRoot, o.nodeConfig)); err != nil {
+			return err
+		}
+	}
+	a, err := newAgent(o, log)
+	if err != nil {
+		return err
+	}
+	log.Info("starting", "version", version, "resource", o.resource, "stateDir", a.Conf.StateDir, "sysfsRoot", a.Conf.SysfsRoot,
+		"pfNames", a.Conf.PFNames, "reservedFile", a.Conf.ReservedFile(), "requireDeviceID", a.Conf.RequireDeviceID)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	dp := agent.NewDevicePlugin(o.resource, log)
+	a.Publish = dp.Update
+	if o.metricsAddr != "" {
+		a.Metrics = &agent.Metrics{}
+		if err := serveMetrics(ctx, o.metricsAddr, a.Metrics); err != nil {
+			return err
+		}
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- a.Run(ctx) }()
+	srv := &agent.Server{Dir: o.pluginDir, Socket: o.socket, Plugin: dp, Log: log}
+	go func() { errs <- srv.Run(ctx) }()
+	err = <-errs
+	stop()
+	return err
+}
+
+func serveMetrics(ctx context.Context, addr string, m *agent.Metrics) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { <-ctx.Done(); srv.Close() }()
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("metrics server", "error", err)
+		}
+	}()
+	return nil
+}
+
+// installFile copies src over dst atomically (temp file, fsync, rename),
+// so the plugin never reads half a node configuration.
+func installFile(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("install node configuration: %w", err)
+	}
+	if _, err := config.LoadNodeBytes(data); err != nil {
+		return fmt.Errorf("install node configuration from %s: %w", src, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".node-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := errors.Join(tmp.Chmod(0o644), tmp.Sync(), tmp.Close()); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
+}

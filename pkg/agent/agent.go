@@ -1,0 +1,288 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/plugin"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+// Agent watches the node and keeps the device list true.
+type Agent struct {
+	// Conf is the node configuration (config.NodeConf).
+	Conf *config.NetConf
+	// HostRoot prefixes the reserved-interfaces file's path: the agent
+	// reads it through a mount of the host's directory ("" on the host).
+	HostRoot string
+	// HostNetns is the host netns path; "" is the process's own netns
+	// (hostNetwork), a path is for tests.
+	HostNetns string
+	// NetnsDir, when set, is watched for pods' netns going away.
+	NetnsDir string
+	// JudgeNetns says whether a record's netns can be judged gone (nil:
+	// always, for tests on the host).
+	JudgeNetns func(path string) error
+	// Resync is the backstop period for a full look; events drive the rest.
+	Resync  time.Duration
+	Log     *slog.Logger
+	Publish func([]PF)
+	Metrics *Metrics
+
+	// known maps the PCI address of every PF advertised so far to its name.
+	known map[string]string
+	last  map[string]PF
+
+	mu      sync.Mutex
+	wake    chan struct{}
+	pending bool // a look with repair is owed
+}
+
+// Look gathers the node's PFs as they stand, without taking the lock or
+// changing anything: the status view.
+func (a *Agent) Look() ([]PF, error) {
+	recs, err := state.Store{Dir: a.Conf.StateDir}.Peek()
+	if err != nil {
+		return nil, err
+	}
+	return a.judge(recs)
+}
+
+func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
+	sys := sriov.Sysfs{Root: a.Conf.SysfsRoot}
+	pfs, err := sys.PFs()
+	if err != nil {
+		return nil, err
+	}
+	listed := map[string]bool{}
+	for _, pf := range pfs {
+		listed[pf.PCIAddress] = true
+	}
+	for _, r := range recs {
+		if addr := r.PF().PCIAddress; !listed[addr] {
+			if pf, err := sys.PF(addr); err == nil {
+				pfs = append(pfs, pf)
+				listed[addr] = true
+			}
+		}
+	}
+	rules, err := a.rules()
+	if err != nil {
+		return nil, err
+	}
+	v := View{PFs: pfs, Rules: rules, Records: recs, Known: a.known, Gone: a.gone}
+	err = a.inHost(func() error {
+		host, err := netdev.Current()
+		if err != nil {
+			return err
+		}
+		defer host.Close()
+		v.Host, err = plugin.PolicyHost(host)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("look at the host netns: %w", err)
+	}
+	return Judge(v), nil
+}
+
+func (a *Agent) reservedFile() string {
+	if f := a.Conf.ReservedFile(); f != "" {
+		return filepath.Join(a.HostRoot, f)
+	}
+	return ""
+}
+
+func (a *Agent) rules() (policy.Rules, error) {
+	c := *a.Conf
+	f := a.reservedFile()
+	c.ReservedInterfacesFile = &f
+	reserved, err := c.Reserved()
+	if err != nil {
+		return policy.Rules{}, err
+	}
+	return policy.Rules{PFNames: c.PFNames, Reserved: reserved}, nil
+}
+
+// gone reports whether an attached record's netns is gone and this
+// process can tell.
+func (a *Agent) gone(r *state.Record) bool {
+	if netdev.Alive(r.Netns, r.NetnsID) {
+		return false
+	}
+	return a.JudgeNetns == nil || a.JudgeNetns(r.Netns) == nil
+}
+
+func (a *Agent) inHost(f func() error) error {
+	if a.HostNetns == "" {
+		return f()
+	}
+	h, err := ns.GetNS(a.HostNetns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return h.Do(func(ns.NetNS) error { return f() })
+}
+
+// needsRepair reports whether a record is something Reconcile would act on:
+// a release not finished, an ADD that may have died, a pod that is gone.
+func (a *Agent) needsRepair(recs []*state.Record) bool {
+	for _, r := range recs {
+		if r.Phase != state.Attached || a.gone(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// step takes one look, first finishing what repair would finish when
+// asked to. It returns whether the lock was busy and repair is still owed.
+func (a *Agent) step(repair bool) (retry bool) {
+	store := state.Store{Dir: a.Conf.StateDir}
+	recs, err := store.Peek()
+	if err != nil {
+		a.Log.Error("read state records", "error", err)
+		return false
+	}
+	if repair && a.needsRepair(recs) {
+		live, err := a.reconcile(recs)
+		switch {
+		case errors.Is(err, errLockBusy):
+			retry = true
+		case err != nil:
+			a.Log.Error("finish pending releases", "error", err)
+		default:
+			recs = live
+		}
+	}
+	pfs, err := a.judge(recs)
+	if err != nil {
+		a.Log.Error("look at the node; keeping the previous device list", "error", err)
+		return retry
+	}
+	a.remember(pfs)
+	a.Publish(pfs)
+	if a.Metrics != nil {
+		a.Metrics.Set(pfs)
+	}
+	return retry
+}
+
+var errLockBusy = errors.New("state lock busy")
+
+// reconcile runs the plugin's repair under the node lock, without waiting
+// for it: a busy lock means an ADD, DEL or GC is at work, and the agent
+// tries again shortly.
+func (a *Agent) reconcile(before []*state.Record) ([]*state.Record, error) {
+	p := &plugin.Plugin{LockTimeout: 0, SettleTimeout: 0, Stdout: os.Stdout, Stderr: os.Stderr}
+	start := time.Now()
+	var live []*state.Record
+	err := a.inHost(func() error {
+		var err error
+		live, err = p.Reconcile(a.Conf, a.Log.With("cmd", "reconcile"), a.JudgeNetns)
+		return err
+	})
+	if err != nil {
+		// The plugin reports a busy lock as "try again later" (code 11).
+		var cniErr *types.Error
+		if errors.As(err, &cniErr) && cniErr.Code == types.ErrTryAgainLater {
+			return nil, errLockBusy
+		}
+		return nil, err
+	}
+	if finished := len(before) - len(live); finished > 0 {
+		took := time.Since(start)
+		a.Log.Info("finished releases", "count", finished, "took", took)
+		if a.Metrics != nil {
+			a.Metrics.Released(finished, took)
+		}
+	}
+	return live, nil
+}
+
+// remember logs every PF whose standing changed, with the reason, and
+// keeps the set of PFs ever advertised.
+func (a *Agent) remember(pfs []PF) {
+	if a.known == nil {
+		a.known, a.last = map[string]string{}, map[string]PF{}
+	}
+	for _, p := range pfs {
+		switch {
+		case p.Phase == Ineligible:
+			delete(a.known, p.PCI)
+		case p.Phase != Missing:
+			a.known[p.PCI] = p.Name
+		}
+		if old, ok := a.last[p.PCI]; !ok || old.Phase != p.Phase || old.Why != p.Why {
+			a.Log.Info("PF", "pci", p.PCI, "name", p.Name, "phase", p.Phase, "healthy", p.Healthy(), "advertised", p.Advertised(), "why", p.Why)
+		}
+		a.last[p.PCI] = p
+	}
+}
+
+// Run watches the node until ctx ends: netlink link events in the host
+// netns (a device coming home, a PF renamed, moved or gone), changes in
+// the state dir, the reserved file's directory and the netns directory,
+// and a slow resync as a backstop.
+func (a *Agent) Run(ctx context.Context) error {
+	a.wake = make(chan struct{}, 1)
+	if err := os.MkdirAll(a.Conf.StateDir, 0o700); err != nil {
+		return err
+	}
+	if err := a.watchLinks(ctx); err != nil {
+		return err
+	}
+	if err := a.watchDirs(ctx); err != nil {
+		return err
+	}
+	a.signal(true)
+	resync := time.NewTicker(a.Resync)
+	defer resync.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+			a.signal(true)
+			continue
+		case <-retry.C:
+			a.signal(true)
+			continue
+		case <-a.wake:
+		}
+		a.mu.Lock()
+		repair := a.pending
+		a.pending = false
+		a.mu.Unlock()
+		if a.step(repair) {
+			retry.Reset(100 * time.Millisecond)
+		}
+	}
+}
+
+// signal asks for a look (with repair when a device may have come home).
+func (a *Agent) signal(repair bool) {
+	a.mu.Lock()
+	a.pending = a.pending || repair
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}

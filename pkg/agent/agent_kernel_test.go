@@ -1,0 +1,199 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"google.golang.org/grpc"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/plugin"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
+)
+
+// node is a kerneltest world with the agent running in it, its device
+// plugin registered with a test kubelet, and a ListAndWatch stream open:
+// every list the kubelet would receive arrives on lists, stamped.
+type node struct {
+	t        *testing.T
+	env      *kerneltest.Env
+	reserved string
+	conf     []byte
+	lists    chan stamped
+	last     devs
+}
+
+type stamped struct {
+	at   time.Time
+	devs devs
+}
+
+func startNode(t *testing.T, judge func(string) error) *node {
+	env := kerneltest.New(t)
+	n := &node{t: t, env: env, reserved: filepath.Join(t.TempDir(), "reserved"), lists: make(chan stamped, 64)}
+	n.conf = env.Conf(map[string]any{"reservedInterfacesFile": n.reserved, "nodeConfigFile": ""})
+	conf, err := config.Parse(n.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n.run(conf, judge)
+}
+
+func (n *node) run(conf *config.NetConf, judge func(string) error) *node {
+	t := n.t
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	dir := t.TempDir()
+	kubelet := startKubelet(t, dir)
+	dp := NewDevicePlugin("prow/sriov", log)
+	// An hour: only events can drive what the test sees.
+	a := &Agent{Conf: conf, HostNetns: n.env.Host.Path(), JudgeNetns: judge, Resync: time.Hour, Log: log, Publish: dp.Update}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { a.Run(ctx); done <- struct{}{} }()
+	srv := &Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: log}
+	go func() { srv.Run(ctx); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	reg := kubelet.registered(t)
+	c := dialPlugin(t, dir, reg.Endpoint)
+	stream, err := c.ListAndWatch(ctx, &pluginapi.Empty{}, grpc.WaitForReady(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			d := devs{}
+			for _, dev := range r.Devices {
+				d[dev.ID] = dev.Health
+			}
+			n.lists <- stamped{time.Now(), d}
+		}
+	}()
+	return n
+}
+
+// await waits for the kubelet's view to satisfy ok and returns how long
+// after since that list arrived.
+func (n *node) await(what string, since time.Time, ok func(devs) bool) time.Duration {
+	n.t.Helper()
+	if ok(n.last) {
+		n.t.Fatalf("%s: already true before the change: %v", what, n.last)
+	}
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case l := <-n.lists:
+			n.last = l.devs
+			if ok(l.devs) {
+				took := l.at.Sub(since)
+				n.t.Logf("%s: ListAndWatch update %v after its cause", what, took)
+				return took
+			}
+		case <-timeout:
+			n.t.Fatalf("%s: not seen in 10s; last list %v", what, n.last)
+		}
+	}
+}
+
+// withinASecond is the promise for ListAndWatch: the kubelet hears
+// of a change within a second of its cause.
+func withinASecond(t *testing.T, what string, took time.Duration) {
+	t.Helper()
+	if took > time.Second {
+		t.Errorf("%s took %v to reach ListAndWatch, want at most 1s", what, took)
+	}
+}
+
+func (n *node) cni(cmd string, pod ns.NetNS, cid string) error {
+	n.t.Helper()
+	var out, logs bytes.Buffer
+	p := &plugin.Plugin{LockTimeout: 10 * time.Second, SettleTimeout: 200 * time.Millisecond, Stdout: &out, Stderr: &logs}
+	f := map[string]func(*skel.CmdArgs) error{"ADD": p.Add, "DEL": p.Del}[cmd]
+	n.t.Setenv("CNI_COMMAND", cmd)
+	args := &skel.CmdArgs{ContainerID: cid, IfName: "net1", Netns: pod.Path(), StdinData: n.conf,
+		Args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=ci;K8S_POD_NAME=job-" + cid}
+	err := n.env.Host.Do(func(ns.NetNS) error { return f(args) })
+	n.t.Logf("%s %s: err=%v\n%s", cmd, cid, err, logs.String())
+	return err
+}
+
+// replaceFile writes path the way admins do: a temp file renamed over it.
+func replaceFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHealthFollowsTheKernelWithinASecond(t *testing.T) {
+	n := startNode(t, CanSeeNetns)
+	pfA, pfB := n.env.AddPF("ens1", 2), n.env.AddPF("ens2", 1)
+	n.env.AddPlainNetdev("0000:00:1f.6", "eno1")
+	// Discovery and links were made after the agent started: the link
+	// events alone must bring them in.
+	n.await("PFs appear", time.Now(), func(d devs) bool {
+		return d[pfA.PCI] == pluginapi.Healthy && d[pfB.PCI] == pluginapi.Healthy && len(d) == 2
+	})
+
+	start := time.Now()
+	replaceFile(t, n.reserved, "ens2\n")
+	withinASecond(t, "reserving ens2", n.await("ens2 reserved (file replaced by rename)", start, func(d devs) bool {
+		_, ok := d[pfB.PCI]
+		return !ok
+	}))
+	start = time.Now()
+	replaceFile(t, n.reserved, "# nothing\n")
+	withinASecond(t, "unreserving ens2", n.await("ens2 back", start, func(d devs) bool { return d[pfB.PCI] == pluginapi.Healthy }))
+
+	// A job takes ens1: held, still Healthy (the kubelet counts it as
+	// allocated). Its workload moves the PF on into a nested netns the
+	// pod's DEL cannot see, so the release stays pending: Unhealthy.
+	pod, nested := n.env.NewPod(), n.env.NewPod()
+	if err := n.cni("ADD", pod, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.MoveLink(t, pod, nested, "net1")
+	start = time.Now()
+	if err := n.cni("DEL", pod, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := state.Store{Dir: n.env.StateDir}.Get(state.Key("c1", "net1"))
+	if err != nil || rec == nil || rec.Phase != state.Releasing {
+		t.Fatalf("after DEL with the PF in a nested netns: record %+v, %v", rec, err)
+	}
+	withinASecond(t, "pending release", n.await("ens1 release pending", start, func(d devs) bool { return d[pfA.PCI] == pluginapi.Unhealthy }))
+
+	// The PF comes home (as the kernel hands a dying netns's physical
+	// devices back to init_net): the agent finishes the release through
+	// the plugin's release path and reports it Healthy.
+	start = time.Now()
+	kerneltest.MoveLink(t, nested, n.env.Host, "net1")
+	took := n.await("ens1 home", start, func(d devs) bool { return d[pfA.PCI] == pluginapi.Healthy })
+	t.Logf("MEASURED: PF back on the host -> Healthy in ListAndWatch: %v", took)
+	withinASecond(t, "a PF coming home", took)
+	links := kerneltest.Links(t, n.env.Host)
+	for _, name := range n.env.AllNames() {
+		if _, ok := links[name]; !ok {
+			t.Errorf("%s not on the host under its name after the agent's release", name)
+		}
+	}
+	if recs, _ := filepath.Glob(filepath.Join(n.env.StateDir, "*.json")); len(recs) != 0 {
+		t.Errorf("records left: %v", recs)
+	}
+}

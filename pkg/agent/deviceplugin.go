@@ -1,0 +1,177 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+// DefaultResourceName is the extended resource prow jobs request.
+const DefaultResourceName = "prow/sriov"
+
+// DevicePlugin serves the kubelet's device plugin API for one resource:
+// one device per eligible PF, its ID the PF's PCI address.
+type DevicePlugin struct {
+	pluginapi.UnimplementedDevicePluginServer
+	Resource string
+	Log      *slog.Logger
+
+	mu  sync.Mutex
+	pfs []PF
+	// changed is closed (and replaced) whenever what the kubelet sees
+	// changes, waking every ListAndWatch stream.
+	changed chan struct{}
+}
+
+// NewDevicePlugin returns a plugin that advertises nothing yet.
+func NewDevicePlugin(resource string, log *slog.Logger) *DevicePlugin {
+	return &DevicePlugin{Resource: resource, Log: log, changed: make(chan struct{})}
+}
+
+// Update publishes a new look at the node. Streams are woken only when a
+// device was added, removed, or changed health.
+func (d *DevicePlugin) Update(pfs []PF) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	before := devices(d.pfs)
+	d.pfs = pfs
+	if !slices.EqualFunc(before, devices(pfs), func(a, b *pluginapi.Device) bool {
+		return a.ID == b.ID && a.Health == b.Health
+	}) {
+		close(d.changed)
+		d.changed = make(chan struct{})
+	}
+}
+
+// devices is what the kubelet is told: advertised PFs, in PCI order.
+func devices(pfs []PF) []*pluginapi.Device {
+	var out []*pluginapi.Device
+	for _, p := range pfs {
+		if !p.Advertised() {
+			continue
+		}
+		health := pluginapi.Unhealthy
+		if p.Healthy() {
+			health = pluginapi.Healthy
+		}
+		out = append(out, &pluginapi.Device{ID: p.PCI, Health: health})
+	}
+	return out
+}
+
+func (d *DevicePlugin) snapshot() ([]PF, chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pfs, d.changed
+}
+
+// GetDevicePluginOptions tells the kubelet to ask for a preferred
+// allocation.
+func (d *DevicePlugin) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*pluginapi.DevicePluginOptions, error) {
+	return &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}, nil
+}
+
+// ListAndWatch sends the device list now and again on every change.
+func (d *DevicePlugin) ListAndWatch(_ *pluginapi.Empty, s grpc.ServerStreamingServer[pluginapi.ListAndWatchResponse]) error {
+	for {
+		pfs, changed := d.snapshot()
+		if err := s.Send(&pluginapi.ListAndWatchResponse{Devices: devices(pfs)}); err != nil {
+			return err
+		}
+		select {
+		case <-changed:
+		case <-s.Context().Done():
+			return nil
+		}
+	}
+}
+
+// GetPreferredAllocation prefers what the plugin itself would choose: the
+// devices that must be included, then PFs free on the host in PCI order,
+// then the rest (held by an attachment the kubelet does not know of).
+func (d *DevicePlugin) GetPreferredAllocation(_ context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
+	pfs, _ := d.snapshot()
+	phase := map[string]Phase{}
+	for _, p := range pfs {
+		phase[p.PCI] = p.Phase
+	}
+	resp := &pluginapi.PreferredAllocationResponse{}
+	for _, c := range req.ContainerRequests {
+		ids := slices.Clone(c.MustIncludeDeviceIDs)
+		rest := slices.DeleteFunc(slices.Clone(c.AvailableDeviceIDs), func(id string) bool { return slices.Contains(ids, id) })
+		slices.SortStableFunc(rest, func(a, b string) int {
+			if fa, fb := phase[a] == Free, phase[b] == Free; fa != fb {
+				if fa {
+					return -1
+				}
+				return 1
+			}
+			return strings.Compare(a, b)
+		})
+		ids = append(ids, rest...)
+		if n := int(c.AllocationSize); n >= 0 && len(ids) > n {
+			ids = ids[:n]
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
+	}
+	return resp, nil
+}
+
+// Allocate hands each container the PCI addresses of its PFs in an
+// environment variable, as the SR-IOV network device plugin does
+// (PCIDEVICE_<RESOURCE>); multus reads the allocation itself from the
+// kubelet's pod-resources API.
+func (d *DevicePlugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
+	pfs, _ := d.snapshot()
+	advertised := map[string]bool{}
+	for _, p := range pfs {
+		advertised[p.PCI] = p.Advertised()
+	}
+	resp := &pluginapi.AllocateResponse{}
+	for _, c := range req.ContainerRequests {
+		for _, id := range c.DevicesIds {
+			if !advertised[id] {
+				return nil, status.Errorf(codes.InvalidArgument, "%s is not a %s device of this node", id, d.Resource)
+			}
+		}
+		d.Log.Info("allocated", "resource", d.Resource, "pfs", strings.Join(c.DevicesIds, ","))
+		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerAllocateResponse{
+			Envs: map[string]string{EnvName(d.Resource): strings.Join(c.DevicesIds, ",")},
+		})
+	}
+	return resp, nil
+}
+
+// EnvName is the variable Allocate sets: PCIDEVICE_ and the resource name
+// upper-cased with every other character turned into '_'
+// (prow/sriov -> PCIDEVICE_PROW_SRIOV).
+func EnvName(resource string) string {
+	var b strings.Builder
+	b.WriteString("PCIDEVICE_")
+	for _, r := range strings.ToUpper(resource) {
+		if (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+		} else {
+			b.WriteRune('_')
+		}
+	}
+	return b.String()
+}
+
+// validResource applies the kubelet's rule for an extended resource name
+// the device plugin may register: <domain>/<name>.
+func validResource(name string) error {
+	domain, n, ok := strings.Cut(name, "/")
+	if !ok || domain == "" || n == "" || strings.Contains(n, "/") {
+		return fmt.Errorf("resource name %q is not <domain>/<name>", name)
+	}
+	return nil
+}

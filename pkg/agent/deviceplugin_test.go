@@ -1,0 +1,216 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+// fakeKubelet is the kubelet's registration service on kubelet.sock in a
+// temp dir: what a device plugin talks to first.
+type fakeKubelet struct {
+	pluginapi.UnimplementedRegistrationServer
+	srv  *grpc.Server
+	regs chan *pluginapi.RegisterRequest
+}
+
+func startKubelet(t *testing.T, dir string) *fakeKubelet {
+	t.Helper()
+	sock := filepath.Join(dir, kubeletSocket)
+	_ = os.Remove(sock)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &fakeKubelet{srv: grpc.NewServer(), regs: make(chan *pluginapi.RegisterRequest, 4)}
+	pluginapi.RegisterRegistrationServer(k.srv, k)
+	go k.srv.Serve(l)
+	t.Cleanup(k.srv.Stop)
+	return k
+}
+
+func (k *fakeKubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
+	k.regs <- r
+	return &pluginapi.Empty{}, nil
+}
+
+func (k *fakeKubelet) registered(t *testing.T) *pluginapi.RegisterRequest {
+	t.Helper()
+	select {
+	case r := <-k.regs:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not register with the kubelet")
+		return nil
+	}
+}
+
+// dialPlugin connects to the plugin's endpoint as the kubelet does after
+// a registration.
+func dialPlugin(t *testing.T, dir, endpoint string) pluginapi.DevicePluginClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, endpoint), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pluginapi.NewDevicePluginClient(conn)
+}
+
+func startPlugin(t *testing.T, dir string, pfs []PF) *DevicePlugin {
+	t.Helper()
+	dp := NewDevicePlugin("prow/sriov", slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	dp.Update(pfs)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	srv := &Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: dp.Log}
+	go func() { srv.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return dp
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+type devs map[string]string
+
+func recv(t *testing.T, s grpc.ServerStreamingClient[pluginapi.ListAndWatchResponse]) devs {
+	t.Helper()
+	r, err := s.Recv()
+	if err != nil {
+		t.Fatalf("ListAndWatch: %v", err)
+	}
+	out := devs{}
+	for _, d := range r.Devices {
+		out[d.ID] = d.Health
+	}
+	return out
+}
+
+func TestDevicePluginAPIAsTheKubeletDrivesIt(t *testing.T) {
+	dir := t.TempDir()
+	kubelet := startKubelet(t, dir)
+	pfs := []PF{
+		{PCI: "0000:3b:00.0", Name: "ens1", Phase: Attached},
+		{PCI: "0000:3c:00.0", Name: "ens2", Phase: Free},
+		{PCI: "0000:3d:00.0", Name: "ens3", Phase: Releasing, Why: "release pending"},
+		{PCI: "0000:3e:00.0", Name: "eno1", Phase: Ineligible, Why: "uplink"},
+		{PCI: "0000:3f:00.0", Name: "ens4", Phase: Free},
+	}
+	dp := startPlugin(t, dir, pfs)
+	reg := kubelet.registered(t)
+	if reg.Version != pluginapi.Version || reg.ResourceName != "prow/sriov" || reg.Endpoint != "sriov-passthrough.sock" ||
+		!reg.Options.GetPreferredAllocationAvailable {
+		t.Fatalf("registration: %+v", reg)
+	}
+	c := dialPlugin(t, dir, reg.Endpoint)
+	ctx := context.Background()
+	opts, err := c.GetDevicePluginOptions(ctx, &pluginapi.Empty{})
+	if err != nil || !opts.GetPreferredAllocationAvailable {
+		t.Fatalf("options %+v, %v", opts, err)
+	}
+	stream, err := c.ListAndWatch(ctx, &pluginapi.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := devs{"0000:3b:00.0": "Healthy", "0000:3c:00.0": "Healthy", "0000:3d:00.0": "Unhealthy", "0000:3f:00.0": "Healthy"}
+	if got := recv(t, stream); !maps.Equal(got, want) {
+		t.Fatalf("first list %v, want %v (the uplink is not advertised)", got, want)
+	}
+
+	// A look that changes nothing the kubelet sees sends nothing; the
+	// release finishing does.
+	pfs[1].Why = "same phase, other words"
+	dp.Update(slices.Clone(pfs))
+	pfs[2].Phase, pfs[2].Why = Free, ""
+	dp.Update(slices.Clone(pfs))
+	want["0000:3d:00.0"] = "Healthy"
+	if got := recv(t, stream); !maps.Equal(got, want) {
+		t.Fatalf("after the release: %v, want %v", got, want)
+	}
+
+	// Preferred: what must be included, then free PFs in PCI order, then
+	// the held one the kubelet thinks is free.
+	pref, err := c.GetPreferredAllocation(ctx, &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{
+		{AvailableDeviceIDs: []string{"0000:3f:00.0", "0000:3b:00.0", "0000:3d:00.0", "0000:3c:00.0"}, AllocationSize: 2},
+		{AvailableDeviceIDs: []string{"0000:3f:00.0", "0000:3b:00.0", "0000:3c:00.0"}, MustIncludeDeviceIDs: []string{"0000:3b:00.0"}, AllocationSize: 2},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pref.ContainerResponses[0].DeviceIDs; !slices.Equal(got, []string{"0000:3c:00.0", "0000:3d:00.0"}) {
+		t.Errorf("preferred %v", got)
+	}
+	if got := pref.ContainerResponses[1].DeviceIDs; !slices.Equal(got, []string{"0000:3b:00.0", "0000:3c:00.0"}) {
+		t.Errorf("preferred with must-include %v", got)
+	}
+
+	alloc, err := c.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
+		{DevicesIds: []string{"0000:3c:00.0"}}, {DevicesIds: []string{"0000:3d:00.0", "0000:3f:00.0"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := alloc.ContainerResponses[0].Envs; !maps.Equal(got, map[string]string{"PCIDEVICE_PROW_SRIOV": "0000:3c:00.0"}) {
+		t.Errorf("envs %v", got)
+	}
+	if got := alloc.ContainerResponses[1].Envs["PCIDEVICE_PROW_SRIOV"]; got != "0000:3d:00.0,0000:3f:00.0" {
+		t.Errorf("envs %v", got)
+	}
+	if _, err := c.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
+		{DevicesIds: []string{"0000:3e:00.0"}}}}); err == nil {
+		t.Error("allocating the uplink, which was never advertised, succeeded")
+	}
+}
+
+// A kubelet restart removes the plugin sockets and re-creates its own:
+// the agent must register again, or the node loses the resource.
+func TestReRegistersWhenTheKubeletRestarts(t *testing.T) {
+	dir := t.TempDir()
+	kubelet := startKubelet(t, dir)
+	startPlugin(t, dir, []PF{{PCI: "0000:3b:00.0", Phase: Free}})
+	reg := kubelet.registered(t)
+	for i := range 2 {
+		// Stopping closes the listener, which unlinks kubelet.sock. A
+		// starting kubelet then wipes the directory's sockets and listens
+		// on kubelet.sock again.
+		kubelet.srv.Stop()
+		// (The agent may be between two sockets, re-serving after a
+		// registration that raced the previous restart.)
+		if err := os.Remove(filepath.Join(dir, reg.Endpoint)); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		kubelet = startKubelet(t, dir)
+		reg = kubelet.registered(t)
+		c := dialPlugin(t, dir, reg.Endpoint)
+		// The kubelet waits for the endpoint it was just told about.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := c.ListAndWatch(ctx, &pluginapi.Empty{}, grpc.WaitForReady(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := recv(t, s); got["0000:3b:00.0"] != "Healthy" {
+			t.Fatalf("restart %d: devices %v", i, got)
+		}
+	}
+}
+
+func TestEnvName(t *testing.T) {
+	for in, want := range map[string]string{"prow/sriov": "PCIDEVICE_PROW_SRIOV", "intel.com/sriov-netdevice": "PCIDEVICE_INTEL_COM_SRIOV_NETDEVICE"} {
+		if got := EnvName(in); got != want {
+			t.Errorf("EnvName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,149 @@
+// Package agent is the node agent: a kubelet device plugin that advertises
+// the node's SR-IOV PFs as the CNI plugin would hand them out, finishes
+// releases the moment their devices come back, and shows a person on the
+// node who holds what.
+package agent
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+// Phase is where a PF stands, as the agent sees it.
+type Phase string
+
+const (
+	// Free: on the host and eligible; the plugin would hand it out.
+	Free Phase = "free"
+	// Attached: a live attachment holds it.
+	Attached Phase = "attached"
+	// Adding: an ADD recorded it and is (or was) moving it.
+	Adding Phase = "adding"
+	// Releasing: a release is pending; some device is not home yet.
+	Releasing Phase = "releasing"
+	// Missing: advertised before, but neither on the host nor held.
+	Missing Phase = "missing"
+	// Ineligible: never handed out (reserved, an uplink, outside pfNames).
+	Ineligible Phase = "ineligible"
+)
+
+// PF is one SR-IOV PF as the agent reports it.
+type PF struct {
+	PCI    string  `json:"pci"`
+	Name   string  `json:"name"`
+	VFs    int     `json:"vfs"`
+	Phase  Phase   `json:"phase"`
+	Holder *Holder `json:"holder,omitempty"`
+	// Why says why the PF is not available, "" when it is free or held.
+	Why string `json:"why,omitempty"`
+}
+
+// Holder is the attachment that holds a PF.
+type Holder struct {
+	Pod         string `json:"pod"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	Netns       string `json:"netns"`
+}
+
+// Advertised reports whether the kubelet is told about the PF at all.
+func (p PF) Advertised() bool { return p.Phase != Ineligible }
+
+// Healthy reports whether the kubelet may count the PF: free on the host,
+// or held by an attachment (the kubelet counts those as allocated).
+func (p PF) Healthy() bool { return p.Phase == Free || p.Phase == Attached || p.Phase == Adding }
+
+// View is one look at the node, gathered by the caller.
+type View struct {
+	// PFs are discovery's PFs plus those of records that discovery did not
+	// list (a PF in a pod is not under the host's class/net).
+	PFs  []sriov.PF
+	Host *policy.Host
+	// Rules are the node's pool and reservations; Holders stay empty, the
+	// records are judged here.
+	Rules   policy.Rules
+	Records []*state.Record
+	// Known maps PCI address -> host name of every PF advertised before:
+	// one that vanished is reported Missing, not silently dropped.
+	Known map[string]string
+	// Gone reports whether an attached record's netns is gone, as far as
+	// this process can tell.
+	Gone func(*state.Record) bool
+}
+
+// Judge says, for every PF, where it stands; the list is sorted by PCI
+// address, the order in which the plugin chooses.
+func Judge(v View) []PF {
+	held := map[string]*state.Record{}
+	for _, r := range v.Records {
+		held[r.PF().PCIAddress] = r
+	}
+	seen := map[string]bool{}
+	var out []PF
+	for _, pf := range v.PFs {
+		if seen[pf.PCIAddress] {
+			continue
+		}
+		seen[pf.PCIAddress] = true
+		if r := held[pf.PCIAddress]; r != nil {
+			out = append(out, judgeHeld(pf, r, v))
+			continue
+		}
+		out = append(out, judgeOnHost(pf, v))
+	}
+	for pci, name := range v.Known {
+		if !seen[pci] {
+			out = append(out, PF{PCI: pci, Name: name, Phase: Missing, Why: "no longer on the host, and no attachment holds it"})
+		}
+	}
+	slices.SortFunc(out, func(a, b PF) int { return strings.Compare(a.PCI, b.PCI) })
+	return out
+}
+
+func judgeOnHost(pf sriov.PF, v View) PF {
+	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs, Phase: Free}
+	switch verdict := v.Rules.Judge(pf, v.Host); {
+	case verdict.OK():
+	case verdict.Fixed:
+		p.Phase, p.Why = Ineligible, verdict.Reason
+	default:
+		p.Phase, p.Why = Missing, verdict.Reason
+	}
+	return p
+}
+
+func judgeHeld(pf sriov.PF, r *state.Record, v View) PF {
+	pf.Name = r.PF().OriginalName
+	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs,
+		Holder: &Holder{Pod: r.Pod.String(), ContainerID: r.ContainerID, IfName: r.IfName, Netns: r.Netns}}
+	// Only the pool and the reservations can be judged for a PF in a pod:
+	// uplink rules look at the host netns, where it is not.
+	if verdict := v.Rules.Judge(pf, &policy.Host{}); verdict.Fixed {
+		p.Phase, p.Why = Ineligible, verdict.Reason
+		return p
+	}
+	switch {
+	case r.Phase == state.Adding:
+		p.Phase = Adding
+	case r.Phase == state.Attached && !v.Gone(r):
+		p.Phase = Attached
+	case r.Phase == state.Attached:
+		p.Phase, p.Why = Releasing, "its pod's netns is gone; release pending"
+	default:
+		p.Phase, p.Why = Releasing, pendingWhy(r)
+	}
+	return p
+}
+
+func pendingWhy(r *state.Record) string {
+	var names []string
+	for _, d := range r.Pending() {
+		names = append(names, fmt.Sprintf("%s (%s)", d.OriginalName, d.PCIAddress))
+	}
+	return "release pending: not back on the host yet: " + strings.Join(names, ", ")
+}

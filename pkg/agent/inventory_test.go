@@ -1,0 +1,72 @@
+package agent
+
+import (
+	"testing"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+func record(pci, name string, phase state.Phase, released bool) *state.Record {
+	return &state.Record{ContainerID: "c-" + name, IfName: "net1", Netns: "/var/run/netns/" + name, Phase: phase,
+		Pod:     config.Pod{Namespace: "ci", Name: "job-" + name},
+		Devices: []state.Device{{PCIAddress: pci, OriginalName: name, PodName: "net1", VFIndex: -1, Released: released}}}
+}
+
+func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
+	host := &policy.Host{Links: map[string]policy.Link{}, DefaultRoute: map[int]bool{2: true}, GlobalAddr: map[int]string{}}
+	for i, n := range []string{"eno1", "ens1", "ens2", "ens6", "ens7"} {
+		host.Links[n] = policy.Link{Index: i + 2, Name: n}
+	}
+	v := View{
+		PFs: []sriov.PF{
+			{PCIAddress: "0000:01:00.0", Name: "eno1"}, // default route: the uplink
+			{PCIAddress: "0000:02:00.0", Name: "ens1", NumVFs: 4},
+			{PCIAddress: "0000:03:00.0", Name: "ens2"}, // reserved
+			{PCIAddress: "0000:04:00.0"},               // in a pod, held
+			{PCIAddress: "0000:05:00.0"},               // release pending
+			{PCIAddress: "0000:06:00.0", Name: "ens6"}, // held, but its pod is gone
+			{PCIAddress: "0000:07:00.0", Name: "ens7"}, // outside pfNames
+			{PCIAddress: "0000:08:00.0"},               // adding
+		},
+		Host:  host,
+		Rules: policy.Rules{PFNames: []string{"eno1", "ens1", "ens2", "ens4", "ens5", "ens6", "ens8"}, Reserved: map[string]bool{"ens2": true}},
+		Records: []*state.Record{
+			record("0000:04:00.0", "ens4", state.Attached, false),
+			record("0000:05:00.0", "ens5", state.Releasing, false),
+			record("0000:06:00.0", "ens6", state.Attached, false),
+			record("0000:08:00.0", "ens8", state.Adding, false),
+		},
+		Known: map[string]string{"0000:09:00.0": "ens9", "0000:02:00.0": "ens1"},
+		Gone:  func(r *state.Record) bool { return r.Devices[0].OriginalName == "ens6" },
+	}
+	want := map[string]struct {
+		phase   Phase
+		healthy bool
+	}{
+		"0000:01:00.0": {Ineligible, false}, "0000:02:00.0": {Free, true}, "0000:03:00.0": {Ineligible, false},
+		"0000:04:00.0": {Attached, true}, "0000:05:00.0": {Releasing, false}, "0000:06:00.0": {Releasing, false},
+		"0000:07:00.0": {Ineligible, false}, "0000:08:00.0": {Adding, true}, "0000:09:00.0": {Missing, false},
+	}
+	got := Judge(v)
+	if len(got) != len(want) {
+		t.Fatalf("got %d PFs, want %d: %+v", len(got), len(want), got)
+	}
+	for i, p := range got {
+		w := want[p.PCI]
+		if p.Phase != w.phase || p.Healthy() != w.healthy {
+			t.Errorf("%s (%s): phase %s healthy %v why %q; want %s healthy %v", p.PCI, p.Name, p.Phase, p.Healthy(), p.Why, w.phase, w.healthy)
+		}
+		if i > 0 && got[i-1].PCI >= p.PCI {
+			t.Errorf("not in PCI order: %s after %s", p.PCI, got[i-1].PCI)
+		}
+		if !p.Healthy() && p.Why == "" {
+			t.Errorf("%s unavailable without a reason", p.PCI)
+		}
+	}
+	if h := got[3].Holder; h == nil || h.Pod != "ci/job-ens4" || got[3].Name != "ens4" {
+		t.Errorf("held PF: %+v holder %+v", got[3], h)
+	}
+}

@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/plugin"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
+)
+
+// A pod whose netns the agent cannot see looks dead. The agent must
+// release a stale attachment only when it can really tell its netns is
+// gone: a netns path on a mount that does not receive the host's mounts
+// proves nothing.
+func TestReleasesAStaleAttachmentOnlyWhenItCanSeeNetns(t *testing.T) {
+	env := kerneltest.New(t)
+	n := &node{t: t, env: env, reserved: filepath.Join(t.TempDir(), "reserved")}
+	n.conf = env.Conf(map[string]any{"reservedInterfacesFile": n.reserved, "nodeConfigFile": ""})
+	conf, err := config.Parse(n.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.AddPF("ens1", 2)
+	pod := env.NewPod()
+	if err := n.cni("ADD", pod, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	// The pod dies; the kernel hands its physical devices back to the
+	// host (ifb links stand in for them, so the test moves them).
+	for _, name := range []string{"net1", "ens1v0", "ens1v1"} {
+		kerneltest.MoveLink(t, pod, env.Host, name)
+	}
+	kerneltest.DeleteNS(t, pod)
+	store := state.Store{Dir: env.StateDir}
+	rec, err := store.Get(state.Key("c1", "net1"))
+	if err != nil || rec == nil {
+		t.Fatalf("record: %v %v", rec, err)
+	}
+	visible := rec.Netns
+
+	// Seen from a mount namespace where the netns lives on the root file
+	// system (a container without /var/run/netns mounted): not judged.
+	rec.Netns = filepath.Join(t.TempDir(), "netns", "cni-1234")
+	if err := store.Save(rec); err != nil {
+		t.Fatal(err)
+	}
+	why := CanSeeNetns(rec.Netns)
+	if why == nil || !strings.Contains(why.Error(), "not a mount of its own") {
+		t.Fatalf("CanSeeNetns(%s) = %v, want a refusal", rec.Netns, why)
+	}
+	live := reconcile(t, env, conf)
+	if len(live) != 1 || live[0].Phase != state.Attached {
+		t.Fatalf("the agent released (or touched) an attachment whose netns it cannot see: %+v", live)
+	}
+
+	// Where the runtime's netns directory is a propagating mount, a netns
+	// that is gone is gone: the release runs, as DEL would have.
+	rec.Netns = visible
+	if err := store.Save(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := CanSeeNetns(visible); err != nil {
+		t.Fatalf("CanSeeNetns(%s): %v", visible, err)
+	}
+	if live := reconcile(t, env, conf); len(live) != 0 {
+		t.Fatalf("stale attachment not released: %+v", live)
+	}
+	links := kerneltest.Links(t, env.Host)
+	for _, name := range env.AllNames() {
+		if _, ok := links[name]; !ok {
+			t.Errorf("%s not home under its name", name)
+		}
+	}
+}
+
+func reconcile(t *testing.T, env *kerneltest.Env, conf *config.NetConf) []*state.Record {
+	t.Helper()
+	p := &plugin.Plugin{LockTimeout: time.Second}
+	var live []*state.Record
+	err := env.Host.Do(func(ns.NetNS) error {
+		var err error
+		live, err = p.Reconcile(conf, slog.New(slog.NewTextHandler(testWriter{t}, nil)), CanSeeNetns)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return live
+}
+
+func TestCanSeeNetnsInThisNamespace(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	// This test runs in the host's pid namespace, where kernel threads are
+	// visible.
+	if err := CanSeeNetns("/proc/1/ns/net"); err != nil {
+		t.Errorf("/proc paths in the host pid namespace: %v", err)
+	}
+	if err := CanSeeNetns("/nonexistent-dir/netns/x"); err == nil {
+		t.Error("a netns path on the root file system was judged visible")
+	}
+}

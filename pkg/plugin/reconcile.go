@@ -1,0 +1,35 @@
+package plugin
+
+import (
+	"log/slog"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+// Reconcile is repair for a long-running caller, the node agent: under the
+// node-wide lock it finishes every release whose devices have come back,
+// rolls back what dead processes left, and releases attachments whose
+// netns is gone (only those judgeNetns can see; nil judges all), through
+// the same release path as DEL. It returns the records that still hold
+// devices. It must run in the host netns.
+func (p *Plugin) Reconcile(conf *config.NetConf, log *slog.Logger, judgeNetns func(path string) error) ([]*state.Record, error) {
+	host, err := netdev.Current()
+	if err != nil {
+		return nil, err
+	}
+	defer host.Close()
+	o := &op{
+		Plugin: p, conf: conf, log: log, host: host, judgeNetns: judgeNetns,
+		sys:   sriov.Sysfs{Root: conf.SysfsRoot},
+		store: state.Store{Dir: conf.StateDir},
+	}
+	unlock, err := o.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return o.repair(), nil
+}
