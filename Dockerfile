@@ -1,4 +1,5 @@
-# Image that installs sriov-passthrough-cni on a node (see deploy/).
+# Image that installs sriov-passthrough-cni on a node and runs its node agent
+# (see deploy/).
 #   docker build --build-arg VERSION=$(git describe --tags --always --dirty) -t sriov-passthrough-cni .
 # The final stage is busybox because install-plugin is a POSIX sh script; it needs
 # sh, cmp, dd, mktemp, mv, stat, sync and timeout, all of which busybox has.
@@ -15,6 +16,8 @@ COPY pkg/ pkg/
 ARG VERSION=dev
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
         -o /out/sriov-passthrough-cni ./cmd/sriov-passthrough-cni
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
+        -o /out/sriov-passthrough-agent ./cmd/sriov-passthrough-agent
 
 FROM ${BASE_IMAGE}
 ARG VERSION=dev
@@ -24,5 +27,6 @@ LABEL org.opencontainers.image.title="sriov-passthrough-cni" \
 COPY --from=build /out/sriov-passthrough-cni /plugin-src/sriov-passthrough-cni
 COPY plugin/90-sriov-passthrough-cni.conf /plugin-src/90-sriov-passthrough-cni.conf
 COPY install-plugin /usr/local/bin/install-plugin
+COPY --from=build /out/sriov-passthrough-agent /usr/local/bin/sriov-passthrough-agent
 ENTRYPOINT ["/usr/local/bin/install-plugin"]
 CMD ["/host/opt/cni/bin"]

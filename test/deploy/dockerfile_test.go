@@ -89,7 +89,7 @@ func TestDockerfileCopiesFilesThatExist(t *testing.T) {
 }
 
 func TestDockerfileBuildsStaticStampedBinary(t *testing.T) {
-	var build string
+	builds := map[string]string{} // main package -> its go build step
 	var stages []string
 	hasVersionArg := false
 	for _, in := range dockerfile(t) {
@@ -102,7 +102,8 @@ func TestDockerfileBuildsStaticStampedBinary(t *testing.T) {
 			}
 		case "RUN":
 			if strings.Contains(in.args, "go build") {
-				build = in.args
+				f := strings.Fields(in.args)
+				builds[f[len(f)-1]] = in.args
 			}
 		}
 	}
@@ -112,13 +113,20 @@ func TestDockerfileBuildsStaticStampedBinary(t *testing.T) {
 	if !hasVersionArg {
 		t.Error("no ARG VERSION to stamp the version")
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=${VERSION}", "./cmd/sriov-passthrough-cni"} {
-		if !strings.Contains(build, want) {
-			t.Errorf("go build step %q lacks %q", build, want)
+	// The plugin and the node agent, from the same module and version.
+	for _, cmd := range []string{"sriov-passthrough-cni", "sriov-passthrough-agent"} {
+		build, ok := builds["./cmd/"+cmd]
+		if !ok {
+			t.Errorf("no go build step for ./cmd/%s (steps %v)", cmd, builds)
 		}
-	}
-	if _, err := os.Stat(filepath.Join(repoRoot(t), "cmd", "sriov-passthrough-cni")); err != nil {
-		t.Errorf("the build's main package: %v", err)
+		for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=${VERSION}"} {
+			if !strings.Contains(build, want) {
+				t.Errorf("go build step %q lacks %q", build, want)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(repoRoot(t), "cmd", cmd)); err != nil {
+			t.Errorf("the build's main package: %v", err)
+		}
 	}
 }
 

@@ -46,6 +46,7 @@ type kustomization struct {
 // manifests is everything in deploy/, decoded strictly.
 type manifests struct {
 	namespaces    []corev1.Namespace
+	configMaps    []corev1.ConfigMap
 	daemonSets    []appsv1.DaemonSet
 	nads          []networkAttachmentDefinition
 	kustomization *kustomization
@@ -105,6 +106,12 @@ func (m *manifests) add(doc []byte) error {
 			return err
 		}
 		m.namespaces = append(m.namespaces, o)
+	case "v1 ConfigMap":
+		var o corev1.ConfigMap
+		if err := decodeStrict(doc, &o); err != nil {
+			return err
+		}
+		m.configMaps = append(m.configMaps, o)
 	case "apps/v1 DaemonSet":
 		var o appsv1.DaemonSet
 		if err := decodeStrict(doc, &o); err != nil {
@@ -214,16 +221,18 @@ func TestDaemonSetIsLeastPrivilegeInstaller(t *testing.T) {
 	if len(pod.Tolerations) == 0 {
 		t.Error("no tolerations: tainted SR-IOV nodes would get no plugin")
 	}
-	if pod.HostNetwork || pod.HostPID || pod.HostIPC {
-		t.Error("the installer needs no host namespaces")
+	// The host network and pid namespaces are the agent's (see
+	// TestAgentHasExactlyItsGrants); no pod needs the host's IPC.
+	if pod.HostIPC {
+		t.Error("nothing needs the host's IPC namespace")
 	}
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
-		t.Error("the installer never talks to the API server: automountServiceAccountToken must be false")
+		t.Error("neither container talks to the API server: automountServiceAccountToken must be false")
 	}
-	if len(pod.InitContainers) != 0 || len(pod.Containers) != 1 {
-		t.Fatalf("want exactly one container, got %d (+%d init)", len(pod.Containers), len(pod.InitContainers))
+	if len(pod.InitContainers) != 0 || len(pod.Containers) != 2 {
+		t.Fatalf("want the installer and the agent, got %d containers (+%d init)", len(pod.Containers), len(pod.InitContainers))
 	}
-	c := pod.Containers[0]
+	c := container(t, pod, "install-plugin")
 	sc := c.SecurityContext
 	if sc == nil {
 		t.Fatal("container has no securityContext")

@@ -1,0 +1,96 @@
+package deploy_test
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+)
+
+func container(t *testing.T, pod corev1.PodSpec, name string) corev1.Container {
+	t.Helper()
+	for _, c := range pod.Containers {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no container %q", name)
+	return corev1.Container{}
+}
+
+// The agent gets exactly what the issue lists and README explains: host
+// network and pid, the kubelet's device-plugin dir, sysfs writable,
+// /var/run/netns with HostToContainer propagation, the state dir, the
+// reserved file's directory (read-only), where node.json is installed, and
+// CAP_NET_ADMIN + CAP_SYS_ADMIN, nothing else.
+func TestAgentHasExactlyItsGrants(t *testing.T) {
+	m := loadManifests(t)
+	pod := m.daemonSets[0].Spec.Template.Spec
+	if !pod.HostNetwork || !pod.HostPID {
+		t.Error("the agent needs the host network (link events, the release path) and pid (pods' /proc/<pid>/ns/net) namespaces")
+	}
+	c := container(t, pod, "agent")
+	sc := c.SecurityContext
+	if sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Fatalf("agent securityContext %+v: want unprivileged, no escalation, read-only root", sc)
+	}
+	if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
+		!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}) {
+		t.Errorf("capabilities %+v, want drop ALL, add NET_ADMIN and SYS_ADMIN", sc.Capabilities)
+	}
+	hostPaths := map[string]string{}
+	configMaps := map[string]string{}
+	for _, v := range pod.Volumes {
+		if v.HostPath != nil {
+			hostPaths[v.Name] = v.HostPath.Path
+		}
+		if v.ConfigMap != nil {
+			configMaps[v.Name] = v.ConfigMap.Name
+		}
+	}
+	type grant struct {
+		host     string
+		readOnly bool
+		prop     corev1.MountPropagationMode
+	}
+	want := map[string]grant{
+		"/var/lib/kubelet/device-plugins": {"/var/lib/kubelet/device-plugins", false, ""},
+		"/sys":                            {"/sys", false, ""},
+		"/var/run/netns":                  {"/var/run/netns", false, corev1.MountPropagationHostToContainer},
+		config.DefaultStateDir:            {config.DefaultStateDir, false, ""},
+		"/host/etc":                       {"/etc", true, ""},
+		"/host/etc/sriov-passthrough-cni": {"/etc/sriov-passthrough-cni", false, ""},
+		"/config":                         {"configmap:sriov-passthrough-cni-node", true, ""},
+	}
+	got := map[string]grant{}
+	for _, vm := range c.VolumeMounts {
+		src := hostPaths[vm.Name]
+		if cm, ok := configMaps[vm.Name]; ok {
+			src = "configmap:" + cm
+		}
+		prop := corev1.MountPropagationMode("")
+		if vm.MountPropagation != nil && *vm.MountPropagation != corev1.MountPropagationNone {
+			prop = *vm.MountPropagation
+		}
+		got[vm.MountPath] = grant{src, vm.ReadOnly, prop}
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("agent mounts:\n got %v\nwant %v", got, want)
+	}
+	// The node configuration it installs is one the plugin accepts.
+	if len(m.configMaps) != 1 {
+		t.Fatalf("want one ConfigMap, got %d", len(m.configMaps))
+	}
+	if _, err := config.LoadNodeBytes([]byte(m.configMaps[0].Data["node.json"])); err != nil {
+		t.Errorf("node.json: %v", err)
+	}
+	args := strings.Join(c.Args, " ")
+	if !strings.Contains(args, "-install-node-config=/config/node.json") || !strings.Contains(args, "-host-root=/host") {
+		t.Errorf("agent args %q: want it to install /config/node.json under /host", args)
+	}
+}
