@@ -235,7 +235,8 @@ func (a *Agent) remember(pfs []PF) {
 }
 
 // Run watches the node until ctx ends: netlink link events in the host
-// netns (a device coming home, a PF renamed, moved or gone), changes in
+// netns (a device coming home, a PF renamed, moved or gone), address and
+// route events (a PF turning into an uplink), changes in
 // the state dir, the reserved file's directory and the netns directory,
 // and a slow resync as a backstop.
 func (a *Agent) Run(ctx context.Context) error {
@@ -244,6 +245,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	if err := a.watchLinks(ctx); err != nil {
+		return err
+	}
+	if err := a.watchUplinkSigns(ctx); err != nil {
 		return err
 	}
 	if err := a.watchDirs(ctx); err != nil {

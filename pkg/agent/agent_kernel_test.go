@@ -11,6 +11,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
@@ -129,6 +130,26 @@ func (n *node) cni(cmd string, pod ns.NetNS, cid string) error {
 	return err
 }
 
+// setUplink gives a link a global address (documentation range), or takes
+// it away again.
+func setUplink(t *testing.T, host ns.NetNS, name string, on bool) {
+	t.Helper()
+	err := host.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		addr, _ := netlink.ParseAddr("192.0.2.10/24")
+		if on {
+			return netlink.AddrAdd(l, addr)
+		}
+		return netlink.AddrDel(l, addr)
+	})
+	if err != nil {
+		t.Fatalf("uplink %s %v: %v", name, on, err)
+	}
+}
+
 // replaceFile writes path the way admins do: a temp file renamed over it.
 func replaceFile(t *testing.T, path, content string) {
 	t.Helper()
@@ -143,15 +164,16 @@ func replaceFile(t *testing.T, path, content string) {
 
 func TestHealthFollowsTheKernelWithinASecond(t *testing.T) {
 	n := startNode(t, CanSeeNetns)
+	start := time.Now()
 	pfA, pfB := n.env.AddPF("ens1", 2), n.env.AddPF("ens2", 1)
 	n.env.AddPlainNetdev("0000:00:1f.6", "eno1")
 	// Discovery and links were made after the agent started: the link
 	// events alone must bring them in.
-	n.await("PFs appear", time.Now(), func(d devs) bool {
+	n.await("PFs appear", start, func(d devs) bool {
 		return d[pfA.PCI] == pluginapi.Healthy && d[pfB.PCI] == pluginapi.Healthy && len(d) == 2
 	})
 
-	start := time.Now()
+	start = time.Now()
 	replaceFile(t, n.reserved, "ens2\n")
 	withinASecond(t, "reserving ens2", n.await("ens2 reserved (file replaced by rename)", start, func(d devs) bool {
 		_, ok := d[pfB.PCI]
@@ -160,6 +182,18 @@ func TestHealthFollowsTheKernelWithinASecond(t *testing.T) {
 	start = time.Now()
 	replaceFile(t, n.reserved, "# nothing\n")
 	withinASecond(t, "unreserving ens2", n.await("ens2 back", start, func(d devs) bool { return d[pfB.PCI] == pluginapi.Healthy }))
+
+	// ens2 turns into an uplink: a global address, which no link event
+	// announces.
+	start = time.Now()
+	setUplink(t, n.env.Host, "ens2", true)
+	withinASecond(t, "ens2 becoming an uplink", n.await("ens2 an uplink (global address)", start, func(d devs) bool {
+		_, ok := d[pfB.PCI]
+		return !ok
+	}))
+	start = time.Now()
+	setUplink(t, n.env.Host, "ens2", false)
+	withinASecond(t, "ens2 no longer an uplink", n.await("ens2 back from uplink", start, func(d devs) bool { return d[pfB.PCI] == pluginapi.Healthy }))
 
 	// A job takes ens1: held, still Healthy (the kubelet counts it as
 	// allocated). Its workload moves the PF on into a nested netns the

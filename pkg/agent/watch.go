@@ -65,6 +65,48 @@ func (a *Agent) watchLinks(ctx context.Context) error {
 	return nil
 }
 
+// watchUplinkSigns subscribes to address and route events in the host
+// netns: a PF that gains a global address or a default route becomes an
+// uplink, which no link event announces.
+func (a *Agent) watchUplinkSigns(ctx context.Context) error {
+	h, err := a.hostHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	addrs, routes, done := make(chan netlink.AddrUpdate, 64), make(chan netlink.RouteUpdate, 64), make(chan struct{})
+	onErr := func(err error) { a.Log.Warn("address/route subscription", "error", err) }
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: &h, ErrorCallback: onErr}); err != nil {
+		close(done)
+		return fmt.Errorf("subscribe to address events in the host netns: %w", err)
+	}
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: &h, ErrorCallback: onErr}); err != nil {
+		close(done)
+		return fmt.Errorf("subscribe to route events in the host netns: %w", err)
+	}
+	go func() {
+		defer close(done)
+		for addrs != nil || routes != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case _, ok := <-addrs:
+				if !ok {
+					addrs = nil
+				}
+			case _, ok := <-routes:
+				if !ok {
+					routes = nil
+				}
+			}
+			a.signal(false)
+		}
+		// Closed by the kernel: the resync is the backstop from here.
+		a.Log.Error("address and route subscriptions ended; uplink changes are seen at the next resync")
+	}()
+	return nil
+}
+
 func (a *Agent) hostHandle() (netns.NsHandle, error) {
 	if a.HostNetns == "" {
 		return netns.Get()
