@@ -141,6 +141,12 @@ func judgeHeld(pf sriov.PF, r *state.Record, v View) PF {
 }
 
 func pendingWhy(r *state.Record) string {
+	if len(r.Pending()) == 0 {
+		// Every netdev is home, yet the record stays: what is left is the
+		// PF's own state (its SR-IOV configuration) that the release path
+		// could not restore yet; the plugin's log says why.
+		return "release pending: every device is home, but the PF's state is not restored yet"
+	}
 	var names []string
 	for _, d := range r.Pending() {
 		names = append(names, fmt.Sprintf("%s (%s)", d.OriginalName, d.PCIAddress))

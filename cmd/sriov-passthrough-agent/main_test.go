@@ -1,0 +1,67 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/agent"
+	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
+)
+
+// TestMain lets the test binary stand in for the agent's own: run with
+// SRIOVPT_AGENT_MAIN=1 it is main, so the status test needs no go build.
+func TestMain(m *testing.M) {
+	if os.Getenv("SRIOVPT_AGENT_MAIN") == "1" {
+		os.Args = append([]string{"sriov-passthrough-agent"}, os.Args[1:]...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// The binary's status, run in a host netns of the test's making
+// with the node configuration pointing at a fake sysfs: what a person on
+// the node types.
+func TestStatusCommand(t *testing.T) {
+	env := kerneltest.New(t)
+	env.AddPF("ens1", 2)
+	env.AddPF("ens2", 0)
+	dir := t.TempDir()
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := filepath.Join(dir, "node.json")
+	reserved := filepath.Join(dir, "reserved")
+	conf := `{"sysfsRoot":"` + env.SysfsRoot + `","stateDir":"` + env.StateDir + `","reservedInterfacesFile":"` + reserved + `"}`
+	if err := os.WriteFile(node, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(reserved, []byte("ens2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		// ip netns exec enters the env's host netns by its name under /run/netns.
+		cmd := exec.Command("ip", append([]string{"netns", "exec", filepath.Base(env.Host.Path()), bin, "status", "-node-config", node}, args...)...)
+		cmd.Env = append(os.Environ(), "SRIOVPT_AGENT_MAIN=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("status %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	table := run()
+	t.Logf("\n%s", table)
+	if !strings.Contains(table, "ens1") || !strings.Contains(table, "free") || !strings.Contains(table, "ens2 is reserved") {
+		t.Errorf("status table:\n%s", table)
+	}
+	var pfs []agent.PF
+	if err := json.Unmarshal([]byte(run("-o", "json")), &pfs); err != nil || len(pfs) != 2 || pfs[0].VFs != 2 || pfs[1].Phase != agent.Ineligible {
+		t.Errorf("status -o json: %v %+v", err, pfs)
+	}
+}
