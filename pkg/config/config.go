@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/utils"
 )
 
 // Defaults for every optional field.
@@ -60,6 +62,9 @@ type NetConf struct {
 type RuntimeConfig struct {
 	// DeviceID is the PCI address a device plugin allocated to the pod.
 	DeviceID string `json:"deviceID,omitempty"`
+	// CNIDeviceInfoFile is where the runtime wants the device-info file
+	// (the CNIDeviceInfoFile capability of the device-info spec).
+	CNIDeviceInfoFile string `json:"CNIDeviceInfoFile,omitempty"`
 }
 
 // ReservedFile returns the reserved-interfaces file to read, "" for none.
@@ -205,6 +210,9 @@ func (c *NetConf) validate() error {
 	if f := c.NodeFile(); f != "" && !filepath.IsAbs(f) {
 		errs = append(errs, fmt.Errorf(`field "nodeConfigFile": %q is not an absolute path`, f))
 	}
+	if f := c.RuntimeConfig.CNIDeviceInfoFile; f != "" && !filepath.IsAbs(f) {
+		errs = append(errs, fmt.Errorf(`field "runtimeConfig.CNIDeviceInfoFile": %q is not an absolute path`, f))
+	}
 	if c.LogFile != "" && !filepath.IsAbs(c.LogFile) {
 		errs = append(errs, fmt.Errorf(`field "logFile": %q is not an absolute path`, c.LogFile))
 	}
@@ -229,18 +237,25 @@ func NormalizePCI(s string) string {
 	return s
 }
 
-// ValidateIfName applies the kernel's rules for a netdev name
-// (dev_valid_name): 1 to 15 bytes, not "." or "..", no '/', ':' or space.
+// ValidateIfName is the plugin's one rule for an interface name, used for
+// CNI_IFNAME, pfNames and the names in state records: the runtime's own
+// rule (utils.ValidateInterfaceName, which skel applies to CNI_IFNAME and
+// which is the kernel's dev_valid_name: 1 to 15 bytes, not "." or "..", no
+// '/', ':' or white space), plus valid UTF-8. The kernel takes any bytes,
+// but JSON cannot carry them: a record or a result would hold U+FFFD
+// instead of the name, and the device could never be matched again. The
+// error is a *types.Error with code 4 (invalid environment variables).
 func ValidateIfName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("interface name is empty")
-	case len(name) > 15:
-		return fmt.Errorf("interface name %q is longer than 15 bytes", name)
-	case name == "." || name == "..":
-		return fmt.Errorf("interface name %q is not allowed", name)
-	case strings.ContainsAny(name, "/: \t\n\v\f\r"):
-		return fmt.Errorf("interface name %q contains '/', ':' or white space", name)
+	if !utf8.ValidString(name) {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "interface name is not valid UTF-8", fmt.Sprintf("%q", name))
+	}
+	if err := utils.ValidateInterfaceName(name); err != nil {
+		if err.Details == "" {
+			err.Details = fmt.Sprintf("%q", name)
+		} else {
+			err.Details = fmt.Sprintf("%q: %s", name, err.Details)
+		}
+		return err
 	}
 	return nil
 }

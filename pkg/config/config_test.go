@@ -76,9 +76,19 @@ func TestParseRejectsWithFieldName(t *testing.T) {
 
 func TestValidateIfName(t *testing.T) {
 	for name, ok := range map[string]bool{"net1": true, "a": true, "fifteen-chars-x": true, "sixteen-chars-xx": false,
-		"": false, ".": false, "..": false, "a/b": false, "a:b": false, "a b": false} {
-		if err := ValidateIfName(name); (err == nil) != ok {
+		"": false, ".": false, "..": false, "a/b": false, "a:b": false, "a b": false, "a\tb": false,
+		"n\u00e9t1":    true,  // UTF-8 the kernel and JSON both carry
+		"net\u00a01":   false, // no-break space: white space to the runtime's rule
+		"net\xff":      false, // not UTF-8: JSON would turn it into U+FFFD
+		"net\xc3":      false, // a truncated sequence
+		"\xed\xa0\x80": false, // an encoded surrogate
+	} {
+		err := ValidateIfName(name)
+		if (err == nil) != ok {
 			t.Errorf("ValidateIfName(%q) = %v, want ok=%v", name, err, ok)
+		}
+		if err != nil && code(t, err) != types.ErrInvalidEnvironmentVariables {
+			t.Errorf("ValidateIfName(%q): code %d, want 4", name, code(t, err))
 		}
 	}
 }
