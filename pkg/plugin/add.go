@@ -11,6 +11,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
@@ -20,6 +21,9 @@ import (
 
 // Add hands a free PF and all its VF netdevs to the pod.
 func (p *Plugin) Add(args *skel.CmdArgs) error {
+	if err := config.ValidateIfName(args.IfName); err != nil {
+		return err
+	}
 	o, err := p.begin(args)
 	if err != nil {
 		return err
@@ -37,11 +41,8 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}
 	defer unlock()
 	recs := o.repair()
-	if res, handled, err := o.existingAttachment(recs, pod); handled {
-		if err != nil {
-			return err
-		}
-		return o.print(res)
+	if err := o.refuseExisting(recs); err != nil {
+		return err
 	}
 	view, err := o.viewHost()
 	if err != nil {
@@ -63,42 +64,22 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	return o.print(res)
 }
 
-// existingAttachment handles a second ADD for a container+ifname that
-// already has a record. It returns the stored result only when the record
-// provably describes this same attachment: same netns (by inode), finished,
-// and the PF still in it. Anything else is refused.
-func (o *op) existingAttachment(recs []*state.Record, pod *netdev.NS) (types.Result, bool, error) {
-	var rec *state.Record
+// refuseExisting refuses an ADD for a container+ifname that already has an
+// attachment. The spec says an interface of the requested name that exists
+// in the container is an error, and a runtime never repeats an ADD it got
+// a result for: the existing attachment is named and left as it is. (One
+// whose netns died was released by repair just before, so it is not here.)
+func (o *op) refuseExisting(recs []*state.Record) error {
 	for _, r := range recs {
-		if r.ContainerID == o.args.ContainerID && r.IfName == o.args.IfName {
-			rec = r
+		if r.ContainerID != o.args.ContainerID || r.IfName != o.args.IfName {
+			continue
 		}
+		return types.NewError(types.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("container %s already has an attachment on %s: PF %s (host name %s), pod %s, %s",
+				r.ContainerID, r.IfName, r.PF().PCIAddress, r.PF().OriginalName, r.Pod, r.Phase),
+			fmt.Sprintf("netns %s; the existing attachment was left as it is; DEL it first", r.Netns))
 	}
-	if rec == nil {
-		return nil, false, nil
-	}
-	refuse := func(why string) (types.Result, bool, error) {
-		return nil, true, types.NewError(types.ErrInvalidEnvironmentVariables,
-			fmt.Sprintf("container %s already holds PF %s as %s", rec.ContainerID, rec.PF().PCIAddress, rec.IfName),
-			why+"; DEL the attachment first")
-	}
-	id, err := pod.ID()
-	if err != nil || id != rec.NetnsID || rec.Phase != state.Attached {
-		return refuse("the existing attachment is for another netns or not complete")
-	}
-	links, err := pod.ByPCI()
-	if err != nil {
-		return nil, true, types.NewError(types.ErrInternal, "inspect pod netns", err.Error())
-	}
-	if l, ok := links[rec.PF().PCIAddress]; !ok || l.Attrs().Name != rec.IfName {
-		return refuse("the PF is no longer in the pod as " + rec.IfName)
-	}
-	res, err := current.NewResult(rec.Result)
-	if err != nil {
-		return nil, true, types.NewError(types.ErrDecodingFailure, "stored result", err.Error())
-	}
-	o.log.Info("repeated ADD of an existing attachment; returning its result", "pf", rec.PF().PCIAddress)
-	return res, true, nil
+	return nil
 }
 
 // plan lists the devices to take, from the host links, and the names they
@@ -189,6 +170,11 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 		return nil, err
 	}
 	res := o.result(rec, podLinks)
+	removeInfo, err := o.writeDeviceInfo(rec.PF().PCIAddress)
+	if err != nil {
+		return nil, err
+	}
+	undo.push(removeInfo)
 	if o.conf.IPAM.Type != "" {
 		if err := o.runIPAM(res, pod); err != nil {
 			return nil, err

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -340,20 +341,35 @@ func TestAddRollsBackWhenALaterStepFails(t *testing.T) {
 	assertHostIntact(t, e)
 }
 
+// A repeated ADD for the same container and ifname is an error (the spec:
+// the interface already exists): code 4 naming the attachment, which is
+// left exactly as it was, in the same netns or another.
 func TestAddRepeatedForSameAttachment(t *testing.T) {
 	e := kerneltest.New(t)
-	e.AddPF("ens1f0", 1)
+	pf := e.AddPF("ens1f0", 1)
 	e.AddPF("ens2f0", 1)
 	pod := e.NewPod()
 	first := add(t, e, pod, "c1", "net1", e.Conf(nil))
-	again := add(t, e, pod, "c1", "net1", e.Conf(nil))
-	if again.Interfaces[0].PciID != first.Interfaces[0].PciID || len(kerneltest.Links(t, pod)) != 2 {
-		t.Fatalf("repeated ADD took another PF: %s then %s", first.Interfaces[0].PciID, again.Interfaces[0].PciID)
+	before := readRecord(t, e, "c1", "net1")
+	inPod := pciIn(t, pod)
+	for _, target := range []ns.NetNS{pod, e.NewPod()} {
+		_, err := call(t, e, "ADD", args(target, "c1", "net1", e.Conf(nil)))
+		if cniCode(t, err) != types.ErrInvalidEnvironmentVariables ||
+			!strings.Contains(err.Error(), "container c1 already has an attachment on net1: PF "+pf.PCI+" (host name ens1f0), pod ci/job-c1, attached") {
+			t.Fatalf("repeated ADD: want code 4 naming the attachment, got %v", err)
+		}
+		if after := readRecord(t, e, "c1", "net1"); fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Errorf("record changed:\n%+v\n%+v", before, after)
+		}
+		if got := pciIn(t, pod); fmt.Sprint(got) != fmt.Sprint(inPod) {
+			t.Errorf("pod changed: %v -> %v", inPod, got)
+		}
 	}
-	_, err := call(t, e, "ADD", args(e.NewPod(), "c1", "net1", e.Conf(nil)))
-	if err == nil || !strings.Contains(err.Error(), "already holds PF") {
-		t.Fatalf("ADD of the same container+ifname into another netns: want a refusal, got %v", err)
+	if first.Interfaces[0].PciID != pf.PCI || len(kerneltest.Links(t, e.Host)) != 2 {
+		t.Errorf("the second PF moved: host has %v", names(kerneltest.Links(t, e.Host)))
 	}
+	del(t, e, pod, "c1", "net1", e.Conf(nil))
+	assertHostIntact(t, e)
 }
 
 func TestAddExtendsPrevResult(t *testing.T) {

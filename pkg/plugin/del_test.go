@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -184,14 +185,50 @@ func TestCheck(t *testing.T) {
 	if _, err := call(t, e, "CHECK", args(pod, "c1", "net1", conf)); cniCode(t, err) != types.ErrUnknownContainer {
 		t.Fatalf("CHECK before ADD: want code 3, got %v", err)
 	}
-	add(t, e, pod, "c1", "net1", conf)
-	if _, err := call(t, e, "CHECK", args(pod, "c1", "net1", conf)); err != nil {
-		t.Fatalf("CHECK after ADD: %v", err)
+	res := add(t, e, pod, "c1", "net1", conf)
+	withPrev := e.Conf(map[string]any{"prevResult": res})
+	for what, c := range map[string][]byte{"prevResult": withPrev, "the record's result": conf} {
+		if _, err := call(t, e, "CHECK", args(pod, "c1", "net1", c)); err != nil {
+			t.Fatalf("CHECK after ADD against %s: %v", what, err)
+		}
 	}
+	// A VF the job moved away (or re-created, or rebound) is reported in
+	// the log, not failed.
 	moveLink(t, pod, e.Host, pf.VFs[0].Name, "")
-	_, err := call(t, e, "CHECK", args(pod, "c1", "net1", conf))
-	if err == nil || !strings.Contains(err.Error(), "VF 0 "+pf.VFs[0].PCI+" (host name "+pf.VFs[0].Name+") is not in the pod") {
-		t.Fatalf("CHECK after a VF left: want it named, got %v", err)
+	if _, err := call(t, e, "CHECK", args(pod, "c1", "net1", withPrev)); err != nil {
+		t.Fatalf("CHECK with a VF gone: want success, got %v", err)
+	}
+	moveLink(t, e.Host, pod, pf.VFs[0].Name, "")
+
+	// The PF is checked strictly against prevResult.
+	lied := *res
+	lied.Interfaces = []*current.Interface{{Name: "net1", Mac: "02:00:00:00:00:01", Sandbox: pod.Path()}}
+	_, err := call(t, e, "CHECK", args(pod, "c1", "net1", e.Conf(map[string]any{"prevResult": &lied})))
+	if cniCode(t, err) != types.ErrInternal || !strings.Contains(err.Error(), "the result says 02:00:00:00:00:01") {
+		t.Fatalf("CHECK with another MAC in prevResult: want it named, got %v", err)
+	}
+	lied.Interfaces = []*current.Interface{{Name: "net1", Mac: res.Interfaces[0].Mac, Sandbox: "/var/run/netns/other"}}
+	_, err = call(t, e, "CHECK", args(pod, "c1", "net1", e.Conf(map[string]any{"prevResult": &lied})))
+	if err == nil || !strings.Contains(err.Error(), `prevResult lists no interface "net1" in sandbox`) {
+		t.Fatalf("CHECK with the PF in another sandbox in prevResult: want a refusal, got %v", err)
+	}
+	moveLink(t, pod, pod, "net1", "renamed")
+	_, err = call(t, e, "CHECK", args(pod, "c1", "net1", withPrev))
+	if err == nil || !strings.Contains(err.Error(), "PF "+pf.PCI+" (host name ens1f0) is not in the pod as \"net1\"") {
+		t.Fatalf("CHECK with the PF renamed: want it named, got %v", err)
+	}
+	moveLink(t, pod, pod, "renamed", "net1")
+
+	// An attachment whose ADD or DEL has not finished: try again later.
+	r := readRecord(t, e, "c1", "net1")
+	for _, phase := range []state.Phase{state.Adding, state.Releasing} {
+		r.Phase = phase
+		if err := (state.Store{Dir: e.StateDir}).Save(r); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := call(t, e, "CHECK", args(pod, "c1", "net1", withPrev)); cniCode(t, err) != types.ErrTryAgainLater {
+			t.Fatalf("CHECK of an attachment %s: want code 11, got %v", phase, err)
+		}
 	}
 	del(t, e, pod, "c1", "net1", conf)
 	assertHostIntact(t, e)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
 )
 
 // ADD net1 into a fresh netns with cnitool: the pod holds the lowest PF as
@@ -237,17 +239,18 @@ func TestVFNameTakenInPod(t *testing.T) {
 	assertRestored(t, a.pcis()...)
 }
 
-// A repeated ADD of the same attachment never takes a second PF.
-func TestRepeatedAddTakesNoSecondPF(t *testing.T) {
+// A repeated ADD of the same attachment is an error (the spec: the
+// interface exists already): code 4 naming the attachment, which stays as
+// it was, and no second PF moves.
+func TestRepeatedAddIsRefused(t *testing.T) {
 	h := newHarness(t, nil)
 	p := h.newPod()
 	before := mustLinks(t, "")
 	first := h.mustLibAdd(p, "net1")
-	second, err := h.libAdd(p, "net1")
-	if err == nil && fmt.Sprint(second.Interfaces) != fmt.Sprint(first.Interfaces) {
-		t.Errorf("second ADD returned a different result:\n%+v\n%+v", second.Interfaces, first.Interfaces)
+	_, err := h.libAdd(p, "net1")
+	if cniCode(err) != int(types.ErrInvalidEnvironmentVariables) || !strings.Contains(err.Error(), "already has an attachment on net1: PF "+pfs[0].PCI) {
+		t.Errorf("second ADD of the same attachment: want code 4 naming PF %s, got %v", pfs[0].PCI, err)
 	}
-	t.Logf("second ADD of the same attachment: err=%v", err)
 	a := wholePF(p, "net1", pfs[0])
 	assertAttached(t, a, first)
 	assertPodHolds(t, p, a.pcis()...)
