@@ -34,27 +34,16 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	code := build(map[string]string{
-		"sriov-passthrough-cni": "github.com/kubevirt/sriov-passthrough-cni/cmd/sriov-passthrough-cni",
-		"host-local":            "github.com/containernetworking/plugins/plugins/ipam/host-local",
-	})
+	code := 0
+	if err := kerneltest.BuildBinaries(binDir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
 	if code == 0 {
 		code = m.Run()
 	}
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func build(bins map[string]string) int {
-	for name, pkg := range bins {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
-			return 1
-		}
-	}
-	return 0
 }
 
 type world struct {
