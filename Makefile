@@ -13,7 +13,7 @@ GOTEST_FLAGS ?= -count=1
 # tested: test/modules fails when a go.mod in the tree is in neither list.
 # The root module (the plugin and its root-module tests) runs last so
 # `make unit` ends with its summary.
-TEST_MODULES := test/bench test/deploy .
+TEST_MODULES := test/bench test/deploy test/multus .
 # Modules that are never tested or vetted here, each with its reason.
 UNTESTED_MODULES :=
 # Build tags that switch files in (vet sees both sides of failpoints).
