@@ -1,29 +1,42 @@
 package plugin
 
 import (
+	"errors"
+
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
 
 // Del gives back exactly what the attachment took. It succeeds when there
-// is nothing left to do (no record, a second DEL, the netns gone) and fails
-// only when a device it found could not be restored, so the runtime retries.
+// is nothing left to do (no record, a second DEL, the netns gone), also when
+// the state dir cannot be used but provably holds no record of this
+// attachment, and fails only when it could have restored a device and did
+// not, so the runtime retries.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	o, err := p.begin(args)
 	if err != nil {
 		return err
 	}
 	defer o.close()
+	key := state.Key(args.ContainerID, args.IfName)
 	unlock, err := o.lock()
 	if err != nil {
-		return err
+		if !o.store.Absent(key) || isCode(err, types.ErrTryAgainLater) {
+			return err
+		}
+		// A read-only, full or missing state dir. ADD writes the record
+		// before it moves anything, so without one this attachment
+		// holds nothing.
+		o.log.Warn("state dir unusable, but it holds no record of this attachment: nothing to release", "error", err)
+		return o.ipamDel()
 	}
 	defer unlock()
 
-	rec, err := o.store.Get(state.Key(args.ContainerID, args.IfName))
+	rec, err := o.store.Get(key)
 	if err != nil {
-		o.setAside(state.Key(args.ContainerID, args.IfName), err)
+		o.setAside(key, err)
 		return o.ipamDel()
 	}
 	if rec == nil {
@@ -34,4 +47,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return asCNIError(err, "release PF "+rec.PF().PCIAddress)
 	}
 	return o.ipamDel()
+}
+
+func isCode(err error, code uint) bool {
+	var e *types.Error
+	return errors.As(err, &e) && e.Code == code
 }

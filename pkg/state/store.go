@@ -133,6 +133,15 @@ func (s Store) Remove(key string) error {
 	return s.syncDir()
 }
 
+// Absent reports whether the record for key provably does not exist: its
+// file, the state dir, or a directory above it is missing (or is not a
+// directory). It reads nothing and writes nothing, so it answers when the
+// state dir cannot be used for anything else.
+func (s Store) Absent(key string) bool {
+	_, err := os.Lstat(s.path(key))
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR)
+}
+
 // Get reads one record; (nil, nil) when there is none.
 func (s Store) Get(key string) (*Record, error) {
 	data, err := os.ReadFile(s.path(key))

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -240,4 +241,80 @@ func mustMarshal(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// execIn runs the plugin like exec, inside a private mount namespace that
+// setup (shell) prepares first: the mounts die with the process, so
+// nothing is left on the host even if the test is killed.
+func (w *world) execIn(setup string, env map[string]string, stdin string) (string, error) {
+	var out []byte
+	err := w.inHost(func() error {
+		cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-ec", setup+"\nexec \"$0\"",
+			filepath.Join(binDir, "sriov-passthrough-cni"))
+		cmd.Env = []string{"CNI_PATH=" + binDir, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		cmd.Stdin = strings.NewReader(stdin)
+		var err error
+		out, err = cmd.Output()
+		return err
+	})
+	return string(out), err
+}
+
+// DEL succeeds when the state dir cannot be used (read-only, full, missing)
+// but provably holds no record of the attachment; it fails (code 5) when a
+// record is there and it could not release it, and the devices stay in the
+// pod until a DEL that can.
+func TestDelWithUnusableStateDir(t *testing.T) {
+	w := newWorld(t)
+	w.AddPF("ens1f0", 2)
+	before := w.hostNames()
+	pod := w.NewPod()
+	env := func(cmd string) map[string]string {
+		return map[string]string{"CNI_COMMAND": cmd, "CNI_CONTAINERID": "job1", "CNI_NETNS": pod.Path(), "CNI_IFNAME": "net1"}
+	}
+	dir := t.TempDir()
+	conf := func(stateDir string) string {
+		return string(w.Conf(map[string]any{"logFile": w.logFile, "stateDir": stateDir}))
+	}
+	for _, tc := range []struct{ name, setup, stateDir string }{
+		{"read-only, state dir missing", "mount -t tmpfs -o ro tmpfs " + dir, filepath.Join(dir, "state")},
+		{"read-only, state dir empty", "mount -t tmpfs tmpfs " + dir + "; mkdir " + dir + "/state; mount -o remount,ro " + dir, filepath.Join(dir, "state")},
+		{"full (no inode left)", "mount -t tmpfs -o nr_inodes=2 tmpfs " + dir + "; mkdir " + dir + "/state", filepath.Join(dir, "state")},
+		{"a file where the dir should be", "mount -t tmpfs tmpfs " + dir + "; : > " + dir + "/file", filepath.Join(dir, "file", "state")},
+	} {
+		if out, err := w.execIn(tc.setup, env("DEL"), conf(tc.stateDir)); err != nil {
+			t.Errorf("DEL with %s and no record: %v %s", tc.name, err, out)
+		}
+		// The setup does make the state dir unusable: the same ADD fails.
+		out, err := w.execIn(tc.setup, env("ADD"), conf(tc.stateDir))
+		if e := cniError(t, "ADD with "+tc.name, out, err); e.Code != types.ErrIOFailure {
+			t.Errorf("ADD with %s: code %d %s, want 5", tc.name, e.Code, e.Msg)
+		}
+	}
+	if after := w.hostNames(); !slices.Equal(after, before) {
+		t.Fatalf("host changed: %v -> %v", before, after)
+	}
+
+	// A record in a state dir that is now read-only: DEL cannot release.
+	if out, err := w.exec(env("ADD"), conf(w.StateDir)); err != nil {
+		t.Fatalf("ADD: %v %s", err, out)
+	}
+	inPod := names(kerneltest.Links(t, pod))
+	ro := "mount --bind " + w.StateDir + " " + w.StateDir + "; mount -o remount,bind,ro " + w.StateDir
+	out, err := w.execIn(ro, env("DEL"), conf(w.StateDir))
+	if e := cniError(t, "DEL of a recorded attachment with a read-only state dir", out, err); e.Code != types.ErrIOFailure {
+		t.Errorf("DEL with a record and a read-only state dir: code %d %s, want 5", e.Code, e.Msg)
+	}
+	if got := names(kerneltest.Links(t, pod)); !slices.Equal(got, inPod) {
+		t.Errorf("a failed DEL changed the pod: %v -> %v", inPod, got)
+	}
+	if out, err := w.exec(env("DEL"), conf(w.StateDir)); err != nil {
+		t.Fatalf("DEL with the state dir usable again: %v %s", err, out)
+	}
+	if after := w.hostNames(); !slices.Equal(after, before) {
+		t.Errorf("host not restored: %v -> %v", before, after)
+	}
 }
