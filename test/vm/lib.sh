@@ -9,7 +9,7 @@ backports_sources=/etc/apt/sources.list.d/sriov-passthrough-cni-backports.source
 module_path=github.com/kubevirt/sriov-passthrough-cni/test/e2e
 apt_updated=
 # Bump when ensure_kernel packs something else, so caches are rebuilt.
-kernel_recipe=3
+kernel_recipe=4
 declare -A kernel_dir=()
 
 log() { printf '[vm] %s\n' "$*"; }
@@ -229,14 +229,20 @@ unpack_kernel() {
 		'*/vmlinuz-*' '*/kernel/drivers/net/ethernet/intel/*' '*/kernel/drivers/dma/*' '*/kernel/drivers/dca/*' \
 		'*/kernel/drivers/i2c/*' '*/kernel/drivers/ptp/*' '*/kernel/drivers/pps/*' \
 		'*/kernel/drivers/hwmon/*' '*/kernel/lib/*' '*/kernel/drivers/net/veth.ko*' \
-		'*/kernel/drivers/vfio/*' '*/kernel/virt/*'
+		'*/kernel/drivers/vfio/*' '*/kernel/virt/*' \
+		'*/kernel/net/8021q/*' '*/kernel/net/802/*' '*/kernel/net/llc/*' '*/kernel/net/tls/*' \
+		'*/kernel/drivers/net/macvlan.ko*' '*/kernel/drivers/net/bonding/*'
 	cp "$(find "$x" -name 'vmlinuz-*' | head -n1)" "$tmp/vmlinuz"
 	basename "$(find "$x" -type d -path '*/lib/modules/*' -prune -print -quit)" >"$tmp/release"
 	# veth: the e2e suite makes name clashes in pods with veth. A kind-sriov
 	# job binds VFs to vfio-pci; vfio_iommu_type1 is the container backend,
 	# requested at run time rather than a dependency; 6.1 also needs
 	# vfio_virqfd, which 6.12 folded into vfio (a dependency, found below).
-	copy_modules "$x" "$tmp/modules" igb igbvf veth vfio_iommu_type1 vfio-pci
+	# The uplink tests stack a VLAN, a macvlan and a bond on a real PF.
+	copy_modules "$x" "$tmp/modules" igb igbvf veth vfio_iommu_type1 vfio-pci 8021q macvlan bonding
+	# guest/init loads each line's module with the rest of the line as its
+	# parameters: bonding makes a bond0 of its own unless max_bonds=0.
+	sed -i 's/^bonding$/bonding max_bonds=0/' "$tmp/modules/order"
 	touch "$tmp/.complete"
 	rm -rf "$dir"
 	mv "$tmp" "$dir"
