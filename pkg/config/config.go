@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -30,9 +31,10 @@ type NetConf struct {
 
 	// PCIBusID pins one PF by PCI address (e.g. "0000:3b:00.0").
 	PCIBusID string `json:"pciBusID,omitempty"`
-	// PFNames restricts the pool to PFs with these host names.
+	// PFNames restricts the pool to PFs with these host names or altnames.
 	PFNames []string `json:"pfNames,omitempty"`
-	// ReservedInterfaces are PF names that are never handed out.
+	// ReservedInterfaces are PF (or VF) names or altnames that are never
+	// handed out.
 	ReservedInterfaces []string `json:"reservedInterfaces,omitempty"`
 	// ReservedInterfacesFile lists more reserved names, one per line. nil
 	// means the default path; an explicit "" means no file.
@@ -190,7 +192,7 @@ func (c *NetConf) validate() error {
 			c.PCIBusID, id))
 	}
 	for i, name := range c.PFNames {
-		if err := ValidateIfName(name); err != nil {
+		if err := ValidateLinkName(name); err != nil {
 			errs = append(errs, fmt.Errorf(`field "pfNames[%d]": %w`, i, err))
 		}
 	}
@@ -256,6 +258,32 @@ func ValidateIfName(name string) error {
 			err.Details = fmt.Sprintf("%q: %s", name, err.Details)
 		}
 		return err
+	}
+	return nil
+}
+
+// MaxAltNameLen is the longest altname the kernel takes (ALTIFNAMSIZ 128,
+// with the terminating NUL).
+const MaxAltNameLen = 127
+
+// ValidateLinkName accepts what can name a host link: an interface name
+// (ValidateIfName) or an altname, which may be up to 127 bytes long
+// (systemd gives PFs long predictable names this way). A name longer than
+// 15 bytes gets the same character rule as ValidateIfName (the runtime's:
+// no '/', ':' or white space; valid UTF-8); "", "." and ".." are short.
+func ValidateLinkName(name string) error {
+	if len(name) <= 15 {
+		return ValidateIfName(name)
+	}
+	if len(name) > MaxAltNameLen {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "interface name is too long",
+			fmt.Sprintf("%q: an altname has at most %d bytes", name, MaxAltNameLen))
+	}
+	if !utf8.ValidString(name) {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "interface name is not valid UTF-8", fmt.Sprintf("%q", name))
+	}
+	if strings.ContainsFunc(name, func(r rune) bool { return r == '/' || r == ':' || unicode.IsSpace(r) }) {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "interface name contains / or : or whitespace characters", fmt.Sprintf("%q", name))
 	}
 	return nil
 }

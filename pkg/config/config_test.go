@@ -93,6 +93,21 @@ func TestValidateIfName(t *testing.T) {
 	}
 }
 
+// pfNames take altnames, which may be up to 127 bytes.
+func TestValidateLinkName(t *testing.T) {
+	for name, ok := range map[string]bool{"net1": true, "enp59s0f0np0": true, strings.Repeat("a", 127): true,
+		strings.Repeat("a", 128): false, "a-long-altname-with space": false, "a-long-altname/with-slash": false,
+		"a-long-altname-\xff-not-utf8": false, "": false, ".": false, "sixteen-chars-xx": true} {
+		if err := ValidateLinkName(name); (err == nil) != ok {
+			t.Errorf("ValidateLinkName(%q) = %v, want ok=%v", name, err, ok)
+		}
+	}
+	long := strings.Repeat("p", 100)
+	if c, err := Parse([]byte(`{"name":"n","pfNames":["` + long + `"],"reservedInterfaces":["` + long + `"]}`)); err != nil || c.PFNames[0] != long {
+		t.Errorf("a 100-byte altname in pfNames and reservedInterfaces: %v", err)
+	}
+}
+
 func TestParseReserved(t *testing.T) {
 	got, err := ParseReserved(strings.NewReader("# reserved NICs\n\neno1\n  eno2   # storage\nbond0 bond1\n#eno9\n"))
 	if err != nil {

@@ -45,7 +45,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted log level %q", c.LogLevel)
 		}
 		for _, n := range c.PFNames {
-			if ValidateIfName(n) != nil {
+			if ValidateLinkName(n) != nil {
 				t.Fatalf("accepted pfNames entry %q", n)
 			}
 		}

@@ -185,16 +185,6 @@ func (n *NS) LinkByName(name string) (netlink.Link, error) {
 	return l, nil
 }
 
-// Routes dumps the routes of every table, IPv4 and IPv6.
-func (n *NS) Routes() ([]netlink.Route, error) {
-	routes, err := n.nl.RouteListFiltered(netlink.FAMILY_ALL,
-		&netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, fmt.Errorf("list routes in %s netns: %w", n, err)
-	}
-	return routes, nil
-}
-
 // Addrs dumps every address, IPv4 and IPv6.
 func (n *NS) Addrs() ([]netlink.Addr, error) {
 	// netlinksafe has no address dump of its own: retry here when the

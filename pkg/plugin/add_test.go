@@ -162,7 +162,7 @@ func TestAddSkipsReservedAndUplinks(t *testing.T) {
 	}
 	msg := err.(*types.Error).Details
 	for _, want := range []string{"resconf is reserved", "resfile is reserved", "withaddr has global address 192.0.2.10",
-		"withroute carries a default route", "enslaved has a master", "its VF vfuplinkv0 has global address 2001:db8::5",
+		"withroute carries a default route", "enslaved is a port of bridge br0", "its VF vfuplinkv0 has global address 2001:db8::5",
 		"in use by pod ci/job-c1"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error details lack %q: %s", want, msg)

@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 
@@ -42,45 +41,61 @@ func lookAtHost(host *netdev.NS) (*hostView, error) {
 	if err != nil {
 		return nil, err
 	}
-	routes, err := host.Routes()
+	routes, err := host.DefaultRoutes()
 	if err != nil {
 		return nil, err
+	}
+	var nexthops map[uint32]netdev.Nexthop
+	if slices.ContainsFunc(routes, func(r netdev.DefaultRoute) bool { return r.NexthopID != 0 }) {
+		if nexthops, err = host.Nexthops(); err != nil {
+			return nil, err
+		}
 	}
 	addrs, err := host.Addrs()
 	if err != nil {
 		return nil, err
 	}
-	return &hostView{byName: byName, policy: policyHost(byName, routes, addrs)}, nil
+	h, err := policyHost(byName, routes, nexthops, addrs)
+	if err != nil {
+		return nil, err
+	}
+	return &hostView{byName: byName, policy: h}, nil
 }
+
+// stacked are the link kinds whose IFLA_LINK is the device they sit on
+// (for a veth it is the peer, possibly in another netns: not an upper).
+var stacked = map[string]bool{"vlan": true, "macvlan": true, "macvtap": true, "ipvlan": true, "ipvtap": true}
 
 // policyHost reduces netlink's view of the host to what the PF policy
 // reads.
-func policyHost(byName map[string]netlink.Link, routes []netlink.Route, addrs []netlink.Addr) *policy.Host {
-	h := &policy.Host{Links: map[string]policy.Link{}, DefaultRoute: map[int]bool{}, GlobalAddr: map[int]string{}}
+func policyHost(byName map[string]netlink.Link, routes []netdev.DefaultRoute, nexthops map[uint32]netdev.Nexthop, addrs []netlink.Addr) (*policy.Host, error) {
+	h := &policy.Host{Links: map[string]policy.Link{}, GlobalAddr: map[int]string{}}
 	for name, l := range byName {
 		a := l.Attrs()
-		h.Links[name] = policy.Link{Index: a.Index, Name: a.Name, MasterIndex: a.MasterIndex}
+		pl := policy.Link{Index: a.Index, Name: a.Name, AltNames: a.AltNames, Kind: l.Type(), MasterIndex: a.MasterIndex}
+		if stacked[pl.Kind] && a.NetNsID < 0 {
+			pl.ParentIndex = a.ParentIndex
+		}
+		h.Links[name] = pl
 	}
+	var pr []policy.Route
 	for _, r := range routes {
-		if r.Dst != nil && !isZeroPrefix(r.Dst) {
-			continue
-		}
-		h.DefaultRoute[r.LinkIndex] = true
-		for _, nh := range r.MultiPath {
-			h.DefaultRoute[nh.LinkIndex] = true
-		}
+		pr = append(pr, policy.Route{LinkIndexes: r.LinkIndexes, NexthopID: r.NexthopID})
+	}
+	pn := map[uint32]policy.Nexthop{}
+	for id, nh := range nexthops {
+		pn[id] = policy.Nexthop{LinkIndex: nh.LinkIndex, Group: nh.Group}
+	}
+	var err error
+	if h.DefaultRoute, err = policy.DefaultRouteLinks(pr, pn); err != nil {
+		return nil, err
 	}
 	for _, a := range addrs {
 		if a.IP.IsGlobalUnicast() && a.Scope == unix.RT_SCOPE_UNIVERSE {
 			h.GlobalAddr[a.LinkIndex] = a.IP.String()
 		}
 	}
-	return h
-}
-
-func isZeroPrefix(n *net.IPNet) bool {
-	ones, _ := n.Mask.Size()
-	return ones == 0
+	return h, nil
 }
 
 // rules are this attachment's PF policy: the network's pool, the node's

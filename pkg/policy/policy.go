@@ -10,9 +10,11 @@ import (
 // Rules are the node's and the network's limits on which PFs may be
 // handed out.
 type Rules struct {
-	// PFNames, when not empty, is the pool: only these host names.
+	// PFNames, when not empty, is the pool: only PFs with one of these
+	// host names or altnames.
 	PFNames []string
-	// Reserved names are never handed out, as a PF or as one of its VFs.
+	// Reserved names (a name or an altname) are never handed out, as a PF
+	// or as one of its VFs.
 	Reserved map[string]bool
 	// Holders maps the PCI address of every device an attachment holds to
 	// a description of that attachment, for the refusal message.
@@ -35,11 +37,11 @@ func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
 	if who, held := r.Holders[pf.PCIAddress]; held {
 		return Verdict{Reason: "in use by " + who}
 	}
-	if len(r.PFNames) > 0 && !slices.Contains(r.PFNames, pf.Name) {
+	if len(r.PFNames) > 0 && !slices.ContainsFunc(r.PFNames, func(n string) bool { return host.Named(pf.Name, n) }) {
 		return Verdict{Reason: fmt.Sprintf("%s is not in pfNames", pf.Name), Fixed: true}
 	}
-	if r.Reserved[pf.Name] {
-		return Verdict{Reason: fmt.Sprintf("%s is reserved", pf.Name), Fixed: true}
+	if as := r.reservedAs(pf.Name, host); as != "" {
+		return Verdict{Reason: as + " is reserved", Fixed: true}
 	}
 	if !host.Has(pf.Name) {
 		return Verdict{Reason: "its netdev is not in the host netns"}
@@ -48,14 +50,30 @@ func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
 		return Verdict{Reason: "uplink: " + why, Fixed: true}
 	}
 	for _, vf := range pf.VFs {
-		if r.Reserved[vf.Name] {
-			return Verdict{Reason: fmt.Sprintf("its VF %s is reserved", vf.Name), Fixed: true}
+		if as := r.reservedAs(vf.Name, host); as != "" && vf.Name != "" {
+			return Verdict{Reason: fmt.Sprintf("its VF %s is reserved", as), Fixed: true}
 		}
 		if why := host.UplinkReason(vf.Name); why != "" {
 			return Verdict{Reason: "uplink: its VF " + why, Fixed: true}
 		}
 	}
 	return Verdict{}
+}
+
+// reservedAs says under which of its names (as "name" or "name (altname
+// alt)") the host link is reserved, "" if it is not.
+func (r Rules) reservedAs(name string, host *Host) string {
+	if r.Reserved[name] {
+		return name
+	}
+	if l, ok := host.Links[name]; ok && name != "" {
+		for _, alt := range l.AltNames {
+			if r.Reserved[alt] {
+				return fmt.Sprintf("%s (altname %s)", name, alt)
+			}
+		}
+	}
+	return ""
 }
 
 // Choose picks the first PF (discovery lists them by PCI address) that

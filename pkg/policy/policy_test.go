@@ -28,7 +28,7 @@ func pf(addr, name string, vfs ...string) sriov.PF {
 func TestJudge(t *testing.T) {
 	h := host(Link{Index: 2, Name: "ens1"}, Link{Index: 3, Name: "ens1v0"}, Link{Index: 4, Name: "ens2"},
 		Link{Index: 5, Name: "ens3", MasterIndex: 9}, Link{Index: 6, Name: "ens4"}, Link{Index: 7, Name: "ens4v0"},
-		Link{Index: 8, Name: "ens5"})
+		Link{Index: 8, Name: "ens5"}, Link{Index: 9, Name: "bond0", Kind: "bond"})
 	h.DefaultRoute[4] = true
 	h.GlobalAddr[7] = "2001:db8::5"
 	h.GlobalAddr[8] = "192.0.2.1"
@@ -43,7 +43,7 @@ func TestJudge(t *testing.T) {
 	}{
 		{pf("0000:01:00.0", "ens1", "ens1v0"), "its VF ens1v0 is reserved", true},
 		{pf("0000:02:00.0", "ens2"), "uplink: ens2 carries a default route", true},
-		{pf("0000:03:00.0", "ens3"), "uplink: ens3 has a master (bond, bridge or OVS)", true},
+		{pf("0000:03:00.0", "ens3"), "uplink: ens3 is a port of bond bond0", true},
 		{pf("0000:04:00.0", "ens4", "ens4v0"), "uplink: its VF ens4v0 has global address 2001:db8::5", true},
 		{pf("0000:05:00.0", "ens5"), "uplink: ens5 has global address 192.0.2.1", true},
 		{pf("0000:06:00.0", "resv"), "resv is reserved", true},
