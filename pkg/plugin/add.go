@@ -101,6 +101,7 @@ func (o *op) plan(pf sriov.PF, view *hostView, pod *netdev.NS) (*state.Record, [
 	rec := &state.Record{
 		Version: state.Version, ContainerID: o.args.ContainerID, IfName: o.args.IfName,
 		Netns: o.args.Netns, NetnsID: id, Pod: o.owner, Phase: state.Adding, Created: time.Now().UTC(),
+		Network: o.conf.Name, IPAMConf: o.ipamConf(),
 	}
 	podHas := map[string]bool{}
 	for name := range podLinks {

@@ -43,7 +43,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		o.log.Info("no record for this attachment; nothing to release")
 		return o.ipamDel()
 	}
-	if err := o.releaseRecord(rec, o.SettleTimeout); err != nil {
+	if _, err := o.releaseRecord(rec, o.SettleTimeout); err != nil {
 		return asCNIError(err, "release PF "+rec.PF().PCIAddress)
 	}
 	return o.ipamDel()

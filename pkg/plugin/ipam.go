@@ -1,14 +1,21 @@
 package plugin
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ipam"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
 
 // runIPAM asks the configured IPAM plugin for addresses and puts them on
@@ -42,6 +49,62 @@ func (o *op) ipamDel() error {
 	}
 	if err := ipam.ExecDel(o.conf.IPAM.Type, o.args.StdinData); err != nil {
 		return fmt.Errorf("IPAM plugin %q DEL: %w", o.conf.IPAM.Type, err)
+	}
+	return nil
+}
+
+// ipamConf is what a later repair or GC gives the IPAM plugin's DEL for
+// this attachment: ADD's network configuration, without prevResult (the
+// IPAM plugin does not read it, and it can be large). nil without IPAM.
+func (o *op) ipamConf() json.RawMessage {
+	if o.conf.IPAM.Type == "" {
+		return nil
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(o.args.StdinData, &fields); err != nil {
+		return nil // Parse read it already: cannot happen
+	}
+	delete(fields, "prevResult")
+	b, err := json.Marshal(fields)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// ipamDelRecord releases the IPAM addresses of an attachment that repair
+// or GC gave back: the IPAM plugin named in the record's configuration
+// gets it, with the attachment's own container ID, netns and ifname, not
+// those of the invocation that found it. IPAM plugins make DEL idempotent.
+func (o *op) ipamDelRecord(rec *state.Record) error {
+	if len(rec.IPAMConf) == 0 {
+		return nil
+	}
+	var conf types.NetConf
+	if err := json.Unmarshal(rec.IPAMConf, &conf); err != nil || conf.IPAM.Type == "" {
+		return fmt.Errorf("record %s: IPAM configuration without an IPAM type: %v", rec.Key(), err)
+	}
+	cniPath := os.Getenv("CNI_PATH")
+	plugin, err := invoke.FindInPath(conf.IPAM.Type, filepath.SplitList(cniPath))
+	if err != nil {
+		return fmt.Errorf("IPAM plugin %q DEL for %s: %w", conf.IPAM.Type, rec.Key(), err)
+	}
+	args := &invoke.Args{Command: "DEL", ContainerID: rec.ContainerID, NetNS: rec.Netns, IfName: rec.IfName, Path: cniPath}
+	if err := invoke.ExecPluginWithoutResult(context.Background(), plugin, rec.IPAMConf, args, nil); err != nil {
+		return fmt.Errorf("IPAM plugin %q DEL for %s: %w", conf.IPAM.Type, rec.Key(), err)
+	}
+	o.log.Info("released the attachment's IPAM addresses", "record", rec.Key(), "ipam", conf.IPAM.Type)
+	return nil
+}
+
+// ipamGC passes GC on to the IPAM plugin with the runtime's configuration
+// and valid-attachments list, as the spec asks of delegating plugins.
+func (o *op) ipamGC() error {
+	if o.conf.IPAM.Type == "" {
+		return nil
+	}
+	if err := invoke.DelegateGC(context.Background(), o.conf.IPAM.Type, o.args.StdinData, nil); err != nil {
+		return fmt.Errorf("IPAM plugin %q GC: %w", o.conf.IPAM.Type, err)
 	}
 	return nil
 }

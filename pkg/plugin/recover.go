@@ -17,19 +17,31 @@ import (
 )
 
 // releaseRecord vets a record and releases it from wherever its devices
-// are: its own netns, if that still exists, and the host.
-func (o *op) releaseRecord(rec *state.Record, settle time.Duration) error {
+// are: its own netns, if that still exists, and the host. trusted is false
+// when the record was set aside instead.
+func (o *op) releaseRecord(rec *state.Record, settle time.Duration) (trusted bool, err error) {
 	if err := o.vet(rec); err != nil {
 		o.setAside(rec.Key(), err)
 		// Set aside, it holds nothing for this run: its PF may be chosen.
 		for i := range rec.Devices {
 			rec.Devices[i].Released = true
 		}
-		return nil
+		return false, nil
 	}
 	pod := netdev.OpenIfAlive(rec.Netns, rec.NetnsID)
 	defer pod.Close()
-	return o.release(rec, []*netdev.NS{pod}, settle)
+	return true, o.release(rec, []*netdev.NS{pod}, settle)
+}
+
+// releaseForGone releases an attachment for a runtime that will not DEL it
+// (its pod is gone, or GC says it is not valid), and then its IPAM
+// addresses, with the configuration its ADD used.
+func (o *op) releaseForGone(rec *state.Record) error {
+	trusted, err := o.releaseRecord(rec, 0)
+	if !trusted {
+		return err
+	}
+	return errors.Join(err, o.ipamDelRecord(rec))
 }
 
 // setAside moves an unreadable or untrusted record out of the way, so the
@@ -58,7 +70,7 @@ func (o *op) repair() []*state.Record {
 		stale := r.Phase != state.Attached || o.netnsGone(r)
 		if stale {
 			o.log.Info("repairing stale attachment", "record", r.Key(), "owner", r.Pod.String(), "phase", r.Phase)
-			if err := o.releaseRecord(r, 0); err != nil {
+			if err := o.releaseForGone(r); err != nil {
 				o.log.Error("repair of stale attachment failed; will retry", "record", r.Key(), "error", err)
 			}
 			if len(r.Pending()) == 0 {
@@ -88,7 +100,11 @@ func (o *op) netnsGone(r *state.Record) bool {
 	return true
 }
 
-// GC releases every attachment the runtime no longer lists as valid.
+// GC releases every attachment of this network that the runtime no longer
+// lists as valid, and passes GC on to the IPAM plugin. Attachments of other
+// networks (sharing the state dir) are not this GC's to judge; a record of
+// an earlier release names no network and is released only by repair, once
+// its netns is gone.
 func (p *Plugin) GC(args *skel.CmdArgs) error {
 	o, err := p.begin(args)
 	if err != nil {
@@ -110,14 +126,21 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	}
 	var errs []error
 	for _, r := range o.repair() {
-		if valid[r.Key()] {
+		switch {
+		case valid[r.Key()]:
 			continue
+		case r.Network == "":
+			o.log.Info("GC: record names no network (written by an earlier release); released only once its netns is gone", "record", r.Key())
+			continue
+		case r.Network != o.conf.Name:
+			continue // another network's
 		}
 		o.log.Info("GC: releasing attachment not in valid-attachments", "record", r.Key(), "owner", r.Pod.String())
-		if err := o.releaseRecord(r, 0); err != nil {
+		if err := o.releaseForGone(r); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, o.ipamGC())
 	if err := errors.Join(errs...); err != nil {
 		return types.NewError(types.ErrInternal, "GC could not release every stale attachment", err.Error())
 	}

@@ -67,8 +67,17 @@ type Record struct {
 	// Devices holds the PF first, then its VFs.
 	Devices []Device `json:"devices"`
 	// Result is the CNI result ADD printed, as JSON in the request's
-	// version; CHECK and an idempotent ADD read it back.
+	// version; CHECK reads it back when the runtime sends no prevResult.
 	Result json.RawMessage `json:"result,omitempty"`
+	// Network is the name of the network (the configuration's "name")
+	// that made the attachment: GC releases only its own network's
+	// records. Records of earlier releases have none.
+	Network string `json:"network,omitempty"`
+	// IPAMConf is the network configuration ADD gave its IPAM plugin (its
+	// stdin without prevResult), so that repair and GC, which run for
+	// other containers or networks, can call the IPAM plugin's DEL for
+	// what they release. Empty without IPAM.
+	IPAMConf json.RawMessage `json:"ipamConf,omitempty"`
 }
 
 // Key names the record of an attachment. Neither a container ID nor an
