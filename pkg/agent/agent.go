@@ -258,6 +258,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer resync.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	var lastRepair time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -274,11 +275,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		repair := a.pending
 		a.pending = false
 		a.mu.Unlock()
+		// A release that keeps failing changes links each time, and each
+		// change asks for repair again: space repairs out, look meanwhile.
+		if wait := minRepairGap - time.Since(lastRepair); repair && wait > 0 {
+			repair = false
+			retry.Reset(wait)
+		}
+		if repair {
+			lastRepair = time.Now()
+		}
 		if a.step(repair) {
 			retry.Reset(100 * time.Millisecond)
 		}
 	}
 }
+
+// minRepairGap is the least time between two repairs by the agent.
+const minRepairGap = 50 * time.Millisecond
 
 // signal asks for a look (with repair when a device may have come home).
 func (a *Agent) signal(repair bool) {

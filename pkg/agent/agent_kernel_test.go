@@ -195,6 +195,16 @@ func TestHealthFollowsTheKernelWithinASecond(t *testing.T) {
 	setUplink(t, n.env.Host, "ens2", false)
 	withinASecond(t, "ens2 no longer an uplink", n.await("ens2 back from uplink", start, func(d devs) bool { return d[pfB.PCI] == pluginapi.Healthy }))
 
+	// ens2 leaves the host netns behind the plugin's back (no record):
+	// missing, Unhealthy, until it is back.
+	elsewhere := n.env.NewPod()
+	start = time.Now()
+	kerneltest.MoveLink(t, n.env.Host, elsewhere, "ens2")
+	withinASecond(t, "ens2 missing", n.await("ens2 missing", start, func(d devs) bool { return d[pfB.PCI] == pluginapi.Unhealthy }))
+	start = time.Now()
+	kerneltest.MoveLink(t, elsewhere, n.env.Host, "ens2")
+	withinASecond(t, "ens2 back", n.await("ens2 back from elsewhere", start, func(d devs) bool { return d[pfB.PCI] == pluginapi.Healthy }))
+
 	// A job takes ens1: held, still Healthy (the kubelet counts it as
 	// allocated). Its workload moves the PF on into a nested netns the
 	// pod's DEL cannot see, so the release stays pending: Unhealthy.
