@@ -65,3 +65,33 @@ func TestStatusCommand(t *testing.T) {
 		t.Errorf("status -o json: %v %+v", err, pfs)
 	}
 }
+
+// The DaemonSet's node.json reaches the node whole, replacing what was
+// there, and a broken one is refused before it can replace a good one.
+func TestInstallNodeConfig(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "cm.json"), filepath.Join(dir, "etc", "sriov-passthrough-cni", "node.json")
+	for _, content := range []string{`{"requireDeviceID":true}`, `{"pfNames":["ens1"]}`} {
+		if err := os.WriteFile(src, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := installFile(src, dst); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(dst); string(got) != content {
+			t.Errorf("installed %q, want %q", got, content)
+		}
+	}
+	if err := os.WriteFile(src, []byte(`{"pfNames":"ens1"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := installFile(src, dst); err == nil {
+		t.Error("a node.json of the wrong shape was installed")
+	}
+	if got, _ := os.ReadFile(dst); string(got) != `{"pfNames":["ens1"]}` {
+		t.Errorf("the good node.json was replaced: %q", got)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(dst), ".node-*")); len(left) != 0 {
+		t.Errorf("temp files left: %v", left)
+	}
+}
