@@ -45,6 +45,9 @@ type Agent struct {
 	// known maps the PCI address of every PF advertised so far to its name.
 	known map[string]string
 	last  map[string]PF
+	// unjudged holds the records whose netns this process cannot judge,
+	// already logged.
+	unjudged map[string]bool
 
 	mu      sync.Mutex
 	wake    chan struct{}
@@ -123,7 +126,19 @@ func (a *Agent) gone(r *state.Record) bool {
 	if netdev.Alive(r.Netns, r.NetnsID) {
 		return false
 	}
-	return a.JudgeNetns == nil || a.JudgeNetns(r.Netns) == nil
+	if a.JudgeNetns == nil {
+		return true
+	}
+	err := a.JudgeNetns(r.Netns)
+	if err != nil && !a.unjudged[r.Key()] {
+		// Once per record: the resync would repeat it every period.
+		a.Log.Warn("cannot tell whether the attachment's netns is gone; leaving it alone", "record", r.Key(), "netns", r.Netns, "why", err)
+		if a.unjudged == nil {
+			a.unjudged = map[string]bool{}
+		}
+		a.unjudged[r.Key()] = true
+	}
+	return err == nil
 }
 
 func (a *Agent) inHost(f func() error) error {
