@@ -21,7 +21,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
 )
 
 func main() {
@@ -185,14 +185,11 @@ func measure(cfg benchConfig, n int, log io.Writer) (point, error) {
 // cycle is one ADD and one DEL into a fresh pod netns, checked before and
 // after; only the ADD and DEL themselves are timed.
 func cycle(w *world, m method, cid string, hostNames, podNames []string) (sample, error) {
-	pod, err := testutils.NewNS()
+	pod, err := kerneltest.CreateNS()
 	if err != nil {
 		return sample{}, fmt.Errorf("create pod netns: %w", err)
 	}
-	defer func() {
-		_ = pod.Close()
-		_ = testutils.UnmountNS(pod)
-	}()
+	defer func() { _ = kerneltest.RemoveNS(pod) }()
 	var s sample
 	var rss int64
 	if s.add, s.rss, err = m.add(w, pod, cid); err != nil {

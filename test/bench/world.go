@@ -7,8 +7,9 @@ import (
 	"sort"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+
+	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
 )
 
 // world is one bench world: a throwaway "host" netns holding one PF and its
@@ -44,7 +45,7 @@ func newWorld(name string, numVFs int) (*world, error) {
 		w.close()
 		return nil, err
 	}
-	if w.host, err = testutils.NewNS(); err != nil {
+	if w.host, err = kerneltest.CreateNS(); err != nil {
 		w.close()
 		return nil, fmt.Errorf("create host netns: %w", err)
 	}
@@ -70,8 +71,7 @@ func (w *world) devices() []device {
 
 func (w *world) close() {
 	if w.host != nil {
-		_ = w.host.Close()
-		_ = testutils.UnmountNS(w.host)
+		_ = kerneltest.RemoveNS(w.host)
 	}
 	_ = os.RemoveAll(w.dir)
 }

@@ -7,14 +7,17 @@ package kerneltest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // RequireRoot skips a test that needs root, with a clear message, except
@@ -59,11 +62,7 @@ type VF struct {
 func New(t testing.TB) *Env {
 	t.Helper()
 	RequireRoot(t)
-	host, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create host netns: %v", err)
-	}
-	t.Cleanup(func() { closeNS(host) })
+	host := NewNS(t, "host")
 	dir := t.TempDir()
 	e := &Env{t: t, Host: host, SysfsRoot: filepath.Join(dir, "sys"), StateDir: filepath.Join(dir, "state"), nextBus: 0x3b}
 	for _, d := range []string{"class/net", "bus/pci/devices", "devices/pci0000:00"} {
@@ -72,29 +71,81 @@ func New(t testing.TB) *Env {
 	return e
 }
 
-// NewPod makes a pod netns, closed and unmounted when the test ends unless
-// the test deleted it first.
+// NewPod makes a pod netns, removed when the test ends unless the test
+// deleted it first.
 func (e *Env) NewPod() ns.NetNS {
 	e.t.Helper()
-	pod, err := testutils.NewNS()
+	return NewNS(e.t, "pod")
+}
+
+// NewNS makes a netns bind-mounted under /var/run/netns (what names a pod's
+// netns on a node) and removes it when the test ends, passed or failed.
+func NewNS(t testing.TB, what string) ns.NetNS {
+	t.Helper()
+	n, err := CreateNS()
 	if err != nil {
-		e.t.Fatalf("create pod netns: %v", err)
+		t.Fatalf("create %s netns: %v", what, err)
 	}
-	e.t.Cleanup(func() { closeNS(pod) })
-	return pod
+	t.Cleanup(func() {
+		if err := RemoveNS(n); err != nil {
+			t.Errorf("remove %s netns: %v", what, err)
+		}
+	})
+	return n
 }
 
-func closeNS(n ns.NetNS) {
-	_ = n.Close()
-	_ = testutils.UnmountNS(n)
+// nsCreate serialises CreateNS within this process.
+var nsCreate sync.Mutex
+
+// CreateNS is testutils.NewNS, one caller at a time; the caller removes the
+// netns (RemoveNS). On a host where /var/run/netns is not yet a mount
+// point, NewNS bind-mounts the directory on itself first, and two callers
+// doing that at once stack two mounts there, one of which nothing removes.
+// A flock on /var/run holds off the tests of other packages, which go test
+// runs in parallel processes.
+func CreateNS() (ns.NetNS, error) {
+	nsCreate.Lock()
+	defer nsCreate.Unlock()
+	if dir, err := os.Open("/var/run"); err == nil {
+		defer dir.Close()
+		if unix.Flock(int(dir.Fd()), unix.LOCK_EX) == nil {
+			defer func() { _ = unix.Flock(int(dir.Fd()), unix.LOCK_UN) }()
+		}
+	}
+	return testutils.NewNS()
 }
 
-// DeleteNS makes a netns go away as a force-deleted pod's does: the handle
-// is closed and the bind mount removed. The kernel destroys it once nothing
-// refers to it; virtual links in it die with it.
+// RemoveNS makes a netns from CreateNS go away as a force-deleted pod's
+// does: the handle closed, the bind mount detached and its file removed.
+// Removing a netns twice is not an error.
+//
+// The detach is lazy. A plain unmount (testutils.UnmountNS) fails with
+// EBUSY while any open file still refers to the mount, and then the netns
+// stays mounted on the host for good. That happens without any leak: a
+// plugin process forked by a parallel test holds a copy of every file of
+// this process, close-on-exec or not, until it execs. Lazily, the path is
+// gone at once and the namespace when the last such file is closed.
+func RemoveNS(n ns.NetNS) error {
+	_ = n.Close() // fails only if already closed
+	path := n.Path()
+	err := unix.Unmount(path, unix.MNT_DETACH)
+	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+// DeleteNS makes a netns go away as a force-deleted pod's does (RemoveNS).
+// The kernel destroys it once nothing refers to it; virtual links in it die
+// with it.
 func DeleteNS(t testing.TB, n ns.NetNS) {
 	t.Helper()
-	closeNS(n)
+	if err := RemoveNS(n); err != nil {
+		t.Errorf("delete netns: %v", err)
+	}
 }
 
 // AddPF creates a PF called name with numVFs VF netdevs named <name>v<i>.

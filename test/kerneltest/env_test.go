@@ -1,7 +1,13 @@
 package kerneltest
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 )
@@ -45,5 +51,49 @@ func TestFakeSysfsReadsLikeRealSysfs(t *testing.T) {
 	}
 	if got, _ := s.PF(pf.PCI); len(got.VFs) != 9 {
 		t.Errorf("after removing a VF the PF has %d VFs, want 9", len(got.VFs))
+	}
+}
+
+// A netns that something still holds open (here a second file through its
+// path, as a plugin process forked meanwhile holds one) leaves no path and
+// no mount on the host: a plain unmount would fail with EBUSY and leave it
+// mounted there.
+func TestRemoveNSWhileHeldLeavesNothingOnTheHost(t *testing.T) {
+	RequireRoot(t)
+	n, err := CreateNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := n.Path()
+	// mountinfo names the mount point with symlinks resolved (/var/run is
+	// one to /run on most hosts).
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mountPoint := filepath.Join(dir, filepath.Base(path))
+	held, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := unix.Unmount(path, 0); !errors.Is(err, unix.EBUSY) {
+		t.Fatalf("plain unmount while held: %v, want EBUSY (the case RemoveNS is for)", err)
+	}
+	if err := RemoveNS(n); err != nil {
+		t.Errorf("RemoveNS while held: %v", err)
+	}
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("%s after RemoveNS: %v, want it gone", path, err)
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mounts), " "+mountPoint+" ") {
+		t.Errorf("%s is still mounted", mountPoint)
+	}
+	if err := RemoveNS(n); err != nil {
+		t.Errorf("RemoveNS twice: %v", err)
 	}
 }

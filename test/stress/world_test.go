@@ -51,7 +51,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -167,7 +166,7 @@ func (w *world) addPF(name string, n int) kerneltest.PF {
 // newPod makes a pod netns.
 func (w *world) newPod() *pod {
 	w.t.Helper()
-	n, err := testutils.NewNS()
+	n, err := kerneltest.CreateNS()
 	if err != nil {
 		w.t.Fatalf("create pod netns: %v", err)
 	}
@@ -225,7 +224,9 @@ func (w *world) dropPod(p *pod) {
 		p.closed = true
 		_ = p.ns.Close()
 		if !p.deleted {
-			_ = testutils.UnmountNS(p.ns)
+			if err := kerneltest.RemoveNS(p.ns); err != nil {
+				w.t.Errorf("remove pod netns: %v", err)
+			}
 		}
 	}
 	delete(w.pods, p.path)
