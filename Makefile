@@ -19,7 +19,7 @@ UNTESTED_MODULES :=
 # Build tags that switch files in (vet sees both sides of failpoints).
 VET_TAGS := e2e,stress,failpoints
 
-.PHONY: all build demo test unit e2e bench bench-vm stress stress-short lint deps clean
+.PHONY: all build demo test unit e2e bench bench-vm stress stress-short lint deps host-snapshot host-check clean
 
 all: build
 
@@ -32,8 +32,10 @@ demo:
 	bash test/vm/run.sh demo
 
 # Every test: VM end-to-end on two kernels, then unit, kernel and integration tests.
-# The unit run goes last so CI output ends with go test's own summary lines.
-test: lint e2e stress-short unit
+# host-snapshot records the host first; host-check, a go test, compares it
+# with the host after every stage and fails on anything a test left behind,
+# so CI output still ends with go test's own summary line.
+test: host-snapshot lint e2e stress-short unit host-check
 
 # Debian packages the host-side tests use (apt only when one is missing).
 deps:
@@ -97,6 +99,14 @@ lint: deps
 		$(GO) -C $$m vet -tags $(VET_TAGS) ./...; \
 	done
 	bash test/shellcheck.sh
+
+HOST_SNAPSHOT := $(CURDIR)/_output/host.snapshot
+host-snapshot:
+	@mkdir -p $(dir $(HOST_SNAPSHOT))
+	bash test/hostcheck.sh snapshot $(HOST_SNAPSHOT)
+
+host-check:
+	SRIOVPT_HOST_SNAPSHOT=$(HOST_SNAPSHOT) $(GO) test -count=1 ./test/hostcheck
 
 clean:
 	rm -rf bin _output
