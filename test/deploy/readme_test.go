@@ -289,3 +289,30 @@ func TestReadmeCnitoolSnippet(t *testing.T) {
 		t.Errorf("%s: no ip netns add", where)
 	}
 }
+
+// The README's test list names every stage `make test` runs, in the
+// Makefile's order, so a stage is never added without saying what it proves.
+func TestReadmeNamesEveryStageOfMakeTest(t *testing.T) {
+	makefile := strings.ReplaceAll(string(readRepoFile(t, "Makefile")), "\\\n", " ")
+	m := regexp.MustCompile(`(?m)^test:(.*)$`).FindStringSubmatch(makefile)
+	if m == nil || len(strings.Fields(m[1])) == 0 {
+		t.Fatal("Makefile: no test target with prerequisites")
+	}
+	stages := strings.Fields(m[1])
+	readme := string(readRepoFile(t, "README.md"))
+	start := strings.Index(readme, "\n## Tests\n")
+	if start < 0 {
+		t.Fatal("README.md has no ## Tests section")
+	}
+	section := readme[start+1:]
+	if end := strings.Index(section[1:], "\n## "); end >= 0 {
+		section = section[:end+1]
+	}
+	var listed []string
+	for _, l := range regexp.MustCompile("(?m)^- `make ([a-z0-9-]+)`").FindAllStringSubmatch(section, -1) {
+		listed = append(listed, l[1])
+	}
+	if !slices.Equal(listed, stages) {
+		t.Errorf("README's ## Tests lists make %v; make test runs %v (same stages, same order)", listed, stages)
+	}
+}
