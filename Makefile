@@ -100,6 +100,9 @@ lint: deps
 	done
 	bash test/shellcheck.sh
 
+# The host as make test found it (test/hostcheck.sh: netns, links, mounts,
+# test temp dirs, our processes, test cgroups), and the go test that fails
+# on anything new at the end. Nothing else may test on the host meanwhile.
 HOST_SNAPSHOT := $(CURDIR)/_output/host.snapshot
 host-snapshot:
 	@mkdir -p $(dir $(HOST_SNAPSHOT))
