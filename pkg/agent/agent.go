@@ -285,6 +285,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.signal(true)
 			continue
 		case <-a.wake:
+			// Events come in bursts (a pod's veth, a release's renames):
+			// let a burst finish and take one look for all of it.
+			time.Sleep(burstWindow)
 		}
 		a.mu.Lock()
 		repair := a.pending
@@ -304,6 +307,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// burstWindow is how long the agent lets events gather before it looks.
+const burstWindow = 20 * time.Millisecond
 
 // minRepairGap is the least time between two repairs by the agent.
 const minRepairGap = 50 * time.Millisecond

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,6 +20,13 @@ var procNetns = regexp.MustCompile(`^/proc/[0-9]+/ns/net$`)
 // (HostToContainer propagation). Without them every live pod's netns looks
 // absent, and releasing on that basis would take running jobs' PFs.
 func CanSeeNetns(path string) error {
+	// Only "no such file" means gone. Opening or even stat'ing another
+	// process's /proc/<pid>/ns/net needs ptrace access to it (a container
+	// without CAP_SYS_PTRACE is refused for processes with more
+	// capabilities than its own): a refusal says nothing about the netns.
+	if _, err := os.Stat(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cannot look at %s: %w", path, err)
+	}
 	if procNetns.MatchString(path) {
 		if !inHostPIDNamespace() {
 			return errors.New("not in the host's pid namespace (hostPID), so /proc/<pid> paths name other processes")

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -99,10 +101,20 @@ func TestCanSeeNetnsInThisNamespace(t *testing.T) {
 	kerneltest.RequireRoot(t)
 	// This test runs in the host's pid namespace, where kernel threads are
 	// visible.
-	if err := CanSeeNetns("/proc/1/ns/net"); err != nil {
+	if err := CanSeeNetns(fmt.Sprintf("/proc/%d/ns/net", os.Getpid())); err != nil {
 		t.Errorf("/proc paths in the host pid namespace: %v", err)
 	}
 	if err := CanSeeNetns("/nonexistent-dir/netns/x"); err == nil {
 		t.Error("a netns path on the root file system was judged visible")
+	}
+	// A path that cannot be looked at (here: through a regular file,
+	// ENOTDIR; in a container: another process's /proc/<pid>/ns/net
+	// without ptrace access, EACCES) is not a path that is gone.
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := CanSeeNetns(notDir + "/ns/net"); err == nil || !strings.Contains(err.Error(), "cannot look at") {
+		t.Errorf("an unreadable netns path was judged: %v", err)
 	}
 }
