@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 )
@@ -46,6 +47,9 @@ func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
 	if !host.Has(pf.Name) {
 		return Verdict{Reason: "its netdev is not in the host netns"}
 	}
+	if bad := notRecordable(pf); bad != "" {
+		return Verdict{Reason: fmt.Sprintf("netdev name %q is not valid UTF-8: a state record cannot hold it, so the device could not be given back", bad), Fixed: true}
+	}
 	if why := host.UplinkReason(pf.Name); why != "" {
 		return Verdict{Reason: "uplink: " + why, Fixed: true}
 	}
@@ -58,6 +62,21 @@ func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
 		}
 	}
 	return Verdict{}
+}
+
+// notRecordable returns the first name of the PF or its VFs that JSON
+// cannot carry (the kernel takes any bytes in a name; JSON turns invalid
+// UTF-8 into U+FFFD), "" if all can be recorded.
+func notRecordable(pf sriov.PF) string {
+	if !utf8.ValidString(pf.Name) {
+		return pf.Name
+	}
+	for _, vf := range pf.VFs {
+		if !utf8.ValidString(vf.Name) {
+			return vf.Name
+		}
+	}
+	return ""
 }
 
 // reservedAs says under which of its names (as "name" or "name (altname

@@ -131,3 +131,15 @@ func TestNamesMatchAltNames(t *testing.T) {
 		}
 	}
 }
+
+// A PF or VF whose host name is not valid UTF-8 is never taken: its record
+// could not name it, and DEL could not give it back under that name.
+func TestNamesARecordCannotHold(t *testing.T) {
+	h := host(Link{Index: 2, Name: "eth\xff"}, Link{Index: 3, Name: "eth1"}, Link{Index: 4, Name: "v\xc3"})
+	if v := (Rules{}).Judge(pf("0000:3b:00.0", "eth\xff"), h); !v.Fixed || !strings.Contains(v.Reason, "not valid UTF-8") {
+		t.Errorf("PF: %+v", v)
+	}
+	if v := (Rules{}).Judge(pf("0000:3c:00.0", "eth1", "v\xc3"), h); !v.Fixed || !strings.Contains(v.Reason, `"v\xc3" is not valid UTF-8`) {
+		t.Errorf("VF: %+v", v)
+	}
+}
