@@ -318,3 +318,60 @@ func TestDelWithUnusableStateDir(t *testing.T) {
 		t.Errorf("host not restored: %v -> %v", before, after)
 	}
 }
+
+// With IPAM, CHECK also holds the PF to the result's addresses and routes
+// (containernetworking's validators): an address the job removed fails it.
+func TestCheckWithIPAMChecksAddressesAndRoutes(t *testing.T) {
+	w := newWorld(t)
+	w.AddPF("ens1f0", 1)
+	list := w.list(map[string]any{"ipam": map[string]any{
+		"type": "host-local", "subnet": "192.0.2.0/28", "dataDir": filepath.Join(t.TempDir(), "ipam"),
+		"routes": []map[string]string{{"dst": "198.51.100.0/24", "gw": "192.0.2.1"}},
+	}})
+	pod := w.NewPod()
+	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), nil)
+	r := rt(pod, "job1", "net1")
+	var res types.Result
+	if err := w.inHost(func() (err error) { res, err = cni.AddNetworkList(context.Background(), list, r); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.inHost(func() error { return cni.DelNetworkList(context.Background(), list, r) }) })
+	check := func() error {
+		return w.inHost(func() error { return cni.CheckNetworkList(context.Background(), list, r) })
+	}
+	if err := check(); err != nil {
+		t.Fatalf("CHECK after ADD with IPAM: %v", err)
+	}
+	var out struct {
+		IPs []struct{ Address string } `json:"ips"`
+	}
+	b, _ := json.Marshal(res)
+	if err := json.Unmarshal(b, &out); err != nil || len(out.IPs) != 1 {
+		t.Fatalf("result IPs: %s", b)
+	}
+	setLink(t, pod, "net1", func(l netlink.Link) error {
+		routes, err := netlink.RouteList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, rt := range routes {
+			if rt.Dst != nil && rt.Dst.String() == "198.51.100.0/24" {
+				return netlink.RouteDel(&rt)
+			}
+		}
+		return errors.New("the result's route is not in the pod")
+	})
+	if err := check(); err == nil || !strings.Contains(err.Error(), "Expected Route {Dst:{IP:198.51.100.0") {
+		t.Errorf("CHECK with the result's route gone: want it named, got %v", err)
+	}
+	setLink(t, pod, "net1", func(l netlink.Link) error {
+		a, err := netlink.ParseAddr(out.IPs[0].Address)
+		if err != nil {
+			return err
+		}
+		return netlink.AddrDel(l, a)
+	})
+	if err := check(); err == nil || !strings.Contains(err.Error(), "Failed to match addr") {
+		t.Errorf("CHECK with the PF's address gone: want it named, got %v", err)
+	}
+}
