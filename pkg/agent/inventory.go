@@ -144,7 +144,11 @@ func pendingWhy(r *state.Record) string {
 	if len(r.Pending()) == 0 {
 		// Every netdev is home, yet the record stays: what is left is the
 		// PF's own state (its SR-IOV configuration) that the release path
-		// could not restore yet; the plugin's log says why.
+		// could not restore yet; the record (sriov.blocked) or the
+		// plugin's log says why.
+		if r.SRIOV != nil && r.SRIOV.Blocked != "" {
+			return "release pending: every device is home; SR-IOV restore waits: " + r.SRIOV.Blocked
+		}
 		return "release pending: every device is home, but the PF's state is not restored yet"
 	}
 	var names []string

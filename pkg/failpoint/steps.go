@@ -30,10 +30,24 @@ const (
 	ReleaseToHost          Step = "release/to-host"          // a device is on the host (per device)
 	ReleaseRestored        Step = "release/restored"         // a device has its MTU, state, no tag (per device)
 	ReleaseRecordRemoved   Step = "release/record-removed"   // the record is gone
+	ReleaseSRIOVRestored   Step = "release/sriov-restored"   // the PF's SR-IOV state is as recorded
 )
 
-// All lists every step, so crash tests cover a new one without an edit.
+// The steps of giving a PF's SR-IOV state back that only a kernel behind
+// sysfs reaches (a fake sysfs file does nothing when written): the e2e
+// crash tests kill the plugin at them in the VM.
+const (
+	ReleaseSRIOVNumVFs Step = "release/sriov-numvfs" // the VFs are re-created (sriov_numvfs through 0)
+	ReleaseSRIOVRebind Step = "release/sriov-rebind" // a VF is back on its driver (per VF)
+)
+
+// All lists every step test/stress reaches, so its crash tests cover a new
+// one without an edit.
 var All = []Step{
 	AddRecordAdding, AddTagged, AddToTransit, AddRenamed, AddToPod, AddUp, AddRecordAttached,
 	ReleaseRecordReleasing, ReleaseToTransit, ReleaseRenamed, ReleaseToHost, ReleaseRestored, ReleaseRecordRemoved,
+	ReleaseSRIOVRestored,
 }
+
+// VMOnly lists the steps only the VM's crash tests reach.
+var VMOnly = []Step{ReleaseSRIOVNumVFs, ReleaseSRIOVRebind}

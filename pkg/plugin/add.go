@@ -103,6 +103,9 @@ func (o *op) plan(pf sriov.PF, view *hostView, pod *netdev.NS) (*state.Record, [
 		Netns: o.args.Netns, NetnsID: id, Pod: o.owner, Phase: state.Adding, Created: time.Now().UTC(),
 		Network: o.conf.Name, IPAMConf: o.ipamConf(),
 	}
+	if rec.SRIOV, err = o.recordSRIOV(pf); err != nil {
+		return nil, nil, types.NewError(types.ErrInternal, "read the SR-IOV state of PF "+pf.PCIAddress, err.Error())
+	}
 	podHas := map[string]bool{}
 	for name := range podLinks {
 		podHas[name] = true

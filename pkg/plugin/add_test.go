@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -358,7 +359,7 @@ func TestAddRepeatedForSameAttachment(t *testing.T) {
 			!strings.Contains(err.Error(), "container c1 already has an attachment on net1: PF "+pf.PCI+" (host name ens1f0), pod ci/job-c1, attached") {
 			t.Fatalf("repeated ADD: want code 4 naming the attachment, got %v", err)
 		}
-		if after := readRecord(t, e, "c1", "net1"); fmt.Sprint(after) != fmt.Sprint(before) {
+		if after := readRecord(t, e, "c1", "net1"); !bytes.Equal(mustJSON(t, after), mustJSON(t, before)) {
 			t.Errorf("record changed:\n%+v\n%+v", before, after)
 		}
 		if got := pciIn(t, pod); fmt.Sprint(got) != fmt.Sprint(inPod) {

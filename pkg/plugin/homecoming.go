@@ -61,7 +61,7 @@ func (o *op) newHomecoming(rec *state.Record, places []*netdev.NS) *homecoming {
 	return &homecoming{o: o, rec: rec, search: append(search, o.host), found: map[string]*location{}}
 }
 
-func (h *homecoming) close() { h.transit.Close() }
+func (h *homecoming) close() { h.transit.Close(); h.transit = nil }
 
 func (h *homecoming) allFound() bool { return len(h.found) == len(h.rec.Pending()) }
 
@@ -233,8 +233,9 @@ func (h *homecoming) leaveTransit() error {
 func (h *homecoming) reportMissing(log *slog.Logger) {
 	for _, d := range h.rec.Pending() {
 		if _, ok := h.found[d.PCIAddress]; !ok {
-			log.Warn("device not found in the pod or on the host; will retry on the next ADD, DEL or GC",
-				"pci", d.PCIAddress, "originalName", d.OriginalName, "podName", d.PodName)
+			log.Warn("device not found in the pod or on the host: it is in a network namespace the workload made (a kind node?) that is still alive; "+
+				"delete that netns or move the device back, and the next ADD, DEL or GC finishes",
+				"pci", d.PCIAddress, "originalName", d.OriginalName, "lastSeenAs", d.PodName, "podNetns", h.rec.Netns)
 		}
 	}
 }
@@ -277,6 +278,14 @@ func (o *op) restoreHostState(rec *state.Record, h *homecoming, log *slog.Logger
 }
 
 func (o *op) restoreDevice(l netlink.Link, d *state.Device) error {
+	// A VF netdev that the job's re-creation or rebind brought back has a
+	// fresh MAC (igb hands re-created VFs random ones); set its own on the
+	// netdev, which the VF driver asks the PF for.
+	if d.MAC != "" && l.Attrs().HardwareAddr.String() != d.MAC {
+		if err := o.host.SetMAC(l, d.MAC); err != nil {
+			return err
+		}
+	}
 	if err := o.host.SetMTU(l, d.MTU); err != nil {
 		return err
 	}

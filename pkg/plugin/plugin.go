@@ -33,6 +33,9 @@ type Plugin struct {
 	// down asynchronously, and only then hands its physical devices back
 	// to init_net.
 	SettleTimeout time.Duration
+	// ProcRoot is where procfs is mounted ("" is /proc): the release looks
+	// there for processes holding a VF through vfio.
+	ProcRoot string
 	// Stdout receives the CNI result; Stderr the logs when the
 	// configuration names no logFile.
 	Stdout, Stderr io.Writer

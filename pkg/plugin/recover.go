@@ -26,6 +26,9 @@ func (o *op) releaseRecord(rec *state.Record, settle time.Duration) (trusted boo
 		for i := range rec.Devices {
 			rec.Devices[i].Released = true
 		}
+		if rec.SRIOV != nil {
+			rec.SRIOV.Restored = true
+		}
 		return false, nil
 	}
 	pod := netdev.OpenIfAlive(rec.Netns, rec.NetnsID)
@@ -73,7 +76,7 @@ func (o *op) repair() []*state.Record {
 			if err := o.releaseForGone(r); err != nil {
 				o.log.Error("repair of stale attachment failed; will retry", "record", r.Key(), "error", err)
 			}
-			if len(r.Pending()) == 0 {
+			if !r.Holds() {
 				continue
 			}
 		}
@@ -169,9 +172,18 @@ func (o *op) vet(rec *state.Record) error {
 	for _, vf := range pf.VFs {
 		vfs[vf.PCIAddress] = true
 	}
+	addrs := []string{}
 	for _, d := range rec.Devices[1:] {
-		if !vfs[d.PCIAddress] && o.sys.DeviceExists(d.PCIAddress) {
-			return fmt.Errorf("device %s is not a VF of PF %s", d.PCIAddress, pf.PCIAddress)
+		addrs = append(addrs, d.PCIAddress)
+	}
+	if rec.SRIOV != nil {
+		for _, v := range rec.SRIOV.VFs {
+			addrs = append(addrs, v.PCIAddress)
+		}
+	}
+	for _, a := range addrs {
+		if !vfs[a] && o.sys.DeviceExists(a) {
+			return fmt.Errorf("device %s is not a VF of PF %s", a, pf.PCIAddress)
 		}
 	}
 	return nil

@@ -22,7 +22,7 @@ func (o *op) release(rec *state.Record, places []*netdev.NS, settle time.Duratio
 	if err := o.markReleasing(rec); err != nil {
 		return err
 	}
-	o.dropVanished(rec, log)
+	o.detachNetdevless(rec, log)
 	trip := o.newHomecoming(rec, places)
 	defer trip.close()
 	err := retryUntil(settle, func() (bool, error) {
@@ -34,6 +34,8 @@ func (o *op) release(rec *state.Record, places []*netdev.NS, settle time.Duratio
 	err = errors.Join(err, trip.leaveTransit())
 	err = errors.Join(err, o.restoreHostState(rec, trip, log))
 	trip.reportMissing(log)
+	trip.close()
+	err = errors.Join(err, o.restoreSRIOV(rec, log))
 	return o.saveOrFinish(rec, err, log)
 }
 
@@ -51,21 +53,10 @@ func (o *op) markReleasing(rec *state.Record) error {
 	return nil
 }
 
-// dropVanished marks devices whose PCI function no longer exists as done:
-// lowering sriov_numvfs removes VFs, and their netdevs with them.
-func (o *op) dropVanished(rec *state.Record, log *slog.Logger) {
-	for _, d := range rec.Pending() {
-		if !o.sys.DeviceExists(d.PCIAddress) {
-			log.Warn("PCI function is gone from the node; dropping it from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
-			d.Released = true
-		}
-	}
-}
-
 // saveOrFinish keeps the record while a device is still pending, and
 // removes it once every device is home.
 func (o *op) saveOrFinish(rec *state.Record, err error, log *slog.Logger) error {
-	if len(rec.Pending()) > 0 {
+	if rec.Holds() {
 		return errors.Join(err, o.store.Save(rec))
 	}
 	if rerr := o.store.Remove(rec.Key()); rerr != nil {

@@ -115,7 +115,7 @@ func (o *op) rules(recs []*state.Record) (policy.Rules, error) {
 }
 
 func holderOf(r *state.Record) string {
-	return fmt.Sprintf("pod %s (container %s, %s, %s)", r.Pod, r.ContainerID, r.IfName, r.Phase)
+	return fmt.Sprintf("pod %s (container %s, %s, %s%s)", r.Pod, r.ContainerID, r.IfName, r.Phase, blockedReason(r))
 }
 
 // choosePF picks the PF for this attachment: the pinned one, or the free

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/utils"
@@ -18,7 +19,10 @@ import (
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 )
 
-// Version of the record format.
+// Version of the record format. Fields are only ever added, never
+// repurposed, so it stays 1: the previous release reads a record this one
+// wrote (ignoring what it does not know) and releases its netdevs, and this
+// one reads the previous release's records, which lack the SR-IOV fields.
 const Version = 1
 
 // Phase says how far an operation on an attachment got.
@@ -49,6 +53,13 @@ type Device struct {
 	// Released is set once the device is back on the host under its
 	// original name.
 	Released bool `json:"released,omitempty"`
+	// Detached is set, with Released, when the device's netdev went away
+	// with its driver (a VF bound to vfio-pci) or its PCI function
+	// (sriov_numvfs lowered): restoring the PF's SR-IOV state brings it
+	// back, and then it is restored like the others and Detached cleared.
+	// Released is set too so that a release without SR-IOV state (the
+	// previous binary, after a rollback) does not wait for it forever.
+	Detached bool `json:"detached,omitempty"`
 }
 
 // IsPF reports whether the device is the physical function.
@@ -66,6 +77,9 @@ type Record struct {
 	Created     time.Time  `json:"created"`
 	// Devices holds the PF first, then its VFs.
 	Devices []Device `json:"devices"`
+	// SRIOV is the PF's SR-IOV configuration at ADD; nil in records written
+	// before the plugin recorded it (then only netdevs are given back).
+	SRIOV *SRIOV `json:"sriov,omitempty"`
 	// Result is the CNI result ADD printed, as JSON in the request's
 	// version; CHECK reads it back when the runtime sends no prevResult.
 	Result json.RawMessage `json:"result,omitempty"`
@@ -78,6 +92,37 @@ type Record struct {
 	// other containers or networks, can call the IPAM plugin's DEL for
 	// what they release. Empty without IPAM.
 	IPAMConf json.RawMessage `json:"ipamConf,omitempty"`
+}
+
+// SRIOV is what a job can change about a PF's SR-IOV configuration and
+// the node gets back at release.
+type SRIOV struct {
+	NumVFs           int  `json:"numVFs"`
+	DriversAutoprobe bool `json:"driversAutoprobe"`
+	// VFs lists every VF the PF had, with or without a netdev.
+	VFs []VF `json:"vfs"`
+	// Restored is set once the configuration is back as recorded.
+	Restored bool `json:"restored,omitempty"`
+	// Blocked says why the restore could not run yet (a VF held through
+	// vfio); the PF stays out of the pool until a later run finds it free.
+	Blocked string `json:"blocked,omitempty"`
+}
+
+// VF is one VF's PCI-level state and the settings its PF reports for it
+// over netlink (ip link show PF: the "vf N" lines).
+type VF struct {
+	Index          int    `json:"index"`
+	PCIAddress     string `json:"pciAddress"`
+	Driver         string `json:"driver,omitempty"`
+	DriverOverride string `json:"driverOverride,omitempty"`
+	// PFSide is nil when the PF driver reports nothing for this VF.
+	PFSide *netdev.VFConfig `json:"pfSide,omitempty"`
+}
+
+// Holds reports whether the record still holds anything of the node: a
+// device not yet home, or SR-IOV state not yet restored.
+func (r *Record) Holds() bool {
+	return len(r.Pending()) > 0 || (r.SRIOV != nil && !r.SRIOV.Restored)
 }
 
 // Key names the record of an attachment. Neither a container ID nor an
@@ -146,8 +191,37 @@ func (r *Record) Validate() error {
 			errs = append(errs, fmt.Errorf("device %d: the PF must come first and only once", i))
 		}
 	}
+	if r.SRIOV != nil {
+		errs = append(errs, r.SRIOV.validate()...)
+	}
 	return errors.Join(errs...)
 }
+
+// validate checks what a restore would write: PCI addresses (each write is
+// also vetted against the PF's own virtfn links) and driver names, which go
+// into driver_override.
+func (s *SRIOV) validate() []error {
+	var errs []error
+	if s.NumVFs < 0 || len(s.VFs) > s.NumVFs {
+		errs = append(errs, fmt.Errorf("sriov: %d VFs listed for numVFs %d", len(s.VFs), s.NumVFs))
+	}
+	seen := map[string]bool{}
+	for i, vf := range s.VFs {
+		if !config.IsPCIAddress(vf.PCIAddress) || seen[vf.PCIAddress] {
+			errs = append(errs, fmt.Errorf("sriov VF %d: bad or repeated PCI address %q", i, vf.PCIAddress))
+		}
+		seen[vf.PCIAddress] = true
+		for _, d := range []string{vf.Driver, vf.DriverOverride} {
+			if d != "" && !driverName.MatchString(d) {
+				errs = append(errs, fmt.Errorf("sriov VF %d: bad driver name %q", i, d))
+			}
+		}
+	}
+	return errs
+}
+
+// driverName is what a kernel module's driver name can be.
+var driverName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
 // Decode parses and validates a record.
 func Decode(data []byte) (*Record, error) {

@@ -39,8 +39,11 @@ type Env struct {
 	Host      ns.NetNS
 	SysfsRoot string
 	StateDir  string
-	PFs       []PF
-	nextBus   int
+	// ProcRoot is the proc tree the plugin looks in for processes holding
+	// VFs through vfio; "" is the real /proc.
+	ProcRoot string
+	PFs      []PF
+	nextBus  int
 }
 
 // PF is a fake PF: its PCI address, host name and VFs.
@@ -222,6 +225,33 @@ func (e *Env) RemoveVF(pf PF, index int) {
 	if vf.Name != "" {
 		_ = os.Remove(filepath.Join(e.SysfsRoot, "class", "net", vf.Name))
 	}
+}
+
+// BindVFIO makes a VF look bound to vfio-pci by a job (driver_override,
+// unbind, drivers_probe): sysfs lists no netdev for it (the caller deletes
+// the ifb link wherever it is), its driver link points at vfio-pci and its
+// IOMMU group is group. The tree gets the files a release writes to give
+// the VF back (driver_override, the driver's unbind, drivers_probe); the
+// fake kernel behind them does nothing, so a test reads what was written.
+func (e *Env) BindVFIO(vf VF, group int) {
+	e.t.Helper()
+	dev := filepath.Join(e.SysfsRoot, "devices", "pci0000:00", vf.PCI)
+	if vf.Name != "" {
+		must(e.t, os.RemoveAll(filepath.Join(dev, "net")))
+		_ = os.Remove(filepath.Join(e.SysfsRoot, "class", "net", vf.Name))
+	}
+	drv := filepath.Join(e.SysfsRoot, "bus", "pci", "drivers", "vfio-pci")
+	must(e.t, os.MkdirAll(drv, 0o755))
+	for _, f := range []string{filepath.Join(drv, "unbind"), filepath.Join(e.SysfsRoot, "bus", "pci", "drivers_probe")} {
+		if _, err := os.Stat(f); err != nil {
+			e.writeFile(f, "")
+		}
+	}
+	must(e.t, os.Symlink("../../../bus/pci/drivers/vfio-pci", filepath.Join(dev, "driver")))
+	e.writeFile(filepath.Join(dev, "driver_override"), "vfio-pci")
+	g := filepath.Join(e.SysfsRoot, "kernel", "iommu_groups", fmt.Sprint(group))
+	must(e.t, os.MkdirAll(g, 0o755))
+	must(e.t, os.Symlink("../../../kernel/iommu_groups/"+fmt.Sprint(group), filepath.Join(dev, "iommu_group")))
 }
 
 func (e *Env) writeFile(path, content string) {

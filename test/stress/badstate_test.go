@@ -57,6 +57,18 @@ var badRecords = map[string]func(base []byte, rec map[string]any, pf1 kerneltest
 		vf := devs[1].(map[string]any)
 		vf["pciAddress"], vf["originalName"], vf["mtu"], vf["up"] = plainPCI, plainName, 1280, true
 	}),
+	// SR-IOV state is written back at release: a tampered record must not
+	// rebind, or re-create the VFs of, anything but its own PF's VFs.
+	"sriov-plain-nic-as-vf": editSRIOV(func(s map[string]any, vf map[string]any) {
+		vf["pciAddress"], vf["driver"], vf["driverOverride"] = plainPCI, "vfio-pci", "vfio-pci"
+	}),
+	"sriov-pf-as-its-own-vf": func(_ []byte, r map[string]any, pf1 kerneltest.PF) []byte {
+		return editSRIOV(func(_ map[string]any, vf map[string]any) {
+			vf["pciAddress"], vf["driver"] = pf1.PCI, "vfio-pci"
+		})(nil, r, pf1)
+	},
+	"sriov-driver-path":     editSRIOV(func(_ map[string]any, vf map[string]any) { vf["driverOverride"] = "../../../../module/igb" }),
+	"sriov-numvfs-negative": editSRIOV(func(s map[string]any, _ map[string]any) { s["numVFs"] = -1 }),
 	"duplicate-pci": func(_ []byte, r map[string]any, _ kerneltest.PF) []byte {
 		devs := r["devices"].([]any)
 		dup := map[string]any{}
@@ -80,6 +92,24 @@ func edit(f func(map[string]any)) func([]byte, map[string]any, kerneltest.PF) []
 
 func editDev(i int, f func(map[string]any)) func([]byte, map[string]any, kerneltest.PF) []byte {
 	return edit(func(r map[string]any) { f(r["devices"].([]any)[i].(map[string]any)) })
+}
+
+// editSRIOV edits the record's SR-IOV state and its first VF, made up
+// when the record has none to edit.
+func editSRIOV(f func(s, vf map[string]any)) func([]byte, map[string]any, kerneltest.PF) []byte {
+	return edit(func(r map[string]any) {
+		s, ok := r["sriov"].(map[string]any)
+		if !ok {
+			s = map[string]any{"numVFs": 1, "driversAutoprobe": true}
+			r["sriov"] = s
+		}
+		vfs, _ := s["vfs"].([]any)
+		if len(vfs) == 0 {
+			vfs = []any{map[string]any{"index": 0}}
+			s["vfs"] = vfs
+		}
+		f(s, vfs[0].(map[string]any))
+	})
 }
 
 func mustJSON(v any) []byte {
@@ -152,6 +182,7 @@ func badRecord(t *testing.T, mk func([]byte, map[string]any, kerneltest.PF) []by
 		w.deletePod(bad.pod)
 	}
 
+	sysfsBefore := sysfsFiles(t, w.SysfsRoot)
 	other := attachment{"other", "net1", w.newPod()}
 	r := w.exec("ADD", other, opts{})
 	_, decodes := state.Decode(data)
@@ -181,6 +212,9 @@ func badRecord(t *testing.T, mk func([]byte, map[string]any, kerneltest.PF) []by
 	}
 	if aside, _ := filepath.Glob(file + ".bad-*"); len(aside) != 1 {
 		t.Errorf("bad record not kept aside exactly once: %v", aside)
+	}
+	if after := sysfsFiles(t, w.SysfsRoot); after != sysfsBefore {
+		t.Errorf("a sysfs file was written:\nbefore: %s\nafter:  %s", sysfsBefore, after)
 	}
 	if after := w.linkState(plainName); after != plainBefore {
 		t.Errorf("the plain NIC was touched: before %s, after %s", plainBefore, after)
@@ -225,4 +259,24 @@ func TestStateModes(t *testing.T) {
 	}
 	w.mustDel(a)
 	w.assert(true, "after DEL")
+}
+
+// sysfsFiles is every regular file of the fake sysfs tree with its
+// content: what a release could have written (driver_override, unbind,
+// sriov_numvfs, ...).
+func sysfsFiles(t *testing.T, root string) string {
+	t.Helper()
+	var out []string
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || !fi.Mode().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		out = append(out, fmt.Sprintf("%s=%q", strings.TrimPrefix(p, root), b))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(out, " ")
 }

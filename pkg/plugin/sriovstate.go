@@ -1,0 +1,356 @@
+package plugin
+
+// A PF's SR-IOV configuration is part of what an attachment takes: a
+// kind-sriov job re-creates the VFs (sriov_numvfs 0, then N) and binds
+// some to vfio-pci. ADD records it; release gives it back once the PF is
+// home, and brings back the VF netdevs that went away with it.
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
+)
+
+// vfNetdevWait bounds the wait for VF netdevs after a rebind or after
+// re-creating the VFs: the VF driver registers them as it probes.
+const vfNetdevWait = 10 * time.Second
+
+// recordSRIOV reads the PF's SR-IOV configuration and the PF's view of
+// its VFs, for the record ADD writes.
+func (o *op) recordSRIOV(pf sriov.PF) (*state.SRIOV, error) {
+	st, err := o.sys.State(pf.PCIAddress)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := o.host.VFConfigs(pf.Name)
+	if err != nil {
+		return nil, err
+	}
+	s := &state.SRIOV{NumVFs: st.NumVFs, DriversAutoprobe: st.Autoprobe}
+	for _, vf := range st.VFs {
+		v := state.VF{Index: vf.Index, PCIAddress: vf.PCIAddress, Driver: vf.Driver, DriverOverride: vf.Override}
+		if c, ok := cfg[vf.Index]; ok {
+			v.PFSide = &c
+		}
+		s.VFs = append(s.VFs, v)
+	}
+	return s, nil
+}
+
+// detachNetdevless marks the VF devices whose netdev cannot be anywhere:
+// their PCI function is gone (sriov_numvfs lowered) or bound to another
+// driver than at ADD (vfio-pci, or none). They are not missing: restoring
+// the SR-IOV state brings them back. A record of an earlier release has no
+// SR-IOV state to restore them from; their VFs are left as they are.
+func (o *op) detachNetdevless(rec *state.Record, log *slog.Logger) {
+	recorded := map[string]string{}
+	if rec.SRIOV != nil {
+		for _, v := range rec.SRIOV.VFs {
+			recorded[v.PCIAddress] = v.Driver
+		}
+	}
+	for _, d := range rec.Pending() {
+		exists := o.sys.DeviceExists(d.PCIAddress)
+		if d.IsPF() {
+			if !exists {
+				log.Warn("PF is gone from the node; dropping it and its SR-IOV state from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
+				d.Released = true
+				if rec.SRIOV != nil {
+					rec.SRIOV.Restored = true
+				}
+			}
+			continue
+		}
+		drv := o.sys.Driver(d.PCIAddress)
+		switch {
+		case rec.SRIOV != nil && (!exists || drv != recorded[d.PCIAddress]):
+			log.Info("VF has no netdev now; restoring the PF's SR-IOV state brings it back",
+				"pci", d.PCIAddress, "originalName", d.OriginalName, "exists", exists, "driver", drv)
+			d.Released, d.Detached = true, true
+		case !exists:
+			log.Warn("PCI function is gone from the node; dropping it from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
+			d.Released = true
+		case rec.SRIOV == nil && (drv == "vfio-pci" || drv == "" && !o.sys.HasNetdev(d.PCIAddress)):
+			log.Warn("VF has no netdev (driver "+orNone(drv)+") and the record, from an earlier release, has no SR-IOV state to restore it; left as it is",
+				"pci", d.PCIAddress, "originalName", d.OriginalName)
+			d.Released = true
+		}
+	}
+}
+
+// restoreSRIOV gives the PF back its SR-IOV configuration once the PF and
+// every netdev still to come are home, then brings the VF netdevs back.
+// A VF held through vfio stops it before any write (the kernel would block
+// in the unbind or in sriov_numvfs, with the node's lock held): the reason
+// stays in the record, the PF out of the pool, and a later run retries.
+func (o *op) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
+	s := rec.SRIOV
+	if s == nil || s.Restored || len(rec.Pending()) > 0 {
+		return nil
+	}
+	pf := rec.PF().PCIAddress
+	cur, err := o.sys.State(pf)
+	if err != nil {
+		return err
+	}
+	if sriovDiffers(s, cur) {
+		if held := o.vfioHeld(s, cur); held != "" {
+			if s.Blocked != held {
+				log.Warn("VF held through vfio: the PF's SR-IOV state is restored once it is free; the PF stays out of the pool", "blocked", held)
+			}
+			s.Blocked = held
+			return nil
+		}
+		s.Blocked = ""
+		if err := o.applySRIOV(rec, cur, log); err != nil {
+			return err
+		}
+	}
+	if err := o.bringBackVFs(rec, log); err != nil {
+		return err
+	}
+	if err := o.restorePFSide(rec); err != nil {
+		return err
+	}
+	if len(rec.Pending()) > 0 || anyDetached(rec) {
+		return nil
+	}
+	s.Restored = true
+	failpoint.Hit(failpoint.ReleaseSRIOVRestored)
+	log.Info("SR-IOV state of the PF restored", "numVFs", s.NumVFs)
+	return nil
+}
+
+func sriovDiffers(s *state.SRIOV, cur sriov.State) bool {
+	if cur.NumVFs != s.NumVFs || cur.Autoprobe != s.DriversAutoprobe {
+		return true
+	}
+	have := map[string]sriov.VFState{}
+	for _, v := range cur.VFs {
+		have[v.PCIAddress] = v
+	}
+	for _, v := range s.VFs {
+		if h := have[v.PCIAddress]; h.Driver != v.Driver || h.Override != v.DriverOverride {
+			return true
+		}
+	}
+	return false
+}
+
+// vfioHeld names the VFs the restore would unbind from vfio-pci (all of
+// them when the VF count changes, else those whose driver changes) that a
+// process holds, "" when none is. A VF that was on vfio-pci at ADD and
+// stays there may be held: the restore does not touch it.
+func (o *op) vfioHeld(s *state.SRIOV, cur sriov.State) string {
+	recorded := map[string]state.VF{}
+	for _, v := range s.VFs {
+		recorded[v.PCIAddress] = v
+	}
+	var vfs []string
+	for _, v := range cur.VFs {
+		r, ok := recorded[v.PCIAddress]
+		touched := cur.NumVFs != s.NumVFs || !ok || r.Driver != v.Driver || r.DriverOverride != v.Override
+		if v.Driver == "vfio-pci" && touched {
+			vfs = append(vfs, v.PCIAddress)
+		}
+	}
+	if len(vfs) == 0 {
+		return ""
+	}
+	hs, err := o.sys.VFIOHolders(o.procRoot(), vfs)
+	if err != nil {
+		return "cannot look for processes holding its VFs through vfio: " + err.Error()
+	}
+	var out []string
+	for _, h := range hs {
+		out = append(out, h.String())
+	}
+	return strings.Join(out, "; ")
+}
+
+// applySRIOV writes the recorded configuration: autoprobe first (new VFs
+// must find their driver), sriov_numvfs through 0 when the count differs
+// (every VF netdev goes away with it), then each VF's driver.
+func (o *op) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger) error {
+	s, pf := rec.SRIOV, rec.PF().PCIAddress
+	if cur.Autoprobe != s.DriversAutoprobe {
+		if err := o.sys.SetAutoprobe(pf, s.DriversAutoprobe); err != nil {
+			return err
+		}
+	}
+	if cur.NumVFs != s.NumVFs {
+		log.Info("re-creating the PF's VFs", "numVFs", cur.NumVFs, "want", s.NumVFs)
+		if err := o.sys.SetNumVFs(pf, s.NumVFs); err != nil {
+			return err
+		}
+		failpoint.Hit(failpoint.ReleaseSRIOVNumVFs)
+		// Every VF netdev went with the old VFs; new ones come.
+		for i := range rec.Devices[1:] {
+			rec.Devices[1+i].Released, rec.Devices[1+i].Detached = true, true
+		}
+		var err error
+		if cur, err = o.sys.State(pf); err != nil {
+			return err
+		}
+	}
+	have := map[string]sriov.VFState{}
+	for _, v := range cur.VFs {
+		have[v.PCIAddress] = v
+	}
+	var errs []error
+	for _, v := range s.VFs {
+		if h := have[v.PCIAddress]; h.Driver == v.Driver && h.Override == v.DriverOverride {
+			continue
+		}
+		if err := o.sys.Rebind(pf, v.PCIAddress, v.Driver, v.DriverOverride); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		failpoint.Hit(failpoint.ReleaseSRIOVRebind)
+		for i := range rec.Devices[1:] {
+			if d := &rec.Devices[1+i]; d.PCIAddress == v.PCIAddress {
+				d.Released, d.Detached = true, true
+			}
+		}
+		log.Info("VF back on its driver", "pci", v.PCIAddress, "driver", orNone(v.Driver))
+	}
+	return errors.Join(errs...)
+}
+
+// bringBackVFs waits for the netdevs of the record's VFs, then gives each
+// one that is not as recorded (a new netdev after re-creation or rebind,
+// under a kernel name and a fresh MAC) back its name, MAC, MTU and admin
+// state, through the same homecoming as DEL's.
+func (o *op) bringBackVFs(rec *state.Record, log *slog.Logger) error {
+	var host map[string]netlink.Link
+	deadline := time.Now().Add(vfNetdevWait)
+	for {
+		var err error
+		if host, err = o.host.ByPCI(); err != nil {
+			return err
+		}
+		if o.allVFNetdevs(rec, host) || !time.Now().Before(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := range rec.Devices[1:] {
+		d := &rec.Devices[1+i]
+		l, ok := host[d.PCIAddress]
+		if !ok && d.Detached && !o.sys.DeviceExists(d.PCIAddress) {
+			// The SR-IOV state is as recorded and the VF is still gone
+			// (hot-unplugged): nothing can bring it back.
+			log.Warn("VF is gone from the node although the PF's VF count is restored; dropping it from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
+			d.Detached = false
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if d.Detached || l.Attrs().Name != d.OriginalName || l.Attrs().HardwareAddr.String() != d.MAC {
+			d.Released, d.Detached = false, false
+		}
+	}
+	if len(rec.Pending()) == 0 {
+		return nil
+	}
+	trip := o.newHomecoming(rec, nil)
+	defer trip.close()
+	err := trip.locate()
+	if err == nil {
+		err = trip.bringHome()
+	}
+	err = errors.Join(err, trip.leaveTransit())
+	return errors.Join(err, o.restoreHostState(rec, trip, log))
+}
+
+// allVFNetdevs reports whether every detached VF that its driver gives a
+// netdev (it is bound to the driver it had at ADD) has one on the host.
+func (o *op) allVFNetdevs(rec *state.Record, host map[string]netlink.Link) bool {
+	drivers := map[string]string{}
+	for _, v := range rec.SRIOV.VFs {
+		drivers[v.PCIAddress] = v.Driver
+	}
+	for _, d := range rec.Devices[1:] {
+		if !d.Detached || !o.sys.DeviceExists(d.PCIAddress) || o.sys.Driver(d.PCIAddress) != drivers[d.PCIAddress] {
+			continue
+		}
+		if _, ok := host[d.PCIAddress]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func anyDetached(rec *state.Record) bool {
+	for _, d := range rec.Devices {
+		if d.Detached {
+			return true
+		}
+	}
+	return false
+}
+
+// restorePFSide gives each VF back the settings its PF reported at ADD.
+// A VF's MAC came back on its netdev; through the PF it is set only for a
+// VF that had no netdev and a MAC set before.
+func (o *op) restorePFSide(rec *state.Record) error {
+	pfName := rec.PF().OriginalName
+	have, err := o.host.VFConfigs(pfName)
+	if err != nil {
+		return err
+	}
+	hasNetdev := map[string]bool{}
+	for _, d := range rec.Devices[1:] {
+		hasNetdev[d.PCIAddress] = true
+	}
+	var errs []error
+	for _, v := range rec.SRIOV.VFs {
+		h, ok := have[v.Index]
+		if v.PFSide == nil || !ok {
+			continue // the PF driver reports nothing for it
+		}
+		setMAC := !hasNetdev[v.PCIAddress] && v.PFSide.MAC != "00:00:00:00:00:00" && v.PFSide.MAC != ""
+		if err := o.host.SetVFConfig(pfName, v.Index, h, *v.PFSide, setMAC); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (o *op) procRoot() string {
+	if o.ProcRoot == "" {
+		return "/proc"
+	}
+	return o.ProcRoot
+}
+
+// blockedReason is what a releasing record still waits for, for code-11
+// details: devices out of reach, or a VF held through vfio.
+func blockedReason(r *state.Record) string {
+	var out string
+	if r.Phase == state.Releasing {
+		for _, d := range r.Pending() {
+			out += fmt.Sprintf("; waiting for %s (%s), last seen as %s in pod netns %s or one nested in it", d.OriginalName, d.PCIAddress, d.PodName, r.Netns)
+		}
+	}
+	if r.SRIOV != nil && r.SRIOV.Blocked != "" {
+		out += "; SR-IOV restore waits: " + r.SRIOV.Blocked
+	}
+	return out
+}
+
+func orNone(driver string) string {
+	if driver == "" {
+		return "none"
+	}
+	return driver
+}
