@@ -99,3 +99,43 @@ func TestCrashDuringDelThenDel(t *testing.T) {
 		})
 	}
 }
+
+// The plugin is killed at each step of giving a job's SR-IOV changes back:
+// the VFs re-created, a VF rebound to its driver, the restore marked done.
+// The runtime's next DEL finishes, and the node is as before the job.
+func TestCrashDuringSRIOVRestore(t *testing.T) {
+	for _, step := range []string{string(fp.ReleaseSRIOVNumVFs), fp.ReleaseSRIOVRebind.At(2), string(fp.ReleaseSRIOVRestored)} {
+		t.Run(step, func(t *testing.T) {
+			h := failpointHarness(t)
+			before := mustSnapshot(t)
+			var p *pod
+			if step == fp.ReleaseSRIOVRebind.At(2) {
+				// Only VFs bound elsewhere with their count unchanged are
+				// rebound one by one; re-creating them rebinds them all.
+				p = h.newPod()
+				if _, err := h.libAdd(p, "net1"); err != nil {
+					t.Fatalf("ADD: %v", err)
+				}
+				for _, vf := range vfsOf[pfs[0].PCI][:2] {
+					if err := bindVFIO(vf); err != nil {
+						t.Fatal(err)
+					}
+				}
+			} else {
+				j := startJob(t, h, pfs[0].PCI)
+				run(t, "ip", "-n", j.kind.name, "link", "set", "net1", "netns", j.pod.name)
+				j.kind.remove()
+				p = j.pod
+			}
+			t.Setenv("SRIOVPT_FAILPOINT", step)
+			if err := h.libDel(p, "net1"); err == nil {
+				t.Fatalf("DEL with failpoint %s succeeded", step)
+			}
+			t.Setenv("SRIOVPT_FAILPOINT", "")
+			if err := h.libDel(p, "net1"); err != nil {
+				t.Fatalf("DEL after the crash: %v", err)
+			}
+			assertNodeAsBefore(t, h, before, "DEL killed at "+step+" and retried")
+		})
+	}
+}

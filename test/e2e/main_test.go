@@ -29,6 +29,13 @@ var restoreChecked sync.Map // *testing.T -> true once requireHostRestored is re
 const systemReservedFile = "/etc/pfscni-system-reserved-interfaces"
 
 func TestMain(m *testing.M) {
+	if vf := os.Getenv("E2E_HOLD_VF"); vf != "" {
+		if err := holdVF(vf); err != nil {
+			fmt.Fprintf(os.Stderr, "hold %s: %v\n", vf, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if err := setup(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e setup: %v\n", err)
 		os.Exit(1)

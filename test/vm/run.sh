@@ -15,12 +15,15 @@
 # Environment:
 #   SRIOVPT_VM_CACHE    cache directory (default /var/cache/sriov-passthrough-cni-vm)
 #   SRIOVPT_VM_KERNELS  kernels to run e2e on, space separated (default "6.1 6.12")
-#   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 480; a cached e2e VM takes ~100)
+#   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 900; six e2e VMs side by side on
+#                       two cores take 300-460 s each)
 #   SRIOVPT_VM_SMP      guest CPUs (default: host CPUs, at most 4)
 #   SRIOVPT_VM_SERIAL   set: boot the e2e VMs one after the other, not side by side
-#   SRIOVPT_VM_NO_SPLIT set: one VM per kernel (default: the chaos test in a VM of its own)
+#   SRIOVPT_VM_NO_SPLIT set: one VM per kernel (default: the chaos test and the
+#                       twenty kind-sriov jobs each in a VM of their own)
 #   E2E_RUN, E2E_SKIP   passed to the e2e binary as -test.run, -test.skip
 #   E2E_CHAOS_SEED, E2E_CHAOS_ROUNDS  passed to the guest for the chaos test
+#   E2E_JOBS_SEED       passed to the guest for the twenty kind-sriov jobs
 #   SRIOVPT_VM_PLUGIN   use this plugin binary instead of building one (make build)
 #   BENCH_FLOOR         path of a static "floor" program for bench mode
 set -euo pipefail
@@ -61,12 +64,13 @@ main() {
 		step "kernel $k" ensure_kernel "$k"
 	done
 	step "static binaries" build_binaries "$mode"
-	# One VM per job, KERNEL[:SHARD]. The full e2e suite is split in two VMs
-	# per kernel, the long chaos test apart, unless E2E_RUN/E2E_SKIP pick tests.
+	# One VM per job, KERNEL[:SHARD]. The full e2e suite is split in three
+	# VMs per kernel, the long chaos test and the twenty kind-sriov jobs
+	# apart, unless E2E_RUN/E2E_SKIP pick tests.
 	local jobs=() j
 	for k in "${kernels[@]}"; do
 		if [[ $mode == e2e && -z ${E2E_RUN:-}${E2E_SKIP:-}${SRIOVPT_VM_NO_SPLIT:-} ]]; then
-			jobs+=("$k:main" "$k:chaos")
+			jobs+=("$k:main" "$k:chaos" "$k:jobs")
 		else
 			jobs+=("$k:")
 		fi
