@@ -1,7 +1,9 @@
 package sriov
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -61,8 +63,14 @@ func (s Sysfs) VFIOHolders(procRoot string, vfs []string) ([]Holder, error) {
 		}
 		fdDir := filepath.Join(procRoot, p.Name(), "fd")
 		fds, err := os.ReadDir(fdDir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // gone meanwhile
+		}
 		if err != nil {
-			continue // gone meanwhile, or a kernel thread
+			// Without ptrace access to a process (a container without
+			// CAP_SYS_PTRACE) its fds are unknown: it may hold a VF, and
+			// guessing wrong hangs the node.
+			return nil, fmt.Errorf("cannot see the open files of pid %d: %w", pid, err)
 		}
 		for _, fd := range fds {
 			target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))

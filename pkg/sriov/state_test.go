@@ -186,3 +186,20 @@ func TestVFIOHolders(t *testing.T) {
 		t.Errorf("holders = %q, want %q", got, want)
 	}
 }
+
+// A process whose open files cannot be listed (no ptrace access, here an
+// fd entry that is not a directory) may hold a VF: the answer is an error,
+// never "no holders".
+func TestVFIOHoldersUnreadableProcess(t *testing.T) {
+	s := Sysfs{Root: jobTree(t)}
+	proc := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(proc, "99"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(proc, "99", "fd"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.VFIOHolders(proc, []string{"0000:3b:10.1"}); err == nil {
+		t.Error("a process whose fds could not be listed was taken for no holder")
+	}
+}
