@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
@@ -13,6 +14,13 @@ func record(pci, name string, phase state.Phase, released bool) *state.Record {
 	return &state.Record{ContainerID: "c-" + name, IfName: "net1", Netns: "/var/run/netns/" + name, Phase: phase,
 		Pod:     config.Pod{Namespace: "ci", Name: "job-" + name},
 		Devices: []state.Device{{PCIAddress: pci, OriginalName: name, PodName: "net1", VFIndex: -1, Released: released}}}
+}
+
+// sriovBlocked is a record whose devices are all home and whose PF's
+// SR-IOV state waits for a VF held through vfio.
+func sriovBlocked(r *state.Record) *state.Record {
+	r.SRIOV = &state.SRIOV{NumVFs: 1, Blocked: "VF 0000:4a:00.0 is held through vfio by pid 42"}
+	return r
 }
 
 func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
@@ -30,14 +38,16 @@ func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
 			{PCIAddress: "0000:06:00.0", Name: "ens6"}, // held, but its pod is gone
 			{PCIAddress: "0000:07:00.0", Name: "ens7"}, // outside pfNames
 			{PCIAddress: "0000:08:00.0"},               // adding
+			{PCIAddress: "0000:0a:00.0"},               // home, SR-IOV restore waits
 		},
 		Host:  host,
-		Rules: policy.Rules{PFNames: []string{"eno1", "ens1", "ens2", "ens4", "ens5", "ens6", "ens8"}, Reserved: map[string]bool{"ens2": true}},
+		Rules: policy.Rules{PFNames: []string{"eno1", "ens1", "ens2", "ens4", "ens5", "ens6", "ens8", "ens10"}, Reserved: map[string]bool{"ens2": true}},
 		Records: []*state.Record{
 			record("0000:04:00.0", "ens4", state.Attached, false),
 			record("0000:05:00.0", "ens5", state.Releasing, false),
 			record("0000:06:00.0", "ens6", state.Attached, false),
 			record("0000:08:00.0", "ens8", state.Adding, false),
+			sriovBlocked(record("0000:0a:00.0", "ens10", state.Releasing, true)),
 		},
 		Known: map[string]string{"0000:09:00.0": "ens9", "0000:02:00.0": "ens1"},
 		Gone:  func(r *state.Record) bool { return r.Devices[0].OriginalName == "ens6" },
@@ -49,6 +59,7 @@ func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
 		"0000:01:00.0": {Ineligible, false}, "0000:02:00.0": {Free, true}, "0000:03:00.0": {Ineligible, false},
 		"0000:04:00.0": {Attached, true}, "0000:05:00.0": {Releasing, false}, "0000:06:00.0": {Releasing, false},
 		"0000:07:00.0": {Ineligible, false}, "0000:08:00.0": {Adding, true}, "0000:09:00.0": {Missing, false},
+		"0000:0a:00.0": {Releasing, false},
 	}
 	got := Judge(v)
 	if len(got) != len(want) {
@@ -65,6 +76,9 @@ func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
 		if !p.Healthy() && p.Why == "" {
 			t.Errorf("%s unavailable without a reason", p.PCI)
 		}
+	}
+	if why := got[9].Why; !strings.Contains(why, "SR-IOV restore waits: VF 0000:4a:00.0 is held through vfio by pid 42") {
+		t.Errorf("SR-IOV restore pending: %q", why)
 	}
 	if h := got[3].Holder; h == nil || h.Pod != "ci/job-ens4" || got[3].Name != "ens4" {
 		t.Errorf("held PF: %+v holder %+v", got[3], h)

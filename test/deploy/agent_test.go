@@ -26,7 +26,8 @@ func container(t *testing.T, pod corev1.PodSpec, name string) corev1.Container {
 // network and pid, the kubelet's device-plugin dir, sysfs writable,
 // /var/run/netns with HostToContainer propagation, the state dir, the
 // reserved file's directory (read-only), where node.json is installed, and
-// CAP_NET_ADMIN + CAP_SYS_ADMIN, nothing else.
+// CAP_NET_ADMIN + CAP_SYS_ADMIN, plus CAP_SYS_PTRACE for the SR-IOV
+// restore's vfio holder check; nothing else.
 func TestAgentHasExactlyItsGrants(t *testing.T) {
 	m := loadManifests(t)
 	pod := m.daemonSets[0].Spec.Template.Spec
@@ -40,8 +41,8 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 		t.Fatalf("agent securityContext %+v: want unprivileged, no escalation, read-only root", sc)
 	}
 	if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
-		!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}) {
-		t.Errorf("capabilities %+v, want drop ALL, add NET_ADMIN and SYS_ADMIN", sc.Capabilities)
+		!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}) {
+		t.Errorf("capabilities %+v, want drop ALL, add NET_ADMIN, SYS_ADMIN and SYS_PTRACE", sc.Capabilities)
 	}
 	hostPaths := map[string]string{}
 	configMaps := map[string]string{}
