@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
@@ -292,9 +294,14 @@ func (o *op) result(rec *state.Record, podLinks map[string]netlink.Link) *curren
 }
 
 // asCNIError keeps a CNI error as it is and wraps anything else.
+// A file system that is read-only or full (the state dir, most likely) is
+// an I/O failure (code 5) for the runtime, not an internal error.
 func asCNIError(err error, msg string) error {
 	if e, ok := err.(*types.Error); ok {
 		return e
+	}
+	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return types.NewError(types.ErrIOFailure, msg, err.Error())
 	}
 	return types.NewError(types.ErrInternal, msg, err.Error())
 }

@@ -311,6 +311,17 @@ func TestDelWithUnusableStateDir(t *testing.T) {
 	if got := names(kerneltest.Links(t, pod)); !slices.Equal(got, inPod) {
 		t.Errorf("a failed DEL changed the pod: %v -> %v", inPod, got)
 	}
+	// The same record on a full file system: DEL cannot mark it releasing,
+	// so it moves nothing and says I/O failure.
+	full := "mount -t tmpfs -o size=1m tmpfs " + dir + "; cp -a " + w.StateDir + "/. " + dir + "/; mount --bind " + dir + " " + w.StateDir +
+		"; dd if=/dev/zero of=" + dir + "/fill bs=4k >/dev/null 2>&1 || true"
+	out, err = w.execIn(full, env("DEL"), conf(w.StateDir))
+	if e := cniError(t, "DEL of a recorded attachment with a full state dir", out, err); e.Code != types.ErrIOFailure {
+		t.Errorf("DEL with a record and a full state dir: code %d %s %s, want 5", e.Code, e.Msg, e.Details)
+	}
+	if got := names(kerneltest.Links(t, pod)); !slices.Equal(got, inPod) {
+		t.Errorf("a failed DEL changed the pod: %v -> %v", inPod, got)
+	}
 	if out, err := w.exec(env("DEL"), conf(w.StateDir)); err != nil {
 		t.Fatalf("DEL with the state dir usable again: %v %s", err, out)
 	}
