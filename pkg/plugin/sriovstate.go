@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
@@ -242,6 +243,9 @@ func (o *op) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	if err := o.unlockVFMACs(rec, host, log); err != nil {
+		return err
+	}
 	for i := range rec.Devices[1:] {
 		d := &rec.Devices[1+i]
 		l, ok := host[d.PCIAddress]
@@ -270,6 +274,58 @@ func (o *op) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 	}
 	err = errors.Join(err, trip.leaveTransit())
 	return errors.Join(err, o.restoreHostState(rec, trip, log))
+}
+
+// zeroMAC, set through the PF, lifts the lock an administratively set VF
+// MAC puts on the VF (igb, ixgbe and i40e treat it so).
+const zeroMAC = "00:00:00:00:00:00"
+
+// unlockVFMACs undoes a VF MAC the job set through the PF (ip link set PF
+// vf N mac ...) on a VF that had a netdev: the PF then refuses the VF
+// driver's own MAC, so the netdev's MAC could not be given back. It sets
+// the zero MAC through the PF to lift that, and gives the netdev a
+// passing MAC so that the homecoming sets its recorded one again, which
+// the VF driver hands to the PF and the PF reports as before.
+func (o *op) unlockVFMACs(rec *state.Record, host map[string]netlink.Link, log *slog.Logger) error {
+	pfName := rec.PF().OriginalName
+	have, err := o.host.VFConfigs(pfName)
+	if err != nil {
+		return err
+	}
+	devs := map[string]*state.Device{}
+	for i := range rec.Devices[1:] {
+		devs[rec.Devices[1+i].PCIAddress] = &rec.Devices[1+i]
+	}
+	for _, v := range rec.SRIOV.VFs {
+		d, h := devs[v.PCIAddress], have[v.Index]
+		if d == nil || v.PFSide == nil || h.MAC == v.PFSide.MAC || h.MAC == zeroMAC || h.MAC == "" {
+			continue
+		}
+		unlocked := h
+		unlocked.MAC = zeroMAC
+		if err := o.host.SetVFConfig(pfName, v.Index, h, unlocked, true); err != nil {
+			return err
+		}
+		log.Info("VF MAC set through the PF by the job lifted", "pci", v.PCIAddress, "was", h.MAC)
+		if l, ok := host[d.PCIAddress]; ok && l.Attrs().HardwareAddr.String() == d.MAC {
+			if err := o.host.SetMAC(l, passingMAC(d.MAC)); err != nil {
+				return err
+			}
+		}
+		d.Released = false
+	}
+	return nil
+}
+
+// passingMAC is mac with the locally administered bit flipped: another
+// valid unicast MAC, set for a moment only.
+func passingMAC(mac string) string {
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) == 0 {
+		return mac
+	}
+	hw[0] ^= 0x02
+	return hw.String()
 }
 
 // allVFNetdevs reports whether every detached VF that its driver gives a

@@ -175,8 +175,9 @@ func TestKindSRIOVJob(t *testing.T) {
 	}
 }
 
-// A job that only changes the VF settings its PF reports (ip link set PF
-// vf N ...) while the PF sits in a kind node: DEL puts them back.
+// A job that changes the VF settings its PF reports (ip link set PF vf N
+// ...), MACs included, while the PF sits in a kind node, and binds a VF to
+// vfio-pci without re-creating the VFs: DEL puts all of it back.
 func TestKindSRIOVJobChangesVFSettings(t *testing.T) {
 	h := newHarness(t, map[string]any{"pciBusID": pfs[0].PCI})
 	before := mustSnapshot(t)
@@ -189,9 +190,17 @@ func TestKindSRIOVJobChangesVFSettings(t *testing.T) {
 	run(t, "ip", "-n", kind.name, "link", "set", "net1", "vf", "2", "vlan", "5", "qos", "1")
 	run(t, "ip", "-n", kind.name, "link", "set", "net1", "vf", "3", "spoofchk", "off")
 	run(t, "ip", "-n", kind.name, "link", "set", "net1", "vf", "4", "trust", "on")
+	// As sriov-cni does for a pod's or a VM's VF: a MAC set through the
+	// PF, which locks it, on a VF with its netdev and on one the job bound
+	// to vfio-pci without re-creating the VFs.
+	if err := bindVFIO(vfsOf[pfs[0].PCI][6]); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "ip", "-n", kind.name, "link", "set", "net1", "vf", "5", "mac", "02:00:00:00:05:05")
+	run(t, "ip", "-n", kind.name, "link", "set", "net1", "vf", "6", "mac", "02:00:00:00:06:06")
 	// The PF driver took them (a test of a restore must see a change).
 	shown := run(t, "ip", "-n", kind.name, "link", "show", "net1")
-	for _, want := range []string{"vlan 5, qos 1", "spoof checking off", "trust on"} {
+	for _, want := range []string{"vlan 5, qos 1", "spoof checking off", "trust on", "02:00:00:00:05:05", "02:00:00:00:06:06"} {
 		if !strings.Contains(shown, want) {
 			t.Fatalf("the PF does not report %q after the job set it:\n%s", want, shown)
 		}
