@@ -13,13 +13,15 @@ GOTEST_FLAGS ?= -count=1
 # tested: test/modules fails when a go.mod in the tree is in neither list.
 # The root module (the plugin and its root-module tests) runs last so
 # `make unit` ends with its summary.
-TEST_MODULES := test/bench test/deploy test/multus .
+TEST_MODULES := test/bench test/deploy test/multus test/k8s .
 # Modules that are never tested or vetted here, each with its reason.
-UNTESTED_MODULES :=
+# test/k8s/components: Kubernetes, etcd and the CNI plugins, built from the
+# module proxy by test/k8s/build.sh (~2 GB of dependencies); nothing of ours.
+UNTESTED_MODULES := test/k8s/components
 # Build tags that switch files in (vet sees both sides of failpoints).
-VET_TAGS := e2e,stress,failpoints
+VET_TAGS := e2e,stress,failpoints,k8s
 
-.PHONY: all build demo test unit e2e bench bench-vm stress stress-short lint deps host-snapshot host-check clean
+.PHONY: all build demo test unit e2e k8s-e2e bench bench-vm stress stress-short lint deps host-snapshot host-check clean
 
 all: build
 
@@ -31,11 +33,12 @@ build:
 demo:
 	bash test/vm/run.sh demo
 
-# Every test: VM end-to-end on two kernels, then unit, kernel and integration tests.
+# Every test: VM end-to-end on two kernels, stress, a real one-node Kubernetes,
+# then unit, kernel and integration tests.
 # host-snapshot records the host first; host-check, a go test, compares it
 # with the host after every stage and fails on anything a test left behind,
 # so CI output still ends with go test's own summary line.
-test: host-snapshot lint e2e stress-short unit host-check
+test: host-snapshot lint e2e stress-short k8s-e2e unit host-check
 
 # Debian packages the host-side tests use (apt only when one is missing).
 deps:
@@ -74,6 +77,18 @@ stress:
 
 stress-short:
 	$(call run-stress,10s,)
+
+# A real one-node Kubernetes (root; test/k8s): kubelet, containerd, multus and
+# the scheduler hand prow job pods their PFs through deploy/. The pieces are
+# built once per version into /var/cache/sriov-passthrough-cni-k8s (a cold
+# build takes 15-40 min on 2 cores); then interrupted and failing runs must
+# leave the host clean (TestTeardown), then the scenarios run. The stage ends
+# with "k8s-e2e: kubernetes=V pods=N pfs_handed_out=N devices_lost=0
+# devices_misnamed=0".
+k8s-e2e:
+	bash test/k8s/build.sh
+	$(GO) -C test/k8s test -count=1 -timeout 20m -tags k8s -run '^TestTeardown$$' .
+	bash test/k8s/run.sh
 
 # ADD+DEL cost against VF count, next to host-device and the netlink floor (root).
 # test/bench is its own module (the plot library stays out of the plugin's);

@@ -1,0 +1,215 @@
+//go:build k8s
+
+package scenarios
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// prowJob is what the README's prow-job snippets show: the job's name, the
+// annotations prow copies to the pod, and the pod spec.
+type prowJob struct {
+	Name        string            `json:"name"`
+	Annotations map[string]string `json:"annotations"`
+	Spec        map[string]any    `json:"spec"`
+}
+
+// readmeJobs returns the README's prow-job snippets (the fenced block after
+// each `<!-- test/deploy: prow-job -->` marker, as test/deploy reads them),
+// keyed by the number of PFs the job asks for.
+func readmeJobs(t *testing.T) map[int]prowJob {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(os.Getenv("REPO"), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile("(?m)^<!-- test/deploy: prow-job -->\n```yaml\n((?s:.*?))```")
+	out := map[int]prowJob{}
+	for _, m := range re.FindAllStringSubmatch(string(data), -1) {
+		var jobs []prowJob
+		if err := yaml.UnmarshalStrict([]byte(m[1]), &jobs); err != nil || len(jobs) != 1 {
+			t.Fatalf("README prow-job snippet: %v (%d jobs)\n%s", err, len(jobs), m[1])
+		}
+		out[sriovRequests(t, jobs[0].Spec)] = jobs[0]
+	}
+	if out[1].Name == "" || out[2].Name == "" {
+		t.Fatalf("README: want prow-job snippets for one and two PFs, found %d", len(out))
+	}
+	return out
+}
+
+// sriovRequests sums the containers' prow/sriov requests.
+func sriovRequests(t *testing.T, spec map[string]any) int {
+	var s struct {
+		Containers []struct {
+			Resources struct {
+				Requests map[string]string `json:"requests"`
+			} `json:"resources"`
+		} `json:"containers"`
+	}
+	b, _ := json.Marshal(spec)
+	decodeJSON(t, string(b), &s)
+	n := 0
+	for _, c := range s.Containers {
+		var v int
+		fmt.Sscan(c.Resources.Requests["prow/sriov"], &v)
+		n += v
+	}
+	return n
+}
+
+// createJob makes the pod prow would make from the README's job with pfs
+// PFs: its annotations and spec, JOB_IMAGE replaced by a busybox image whose
+// command, like a job's, ends promptly on SIGTERM.
+func createJob(t *testing.T, pfs int, name string) {
+	t.Helper()
+	job := readmeJobs(t)[pfs]
+	spec := map[string]any{}
+	b, _ := json.Marshal(job.Spec)
+	decodeJSON(t, string(b), &spec)
+	for _, c := range spec["containers"].([]any) {
+		c := c.(map[string]any)
+		if c["image"] != "JOB_IMAGE" {
+			t.Fatalf("README job image %v, want the JOB_IMAGE placeholder", c["image"])
+		}
+		c["image"] = env.busybox
+		c["command"] = []string{"sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"}
+		if c["name"] == nil {
+			c["name"] = "test"
+		}
+	}
+	pod := map[string]any{
+		"apiVersion": "v1", "kind": "Pod",
+		"metadata": map[string]any{"name": name, "namespace": ns, "annotations": job.Annotations,
+			"labels": map[string]string{"k8s-e2e": "job", "prow-job": job.Name}},
+		"spec": spec,
+	}
+	data, _ := json.Marshal(pod)
+	kubectl(t, data, "create", "-f", "-")
+	t.Cleanup(func() { deleteJobs(t) })
+}
+
+// deleteJobs deletes every job pod left and waits until the node has every
+// device back.
+func deleteJobs(t *testing.T) {
+	t.Helper()
+	kubectl(t, nil, "delete", "pod", "-l", "k8s-e2e=job", "--ignore-not-found", "--wait=true", "--timeout=120s")
+	requireNodeWhole(t)
+}
+
+func phase(name string) (string, error) {
+	out, err := kubectlErr(nil, "get", "pod", name, "-o", "jsonpath={.status.phase}")
+	return strings.TrimSpace(out), err
+}
+
+func waitRunning(t *testing.T, name string) {
+	t.Helper()
+	waitFor(t, "pod "+name+" Running", 3*time.Minute, func() (bool, error) {
+		p, err := phase(name)
+		return p == "Running", err
+	})
+}
+
+// link is one netdev as `ip -o link` shows it inside a pod.
+type link struct{ name, mac string }
+
+func podLinks(t *testing.T, name string) map[string]link {
+	t.Helper()
+	out := kubectl(t, nil, "exec", name, "--", "ip", "-o", "link")
+	byMAC := map[string]link{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		l := link{name: strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]}
+		if i := slices.Index(f, "link/ether"); i >= 0 && i+1 < len(f) {
+			l.mac = f[i+1]
+			byMAC[l.mac] = l
+		}
+	}
+	return byMAC
+}
+
+// checkJob asserts that the Running job pod holds pfs PFs as net1..netN,
+// each with all its VFs under their own names, that the node no longer has
+// them, and that multus' network-status names them. It returns the PFs.
+func checkJob(t *testing.T, name string, pfs int) []string {
+	t.Helper()
+	inPod := podLinks(t, name)
+	var given []string
+	for i := 1; i <= pfs; i++ {
+		ifname := fmt.Sprintf("net%d", i)
+		pf := ""
+		for _, d := range devices {
+			if l, ok := inPod[d.mac]; ok && d.pf == d.name && l.name == ifname {
+				pf = d.name
+			}
+		}
+		if pf == "" {
+			t.Fatalf("pod %s: %s is none of the node's PFs %v; pod links %v", name, ifname, pfNames(), inPod)
+		}
+		for _, d := range devices {
+			if d.pf != pf || d.name == pf {
+				continue
+			}
+			if l, ok := inPod[d.mac]; !ok || l.name != d.name {
+				t.Fatalf("pod %s: VF %s of %s missing or renamed in the pod: %v", name, d.name, pf, inPod)
+			}
+		}
+		given = append(given, pf)
+	}
+	lost, _ := census()
+	for _, pf := range given {
+		if !slices.Contains(lost, pf) {
+			t.Fatalf("PF %s is in pod %s and still on the node", pf, name)
+		}
+	}
+	checkNetworkStatus(t, name, pfs)
+	podsRunning++
+	pfsHandedOut += len(given)
+	t.Logf("pod %s Running with %v (and their VFs)", name, given)
+	return given
+}
+
+func checkNetworkStatus(t *testing.T, name string, pfs int) {
+	t.Helper()
+	out := kubectl(t, nil, "get", "pod", name, "-o", `jsonpath={.metadata.annotations.k8s\.v1\.cni\.cncf\.io/network-status}`)
+	var status []struct {
+		Name      string `json:"name"`
+		Interface string `json:"interface"`
+	}
+	decodeJSON(t, out, &status)
+	var got []string
+	for _, s := range status {
+		if s.Name == networkRef {
+			got = append(got, s.Interface)
+		}
+	}
+	want := []string{}
+	for i := 1; i <= pfs; i++ {
+		want = append(want, fmt.Sprintf("net%d", i))
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("pod %s network-status names %v for %s, want %v: %s", name, got, networkRef, want, out)
+	}
+}
+
+// runJob creates a job pod with pfs PFs, waits until it is Running and checks
+// it; it returns the PFs the job holds.
+func runJob(t *testing.T, pfs int, name string) []string {
+	t.Helper()
+	createJob(t, pfs, name)
+	waitRunning(t, name)
+	return checkJob(t, name, pfs)
+}

@@ -1,0 +1,243 @@
+//go:build k8s
+
+package scenarios
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// 1. The README's prow-job pods, one PF and two PFs, run with their PFs.
+func TestReadmeProwJobs(t *testing.T) {
+	requireNodeWhole(t)
+	got := runJob(t, 1, "one-pf")
+	deleteJobs(t)
+	if len(got) != 1 {
+		t.Fatalf("one-PF job holds %v", got)
+	}
+	both := runJob(t, 2, "two-pf")
+	slices.Sort(both)
+	if !slices.Equal(both, pfNames()) {
+		t.Fatalf("two-PF job holds %v, want the node's %v", both, pfNames())
+	}
+}
+
+// 2. Two PFs, three one-PF jobs: the scheduler runs two and keeps the third
+// Pending for prow/sriov until one of the two is deleted.
+func TestThirdJobWaitsForAPF(t *testing.T) {
+	requireNodeWhole(t)
+	held := map[string][]string{}
+	for _, name := range []string{"job-a", "job-b", "job-c"} {
+		createJob(t, 1, name)
+	}
+	waitFor(t, "two of three jobs Running", 3*time.Minute, func() (bool, error) {
+		n := 0
+		for _, name := range []string{"job-a", "job-b", "job-c"} {
+			if p, _ := phase(name); p == "Running" {
+				n++
+			}
+		}
+		return n == 2, nil
+	})
+	var waiting string
+	for _, name := range []string{"job-a", "job-b", "job-c"} {
+		if p, _ := phase(name); p == "Running" {
+			held[name] = checkJob(t, name, 1)
+		} else {
+			waiting = name
+		}
+	}
+	msg := kubectl(t, nil, "get", "pod", waiting, "-o", `jsonpath={.status.phase} {.status.conditions[?(@.type=="PodScheduled")].message}`)
+	if !strings.HasPrefix(msg, "Pending") || !strings.Contains(msg, "prow/sriov") {
+		t.Fatalf("third job %s: %q, want Pending for prow/sriov", waiting, msg)
+	}
+	t.Logf("third job %s: %s", waiting, msg)
+	victim := sortedKeys(held)[0]
+	start := time.Now()
+	kubectl(t, nil, "delete", "pod", victim, "--wait=false")
+	waitRunning(t, waiting)
+	elapsed := time.Since(start)
+	got := checkJob(t, waiting, 1)
+	if !slices.Equal(got, held[victim]) {
+		t.Fatalf("third job got %v, want %v, the PF the deleted job held", got, held[victim])
+	}
+	fmt.Printf("k8s-e2e: third job Running %.1fs after a PF holder was deleted\n", elapsed.Seconds())
+}
+
+// 3. Delete and force-delete give every device back; the next job gets it.
+func TestDeleteAndForceDeleteGiveBack(t *testing.T) {
+	requireNodeWhole(t)
+	for _, force := range []bool{false, true} {
+		runJob(t, 2, "holder")
+		args := []string{"delete", "pod", "holder", "--wait=false"}
+		if force {
+			// The API object goes at once; the kubelet still stops the
+			// sandbox, and with it runs DEL, before the netns goes.
+			args = append(args, "--grace-period=0", "--force")
+		}
+		kubectl(t, nil, args...)
+		requireNodeWhole(t)
+		t.Logf("force=%v: every device back on the node, no record left", force)
+	}
+	// Only a node with both PFs back can run the two-PF job.
+	runJob(t, 2, "next")
+}
+
+// 4. The kubelet, containerd and the installer pod killed and restarted
+// while jobs hold PFs: the jobs keep them, and they all come back.
+func TestRestartsLoseNothing(t *testing.T) {
+	requireNodeWhole(t)
+	a := runJob(t, 1, "during-a")
+	b := runJob(t, 1, "during-b")
+	for _, c := range []string{"kubelet", "containerd"} {
+		restart(t, c)
+		for name, pfs := range map[string][]string{"during-a": a, "during-b": b} {
+			waitRunning(t, name)
+			if got := checkJob(t, name, 1); !slices.Equal(got, pfs) {
+				t.Fatalf("after %s restart %s holds %v, had %v", c, name, got, pfs)
+			}
+		}
+	}
+	kubectl(t, nil, "-n", "sriov-passthrough-cni", "delete", "pod", "-l", "app.kubernetes.io/name=sriov-passthrough-cni")
+	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
+	kubectl(t, nil, "delete", "pod", "during-a")
+	runJob(t, 1, "after-restarts")
+}
+
+// restart kills a node component with SIGKILL, as a crash would, and waits
+// for its supervisor (node.sh) to start it again and the node to be Ready.
+func restart(t *testing.T, name string) {
+	t.Helper()
+	pidFile := filepath.Join(env.work, "pids", name)
+	old := readPid(t, pidFile)
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill %s (%d): %v", name, old, err)
+	}
+	waitFor(t, name+" restarted", time.Minute, func() (bool, error) {
+		return readPid(t, pidFile) != old, nil
+	})
+	waitFor(t, "node Ready after "+name+" restart", 2*time.Minute, func() (bool, error) {
+		out, err := kubectlErr(nil, "get", "node", env.node, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+		return out == "True", err
+	})
+	t.Logf("%s killed (pid %d) and restarted (pid %d)", name, old, readPid(t, pidFile))
+}
+
+func readPid(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// 5. A DaemonSet upgrade to a new image version replaces the installed
+// binary atomically while a job holds a PF and others come and go: every
+// read of the file sees the old binary or the new one, never a mix.
+func TestDaemonSetUpgrade(t *testing.T) {
+	requireNodeWhole(t)
+	old, new := binaryHash(t, os.Getenv("PLUGIN_TAG_A")), binaryHash(t, os.Getenv("PLUGIN_TAG_B"))
+	if h := fileHash(t, cniBinary); h != old {
+		t.Fatalf("installed binary is not image %s's", os.Getenv("PLUGIN_TAG_A"))
+	}
+	held := runJob(t, 1, "long-job")
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var reads, oldSeen, newSeen int
+	var torn error
+	wg.Add(1)
+	go func() { // reads the installed binary over and over during the rollout
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b, err := os.ReadFile(cniBinary)
+			h := fmt.Sprintf("%x", sha256.Sum256(b))
+			switch {
+			case err != nil:
+				torn = fmt.Errorf("read %s: %w", cniBinary, err)
+			case h == old:
+				oldSeen++
+			case h == new:
+				newSeen++
+			default:
+				torn = fmt.Errorf("read %d: %s is neither version (%d bytes)", reads, cniBinary, len(b))
+			}
+			reads++
+			if torn != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	kubectl(t, nil, "apply", "-k", filepath.Join(env.work, "overlay-"+os.Getenv("PLUGIN_TAG_B")))
+	// Jobs come and go on the other PF while the new installer starts.
+	for i := range 3 {
+		name := fmt.Sprintf("churn-%d", i)
+		runJob(t, 1, name)
+		kubectl(t, nil, "delete", "pod", name)
+	}
+	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
+	waitFor(t, "new binary installed", time.Minute, func() (bool, error) { return fileHash(t, cniBinary) == new, nil })
+	close(stop)
+	wg.Wait()
+	if torn != nil {
+		t.Fatal(torn)
+	}
+	t.Logf("binary read %d times during the upgrade: %d old, %d new, none torn", reads, oldSeen, newSeen)
+	if got := checkJob(t, "long-job", 1); !slices.Equal(got, held) {
+		t.Fatalf("long job holds %v after the upgrade, had %v", got, held)
+	}
+	version := runBinaryVersion(t)
+	if !strings.Contains(version, os.Getenv("PLUGIN_TAG_B")) {
+		t.Fatalf("installed binary reports %q, want version %s", version, os.Getenv("PLUGIN_TAG_B"))
+	}
+	// The job that started under the old binary is released by the new one.
+	kubectl(t, nil, "delete", "pod", "long-job")
+	requireNodeWhole(t)
+	runJob(t, 2, "after-upgrade")
+}
+
+func binaryHash(t *testing.T, tag string) string {
+	return fileHash(t, filepath.Join(env.work, "build", tag, "sriov-passthrough-cni"))
+}
+
+func fileHash(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(b))
+}
+
+func runBinaryVersion(t *testing.T) string {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := exec.Command(cniBinary, "--version")
+	cmd.Stdout = &out
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out.String())
+}

@@ -1,0 +1,130 @@
+//go:build k8s
+
+// Package k8s holds the test that run.sh leaves the machine as it found it
+// when a run is interrupted or fails; the scenarios are in ./scenarios.
+package k8s
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// hostView is what a run must not change or leave behind on the host.
+type hostView struct {
+	links, sysctls, cgroups, mounts, procs []string
+	hostname                               string
+}
+
+func look(t *testing.T, base string) hostView {
+	t.Helper()
+	var v hostView
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range ifs {
+		v.links = append(v.links, i.Name)
+	}
+	for _, k := range []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+		"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward"} {
+		b, _ := os.ReadFile("/proc/sys/" + k)
+		v.sysctls = append(v.sysctls, k+"="+strings.TrimSpace(string(b)))
+	}
+	v.cgroups, _ = filepath.Glob("/sys/fs/cgroup/*/sriovpt-k8s.*")
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mi), "\n") {
+		if strings.Contains(l, base) {
+			v.mounts = append(v.mounts, l)
+		}
+	}
+	cache := os.Getenv("K8S_CACHE")
+	if cache == "" {
+		cache = "/var/cache/sriov-passthrough-cni-k8s"
+	}
+	exes, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, e := range exes {
+		if target, err := os.Readlink(e); err == nil && strings.HasPrefix(target, cache) {
+			v.procs = append(v.procs, e+" -> "+target)
+		}
+	}
+	v.hostname, _ = os.Hostname()
+	return v
+}
+
+// TestTeardown interrupts runs at three points and checks that the host is as
+// before each: same links, sysctls and hostname; no cgroup, mount, process or
+// file of the run left.
+func TestTeardown(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root and CI=true")
+		}
+		t.Skip("needs root")
+	}
+	cases := []struct {
+		name   string
+		env    []string
+		signal syscall.Signal
+		after  string // run.sh output line (substring) to interrupt at
+	}{
+		{name: "SIGTERM while a job holds a PF", env: []string{"K8S_E2E_RUN=TestReadmeProwJobs"}, signal: syscall.SIGTERM, after: "Running with"},
+		{name: "SIGINT during bring-up", signal: syscall.SIGINT, after: "control plane: etcd and kube-apiserver ready"},
+		{name: "failure after deploy", env: []string{"K8S_E2E_FAIL_AFTER=deploy"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			base := t.TempDir()
+			before := look(t, base)
+			cmd := exec.Command("bash", "run.sh")
+			cmd.Env = append(append(os.Environ(), "K8S_E2E_TMP="+base), c.env...)
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd.Stderr = cmd.Stdout
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			seen := false
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				t.Log(sc.Text())
+				if c.after != "" && !seen && strings.Contains(sc.Text(), c.after) {
+					seen = true
+					_ = cmd.Process.Signal(c.signal)
+				}
+			}
+			err = cmd.Wait()
+			if c.after != "" && !seen {
+				t.Fatalf("run.sh never printed %q", c.after)
+			}
+			if err == nil {
+				t.Fatal("run.sh exited 0 after an interruption or failure")
+			}
+			t.Logf("run.sh: %v", err)
+			time.Sleep(time.Second) // anything asynchronous would show by now
+			after := look(t, base)
+			entries, _ := os.ReadDir(base)
+			switch {
+			case len(entries) != 0:
+				t.Errorf("files left in %s: %v", base, entries)
+			case !slices.Equal(before.links, after.links):
+				t.Errorf("host links %v, before %v", after.links, before.links)
+			case !slices.Equal(before.sysctls, after.sysctls):
+				t.Errorf("host sysctls %v, before %v", after.sysctls, before.sysctls)
+			case before.hostname != after.hostname:
+				t.Errorf("hostname %q, before %q", after.hostname, before.hostname)
+			case len(after.cgroups)+len(after.mounts)+len(after.procs) != 0:
+				t.Errorf("left behind: cgroups %v, mounts %v, processes %v", after.cgroups, after.mounts, after.procs)
+			}
+		})
+	}
+}
