@@ -83,17 +83,20 @@ nad_crd() {
 	cp "$src/artifacts/networks-crd.yaml" "$cache/manifests/"
 }
 
+# Go pieces are rebuilt when the version or test/k8s/components/go.sum changes.
+go_stamp="$K8S_VERSION go.sum:$(sha256sum "$here/components/go.sum" | cut -c1-12)"
+
 mkdir -p "$bin"
 log "cache $cache (a cold build takes 15-20 min on 2 cores and ~4 GB of Go build cache)"
 piece debs "containerd runc busybox-static" debs containerd runc busybox-static
 piece nad-crd "$NAD_VERSION" nad_crd
-piece etcd "$K8S_VERSION" go_build etcd ./etcd
+piece etcd "$go_stamp" go_build etcd ./etcd
 for c in bridge host-local loopback; do
 	case $c in host-local) p=plugins/ipam/$c ;; *) p=plugins/main/$c ;; esac
-	piece "$c" "$K8S_VERSION" go_build "cni/$c" "github.com/containernetworking/plugins/$p"
+	piece "$c" "$go_stamp" go_build "cni/$c" "github.com/containernetworking/plugins/$p"
 done
 piece multus "$MULTUS_VERSION" multus
 for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
-	piece "$c" "$K8S_VERSION" go_build "$c" "k8s.io/kubernetes/cmd/$c"
+	piece "$c" "$go_stamp" go_build "$c" "k8s.io/kubernetes/cmd/$c"
 done
 log "all pieces present ($built built): kubernetes=$K8S_VERSION multus=$MULTUS_VERSION in $cache"

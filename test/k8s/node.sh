@@ -216,8 +216,11 @@ containerd_up() {
 	JSON
 	supervise containerd containerd --config /etc/containerd/config.toml
 	wait_for containerd 60 ctr version
-	ctr -n k8s.io images import "$IMAGES"/*.tar >/dev/null
-	step "containerd up, images imported: $(ctr -n k8s.io images ls -q | grep -c localhost/)"
+	local a
+	for a in "$IMAGES"/*.tar; do
+		ctr -n k8s.io images import "$a" >/dev/null
+	done
+	step "containerd up, images imported: $(ctr -n k8s.io images ls -q | grep -c localhost/ | tr "\n" " ")"
 }
 
 # cgroup_root makes the kubelet's cgroupRoot in every hierarchy (it refuses
@@ -283,14 +286,28 @@ allocatable() {
 }
 
 shell_hint() {
-	step "cluster up; drive it from another shell with:"
-	echo "  nsenter -t $(cat "$W/init.pid") -a env KUBECONFIG=$KUBECONFIG PATH=$PATH bash"
+	scenario_env >"$W/env"
+	echo 'PS1="k8s-e2e node# "' >>"$W/env"
+	step "cluster up; enter the node from another shell with:"
+	echo "  nsenter -t $(cat "$W/init.pid") -a bash --rcfile $W/env -i"
+	echo "  then: kubectl get pods -A; \$SCENARIOS -test.v -test.run TestReadmeProwJobs"
+}
+
+# scenario_env prints what the scenario tests (and a person) need.
+scenario_env() {
+	local v
+	for v in PATH KUBECONFIG W SCENARIOS REPO BUSYBOX_IMAGE PLUGIN_TAG_A PLUGIN_TAG_B; do
+		printf 'export %s=%q\n' "$v" "${!v}"
+	done
+	printf 'export K8S_E2E_NODE=%q K8S_E2E_WORK=%q K8S_E2E_DEVICES=%q\n' "$NODE" "$W" "$W/devices"
 }
 
 scenarios() {
 	step "scenarios"
-	K8S_E2E_NODE=$NODE K8S_E2E_SYSFS=$SYSFS K8S_E2E_WORK=$W K8S_E2E_DEVICES=$W/devices \
+	(
+		eval "$(scenario_env)"
 		"$SCENARIOS" -test.v -test.count=1 -test.timeout 20m ${K8S_E2E_RUN:+"-test.run=$K8S_E2E_RUN"}
+	)
 }
 
 main() {
@@ -314,4 +331,4 @@ main() {
 	scenarios
 }
 
-main "$@"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

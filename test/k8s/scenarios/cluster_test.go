@@ -37,11 +37,9 @@ var env struct {
 	node, work, busybox string
 }
 
-// Counters for the stage's summary line, computed from what was observed.
-var (
-	podsRunning  int // job pods seen Running with their PFs checked inside
-	pfsHandedOut int // PFs seen inside a job pod
-)
+// handedOut counts, by pod UID, the PFs seen inside each job pod that was
+// Running: the stage's summary line is computed from it.
+var handedOut = map[string]int{}
 
 // device is one of the node's fake PF or VF netdevs.
 type device struct {
@@ -65,8 +63,12 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	lost, misnamed := census()
+	pfs := 0
+	for _, n := range handedOut {
+		pfs += n
+	}
 	summary := fmt.Sprintf("pods=%d pfs_handed_out=%d devices_lost=%d devices_misnamed=%d",
-		podsRunning, pfsHandedOut, len(lost), len(misnamed))
+		len(handedOut), pfs, len(lost), len(misnamed))
 	fmt.Printf("scenarios: %s lost=%v misnamed=%v\n", summary, lost, misnamed)
 	if len(lost)+len(misnamed) > 0 && code == 0 {
 		code = 1

@@ -5,6 +5,7 @@ package scenarios
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -175,33 +176,41 @@ func checkJob(t *testing.T, name string, pfs int) []string {
 			t.Fatalf("PF %s is in pod %s and still on the node", pf, name)
 		}
 	}
-	checkNetworkStatus(t, name, pfs)
-	podsRunning++
-	pfsHandedOut += len(given)
+	checkNetworkStatus(t, name, given)
+	handedOut[kubectl(t, nil, "get", "pod", name, "-o", "jsonpath={.metadata.uid}")] = len(given)
 	t.Logf("pod %s Running with %v (and their VFs)", name, given)
 	return given
 }
 
-func checkNetworkStatus(t *testing.T, name string, pfs int) {
+// checkNetworkStatus asserts that multus' network-status lists, for the
+// network, the PFs as net1..netN and each one's VFs by name, with their MACs.
+func checkNetworkStatus(t *testing.T, name string, given []string) {
 	t.Helper()
 	out := kubectl(t, nil, "get", "pod", name, "-o", `jsonpath={.metadata.annotations.k8s\.v1\.cni\.cncf\.io/network-status}`)
 	var status []struct {
 		Name      string `json:"name"`
 		Interface string `json:"interface"`
+		MAC       string `json:"mac"`
 	}
 	decodeJSON(t, out, &status)
-	var got []string
+	got, want := map[string]string{}, map[string]string{}
 	for _, s := range status {
 		if s.Name == networkRef {
-			got = append(got, s.Interface)
+			got[s.Interface] = s.MAC
 		}
 	}
-	want := []string{}
-	for i := 1; i <= pfs; i++ {
-		want = append(want, fmt.Sprintf("net%d", i))
+	for i, pf := range given {
+		for _, d := range devices {
+			switch {
+			case d.name == pf:
+				want[fmt.Sprintf("net%d", i+1)] = d.mac
+			case d.pf == pf:
+				want[d.name] = d.mac
+			}
+		}
 	}
-	if !slices.Equal(got, want) {
-		t.Fatalf("pod %s network-status names %v for %s, want %v: %s", name, got, networkRef, want, out)
+	if !maps.Equal(got, want) {
+		t.Fatalf("pod %s network-status for %s: %v, want %v", name, networkRef, got, want)
 	}
 }
 

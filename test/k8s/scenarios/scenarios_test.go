@@ -104,6 +104,11 @@ func TestRestartsLoseNothing(t *testing.T) {
 		restart(t, c)
 		for name, pfs := range map[string][]string{"during-a": a, "during-b": b} {
 			waitRunning(t, name)
+			// A restarted kubelet serves exec only once it has synced the pod.
+			waitFor(t, "exec into "+name+" after "+c+" restart", 2*time.Minute, func() (bool, error) {
+				_, err := kubectlErr(nil, "exec", name, "--", "true")
+				return err == nil, err
+			})
 			if got := checkJob(t, name, 1); !slices.Equal(got, pfs) {
 				t.Fatalf("after %s restart %s holds %v, had %v", c, name, got, pfs)
 			}
