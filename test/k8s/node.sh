@@ -19,6 +19,9 @@ export KUBECONFIG=$W/pki/admin.kubeconfig
 
 private_mounts() {
 	mount -t tmpfs -o mode=0755 tmpfs /run
+	# Shared within this mount namespace only (it is private to the host), so
+	# that the agent's HostToContainer mount of /var/run/netns sees new pods.
+	mount --make-rshared /run
 	local d
 	for d in var etc opt; do
 		mkdir -p "$W/upper/$d" "$W/ovwork/$d"
@@ -272,13 +275,11 @@ deploy() {
 	wait_for "NetworkAttachmentDefinition CRD" 60 kubectl get network-attachment-definitions -A
 	kubectl apply -k "$W/overlay-$PLUGIN_TAG_A"
 	kubectl -n sriov-passthrough-cni rollout status ds/sriov-passthrough-cni --timeout 180s
-	# No node agent advertises prow/sriov yet: the test patches the capacity
-	# onto the node as the CI cluster's admins do today (README, Deploying).
-	kubectl patch node "$NODE" --subresource=status --type=json \
-		-p "[{\"op\":\"add\",\"path\":\"/status/capacity/prow~1sriov\",\"value\":\"$K8S_PFS\"}]" >/dev/null
+	# The agent (deploy/'s second container) advertises one prow/sriov per PF
+	# through the kubelet's device-plugin API.
 	wait_for "prow/sriov in allocatable" 60 allocatable
 	wait_for "default service account" 60 kubectl get serviceaccount default
-	step "deployed: multus, NAD CRD, kubectl apply -k (image $PLUGIN_TAG_A), prow/sriov=$K8S_PFS"
+	step "deployed: multus, NAD CRD, kubectl apply -k (image $PLUGIN_TAG_A); the agent advertises prow/sriov=$K8S_PFS"
 }
 
 allocatable() {

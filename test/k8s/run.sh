@@ -114,19 +114,23 @@ build_images() {
 	"$b/mkimage" -name "$PAUSE_IMAGE" -out "$W/images/pause.tar" -file "$b/pause=pause:0755" -entrypoint /pause
 	"$b/mkimage" -name "$BUSYBOX_IMAGE" -out "$W/images/busybox.tar" "${busybox[@]}" -cmd sh
 	# The plugin image, laid out as the Dockerfile's final stage: busybox, the
-	# static binary and conf under /plugin-src, install-plugin as entrypoint.
+	# static binary and conf under /plugin-src, the agent, install-plugin as
+	# entrypoint.
 	for tag in "$PLUGIN_TAG_A" "$PLUGIN_TAG_B"; do
 		mkdir -p "$b/$tag"
-		(cd "$repo" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w -X main.version=$tag" \
-			-o "$b/$tag/sriov-passthrough-cni" ./cmd/sriov-passthrough-cni)
+		for cmd in sriov-passthrough-cni sriov-passthrough-agent; do
+			(cd "$repo" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w -X main.version=$tag" \
+				-o "$b/$tag/$cmd" "./cmd/$cmd")
+		done
 		"$b/mkimage" -name "$PLUGIN_IMAGE:$tag" -out "$W/images/plugin-$tag.tar" "${busybox[@]}" \
 			-file "$b/$tag/sriov-passthrough-cni=plugin-src/sriov-passthrough-cni:0755" \
 			-file "$repo/plugin/90-sriov-passthrough-cni.conf=plugin-src/90-sriov-passthrough-cni.conf:0644" \
 			-file "$repo/install-plugin=usr/local/bin/install-plugin:0755" \
+			-file "$b/$tag/sriov-passthrough-agent=usr/local/bin/sriov-passthrough-agent:0755" \
 			-label "org.opencontainers.image.version=$tag" \
 			-entrypoint /usr/local/bin/install-plugin -cmd /host/opt/cni/bin
 		# What an admin does: point deploy/ (through the test's overlay, which
-		# only adds the fake sysfs path) at the image.
+		# only adds the fake sysfs tree) at the image.
 		mkdir -p "$W/overlay-$tag"
 		cat >"$W/overlay-$tag/kustomization.yaml" <<-YAML
 			apiVersion: kustomize.config.k8s.io/v1beta1
