@@ -19,9 +19,6 @@ export KUBECONFIG=$W/pki/admin.kubeconfig
 
 private_mounts() {
 	mount -t tmpfs -o mode=0755 tmpfs /run
-	# Shared within this mount namespace only (it is private to the host), so
-	# that the agent's HostToContainer mount of /var/run/netns sees new pods.
-	mount --make-rshared /run
 	local d
 	for d in var etc opt; do
 		mkdir -p "$W/upper/$d" "$W/ovwork/$d"
@@ -34,6 +31,10 @@ private_mounts() {
 		mount --bind "$W/data/$d" "/var/lib/$d"
 	done
 	mkdir -p /opt/cni/bin /etc/cni/net.d /var/log/pods
+	# Shared within this mount namespace only (its mounts are copies, private
+	# to the host's), as on a node: the agent's HostToContainer mount of
+	# /var/run/netns needs it to see the pods made after it started.
+	mount --make-rshared /
 	# With protectKernelDefaults the kubelet changes no sysctl and refuses to
 	# start unless these read as it wants them; the files hold its values so
 	# that the host's (shared by every netns-less namespace) stay untouched.
