@@ -79,8 +79,9 @@ func TestThirdJobWaitsForAPF(t *testing.T) {
 func TestDeleteAndForceDeleteGiveBack(t *testing.T) {
 	requireNodeWhole(t)
 	for _, force := range []bool{false, true} {
-		runJob(t, 2, "holder")
-		args := []string{"delete", "pod", "holder", "--wait=false"}
+		name := map[bool]string{false: "deleted", true: "force-deleted"}[force]
+		runJob(t, 2, name)
+		args := []string{"delete", "pod", name, "--wait=false"}
 		if force {
 			// The API object goes at once; the kubelet still stops the
 			// sandbox, and with it runs DEL, before the netns goes.
