@@ -12,7 +12,7 @@
 #   multus v4 (thin plugin) and the NetworkAttachmentDefinition CRD: from their
 #   upstream modules.
 #
-# A cold build takes 15-20 minutes of both cores and ~4 GB of Go build cache;
+# A cold build takes 15-40 minutes of both cores and ~4 GB of Go build cache;
 # it runs under `nice -n 15` and prints each piece as it goes. A warm cache
 # (every piece present, stamped with its version) returns at once.
 set -euo pipefail
@@ -87,7 +87,7 @@ nad_crd() {
 go_stamp="$K8S_VERSION go.sum:$(sha256sum "$here/components/go.sum" | cut -c1-12)"
 
 mkdir -p "$bin"
-log "cache $cache (a cold build takes 15-20 min on 2 cores and ~4 GB of Go build cache)"
+log "cache $cache (a cold build takes 15-40 min on 2 cores and ~4 GB of Go build cache)"
 piece debs "containerd runc busybox-static" debs containerd runc busybox-static
 piece nad-crd "$NAD_VERSION" nad_crd
 piece etcd "$go_stamp" go_build etcd ./etcd
