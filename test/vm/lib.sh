@@ -5,6 +5,10 @@
 
 cache=${SRIOVPT_VM_CACHE:-/var/cache/sriov-passthrough-cni-vm}
 vm_timeout=${SRIOVPT_VM_TIMEOUT:-900}
+# A guest that has not found its SR-IOV PFs by then is stuck in boot (6.1
+# under TCG sometimes stalls in a module's init with RCU warnings, before
+# any test runs): it is stopped and booted once more.
+boot_timeout=${SRIOVPT_VM_BOOT_TIMEOUT:-240}
 backports_sources=/etc/apt/sources.list.d/sriov-passthrough-cni-backports.sources
 module_path=github.com/kubevirt/sriov-passthrough-cni/test/e2e
 apt_updated=
@@ -384,6 +388,54 @@ guest_conf() {
 # result. SHARD splits the e2e suite: "main" is all but the two long
 # tests, "chaos" and "jobs" are one each; none runs E2E_RUN/E2E_SKIP as given. The go-test-like
 # summary goes to $work/summary-JOB for run.sh to print.
+# boot_vm JOB CONSOLE MODE TAG QEMU-ARGS... runs one QEMU to its end, its
+# console in CONSOLE, its exit code in $work/qemu-JOB.rc. A watchdog stops
+# a guest stuck in boot and leaves CONSOLE.stuck behind.
+boot_vm() {
+	local job=$1 console=$2 mode=$3 tag=$4
+	shift 4
+	# e2e: every console line, labelled with the kernel. demo, bench: from
+	# the guest's first line on, as it is (the firmware's chatter is noise).
+	local show=(sed -u "s|^|$tag\| |")
+	if [[ $mode != e2e ]]; then
+		show=(awk '/guest: / { on = 1 } on { print; fflush() }')
+	fi
+	# In the background, so that a signal to us runs cleanup (which stops
+	# QEMU through its pid file) at once instead of after the pipeline.
+	local pidfile=$work/qemu-$job.pid rcfile=$work/qemu-$job.rc
+	rm -f "$rcfile" "$pidfile" "$console"
+	{
+		timeout -k 10 "$vm_timeout" qemu-system-x86_64 "$@" </dev/null &
+		echo $! >"$pidfile"
+		wait $!
+		echo $? >"$rcfile"
+	} 2>&1 |
+		sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' |
+		tee "$console" | "${show[@]}" &
+	local pipeline=$!
+	watch_boot "$console" "$pidfile" "$rcfile" &
+	local watchdog=$!
+	wait "$pipeline" || true
+	kill "$watchdog" 2>/dev/null || true
+	wait "$watchdog" 2>/dev/null || true
+	rm -f "$pidfile"
+}
+
+# watch_boot CONSOLE PIDFILE RCFILE stops QEMU when the guest has not said
+# how many PFs it found within boot_timeout seconds.
+watch_boot() {
+	local console=$1 pidfile=$2 rcfile=$3 waited=0
+	while ((waited < boot_timeout)); do
+		sleep 2
+		waited=$((waited + 2))
+		[[ -e $rcfile ]] && return 0
+		grep -aqE 'guest: ([0-9]+ SR-IOV PFs up|only [0-9]+ of)' "$console" 2>/dev/null && return 0
+	done
+	[[ -s $pidfile ]] || return 0
+	touch "$console.stuck"
+	kill "$(cat "$pidfile")" 2>/dev/null || true
+}
+
 run_vm() {
 	local mode=$1 label=$2 shard=${3:-} dir=${kernel_dir[$2]}
 	local job=$2${3:+-$3} tag=linux-$2${3:+/$3}
@@ -422,30 +474,16 @@ run_vm() {
 		)
 	done
 
-	# e2e: every console line, labelled with the kernel. demo, bench: from
-	# the guest's first line on, as it is (the firmware's chatter is noise).
-	local show=(sed -u "s|^|$tag\| |")
-	if [[ $mode != e2e ]]; then
-		show=(awk '/guest: / { on = 1 } on { print; fflush() }')
-	fi
 	log "=== linux $label ($(cat "$dir/release")): $mode${shard:+ ($shard)} ==="
-	local t=$SECONDS rc=0
-	# In the background, so that a signal to us runs cleanup (which stops
-	# QEMU through its pid file) at once instead of after the pipeline.
-	local pidfile=$work/qemu-$job.pid rcfile=$work/qemu-$job.rc
-	rm -f "$rcfile"
-	{
-		timeout -k 10 "$vm_timeout" qemu-system-x86_64 "${args[@]}" </dev/null &
-		echo $! >"$pidfile"
-		wait $!
-		echo $? >"$rcfile"
-	} 2>&1 |
-		sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' |
-		tee "$console" | "${show[@]}" &
-	wait $! || true
+	local t=$SECONDS rc=0 boot
+	for boot in 1 2; do
+		boot_vm "$job" "$console" "$mode" "$tag" "${args[@]}"
+		[[ -e $console.stuck ]] || break
+		rm -f "$console.stuck"
+		log "$tag: the guest did not find its PFs within ${boot_timeout}s of starting (stuck in boot)$( ((boot == 1)) && echo '; booting it once more')"
+	done
 	local qrc
-	qrc=$(cat "$rcfile" 2>/dev/null || echo 255)
-	rm -f "$pidfile"
+	qrc=$(cat "$work/qemu-$job.rc" 2>/dev/null || echo 255)
 	local secs=$((SECONDS - t)) result
 	result=$(grep -a -o 'SRIOVPT-VM-RESULT rc=[0-9]*' "$console" | tail -n1 | cut -d= -f2)
 	if ((qrc == 124)); then

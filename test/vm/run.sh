@@ -15,6 +15,8 @@
 # Environment:
 #   SRIOVPT_VM_CACHE    cache directory (default /var/cache/sriov-passthrough-cni-vm)
 #   SRIOVPT_VM_KERNELS  kernels to run e2e on, space separated (default "6.1 6.12")
+#   SRIOVPT_VM_BOOT_TIMEOUT  seconds a guest may take to find its PFs before it
+#                       is stopped and booted once more (default 240)
 #   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 900; six e2e VMs side by side on
 #                       two cores take 300-460 s each)
 #   SRIOVPT_VM_SMP      guest CPUs (default: host CPUs, at most 4)
