@@ -11,7 +11,8 @@
 #   mount    mount points with their file system type (a stacked mount
 #            shows twice)
 #   tmp      entries in /tmp (and $TMPDIR) named as tests name them: t.TempDir
-#            (Test*, Fuzz*, Benchmark*, Example*), sriovpt-*, sriov-*, cnitest*
+#            (Test*, Fuzz*, Benchmark*, Example*), sriovpt-*, sriov-*, cnitest*,
+#            runc-process* (runc exec in the Kubernetes test bed)
 #   process  processes of ours: the plugin, its delegates and tools, test
 #            binaries, QEMU, the Kubernetes test bed (pid and name)
 #   cgroup   cgroups whose path has a component named sriovpt* or cnitest*
@@ -20,7 +21,7 @@
 # snapshot first makes /var/run/netns a mount point (see netns_dir).
 set -euo pipefail
 
-tmp_names='^(Test|Fuzz|Benchmark|Example|sriovpt-|sriov-|cnitest)'
+tmp_names='^(Test|Fuzz|Benchmark|Example|sriovpt-|sriov-|cnitest|runc-process)'
 proc_names='^(sriov-passthrou|host-local|host-device|cnitool|qemu-system-x86|.*\.test|kubelet|kube-apiserver|kube-schedule|kube-controller|kubectl|etcd|containerd.*|runc|multus|crictl)$'
 cgroup_names='/(sriovpt|cnitest)[^/]*(/|$)'
 

@@ -16,6 +16,11 @@ SYSFS=/run/sriovpt-sys
 CGROUP_ROOT=/$(basename "$W")
 export PATH=$C/bin:$C/deb/usr/bin:$C/deb/usr/sbin:$C/deb/bin:$PATH
 export KUBECONFIG=$W/pki/admin.kubeconfig
+# Temporary files of everything the node runs stay in its work dir: runc
+# exec (kubectl exec) writes a runc-process* file to the temp dir and leaves
+# it when the exec is killed, and /tmp is the host's.
+export TMPDIR=$W/tmp
+mkdir -p "$TMPDIR"
 
 private_mounts() {
 	mount -t tmpfs -o mode=0755 tmpfs /run
