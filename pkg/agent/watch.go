@@ -14,26 +14,53 @@ import (
 // watchLinks subscribes to link events in the host netns. A new link, or
 // a link changing name or netns, may be a device coming home (the kernel
 // hands a dying netns's physical devices back to init_net, a workload
-// moves them back): those ask for repair. A subscription that breaks is
-// opened again.
+// moves them back): those ask for repair.
 func (a *Agent) watchLinks(ctx context.Context) error {
-	sub := func() (chan netlink.LinkUpdate, chan struct{}, error) {
+	return keepSubscribed(ctx, a, "link", func(ch chan netlink.LinkUpdate, done chan struct{}, h *netns.NsHandle) error {
+		return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{Namespace: h, ErrorCallback: a.subscriptionError("link")})
+	}, func(u netlink.LinkUpdate) { a.signal(u.Header.Type == unix.RTM_NEWLINK) }, true)
+}
+
+// watchUplinkSigns subscribes to address and route events in the host
+// netns: a PF that gains a global address or a default route becomes an
+// uplink, which no link event announces.
+func (a *Agent) watchUplinkSigns(ctx context.Context) error {
+	err := keepSubscribed(ctx, a, "address", func(ch chan netlink.AddrUpdate, done chan struct{}, h *netns.NsHandle) error {
+		return netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{Namespace: h, ErrorCallback: a.subscriptionError("address")})
+	}, func(netlink.AddrUpdate) { a.signal(false) }, false)
+	if err != nil {
+		return err
+	}
+	return keepSubscribed(ctx, a, "route", func(ch chan netlink.RouteUpdate, done chan struct{}, h *netns.NsHandle) error {
+		return netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{Namespace: h, ErrorCallback: a.subscriptionError("route")})
+	}, func(netlink.RouteUpdate) { a.signal(false) }, false)
+}
+
+func (a *Agent) subscriptionError(what string) func(error) {
+	return func(err error) { a.Log.Warn(what+" subscription", "error", err) }
+}
+
+// keepSubscribed subscribes to one kind of netlink event in the host netns
+// and hands every event to onEvent until ctx ends. The library closes the
+// channel when its socket fails (ENOBUFS when events outran us, or any
+// receive error): events may have been missed, so the agent looks again
+// (with repair if repairOnLoss) and subscribes anew, once a second until
+// it works. Only the first subscription's failure is returned.
+func keepSubscribed[T any](ctx context.Context, a *Agent, what string,
+	subscribe func(chan T, chan struct{}, *netns.NsHandle) error, onEvent func(T), repairOnLoss bool) error {
+	open := func() (chan T, chan struct{}, error) {
 		h, err := a.hostHandle()
 		if err != nil {
 			return nil, nil, err
 		}
 		defer h.Close()
-		ch, done := make(chan netlink.LinkUpdate, 64), make(chan struct{})
-		err = netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
-			Namespace:     &h,
-			ErrorCallback: func(err error) { a.Log.Warn("link subscription", "error", err) },
-		})
-		if err != nil {
-			return nil, nil, fmt.Errorf("subscribe to link events in the host netns: %w", err)
+		ch, done := make(chan T, 64), make(chan struct{})
+		if err := subscribe(ch, done, &h); err != nil {
+			return nil, nil, fmt.Errorf("subscribe to %s events in the host netns: %w", what, err)
 		}
 		return ch, done, nil
 	}
-	ch, done, err := sub()
+	ch, done, err := open()
 	if err != nil {
 		return err
 	}
@@ -43,66 +70,24 @@ func (a *Agent) watchLinks(ctx context.Context) error {
 			case <-ctx.Done():
 				close(done)
 				return
-			case u, ok := <-ch:
+			case ev, ok := <-ch:
 				if ok {
-					a.signal(u.Header.Type == unix.RTM_NEWLINK)
+					onEvent(ev)
 					continue
 				}
 			}
-			// The kernel closed the subscription (e.g. ENOBUFS when
-			// events outran us): look again, and subscribe again.
 			close(done)
-			a.signal(true)
-			for ctx.Err() == nil {
-				if ch, done, err = sub(); err == nil {
-					break
-				}
-				a.Log.Error("link subscription", "error", err)
-				time.Sleep(time.Second)
-			}
-		}
-	}()
-	return nil
-}
-
-// watchUplinkSigns subscribes to address and route events in the host
-// netns: a PF that gains a global address or a default route becomes an
-// uplink, which no link event announces.
-func (a *Agent) watchUplinkSigns(ctx context.Context) error {
-	h, err := a.hostHandle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	addrs, routes, done := make(chan netlink.AddrUpdate, 64), make(chan netlink.RouteUpdate, 64), make(chan struct{})
-	onErr := func(err error) { a.Log.Warn("address/route subscription", "error", err) }
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: &h, ErrorCallback: onErr}); err != nil {
-		close(done)
-		return fmt.Errorf("subscribe to address events in the host netns: %w", err)
-	}
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: &h, ErrorCallback: onErr}); err != nil {
-		close(done)
-		return fmt.Errorf("subscribe to route events in the host netns: %w", err)
-	}
-	go func() {
-		defer close(done)
-		for addrs != nil || routes != nil {
-			select {
-			case <-ctx.Done():
-				return
-			case _, ok := <-addrs:
-				if !ok {
-					addrs = nil
-				}
-			case _, ok := <-routes:
-				if !ok {
-					routes = nil
+			a.Log.Warn(what + " subscription closed; looking again and subscribing anew")
+			a.signal(repairOnLoss)
+			for ch, done, err = open(); err != nil; ch, done, err = open() {
+				a.Log.Error(what+" subscription", "error", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
 				}
 			}
-			a.signal(false)
 		}
-		// Closed by the kernel: the resync is the backstop from here.
-		a.Log.Error("address and route subscriptions ended; uplink changes are seen at the next resync")
 	}()
 	return nil
 }
