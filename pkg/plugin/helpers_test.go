@@ -139,18 +139,9 @@ func readRecord(t *testing.T, e *kerneltest.Env, cid, ifname string) *state.Reco
 // plugin's back.
 func moveLink(t *testing.T, from, to ns.NetNS, name, newName string) {
 	t.Helper()
-	err := from.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(name)
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetNsFd(l, int(to.Fd()))
-	})
-	if err != nil {
-		t.Fatalf("move %s: %v", name, err)
-	}
+	kerneltest.MoveLink(t, from, to, name)
 	if newName != "" && newName != name {
-		err = to.Do(func(ns.NetNS) error {
+		err := to.Do(func(ns.NetNS) error {
 			l, err := netlink.LinkByName(name)
 			if err != nil {
 				return err
