@@ -421,6 +421,13 @@ boot_vm() {
 	rm -f "$pidfile"
 }
 
+# booted CONSOLE: the guest got as far as reporting its PFs. QEMU 10's
+# emulated VT-d under TCG sometimes aborts during boot
+# (iotlb_to_section assertion) before that.
+booted() {
+	grep -aqE 'guest: ([0-9]+ SR-IOV PFs up|only [0-9]+ of)' "$1" 2>/dev/null
+}
+
 # watch_boot CONSOLE PIDFILE RCFILE stops QEMU when the guest has not said
 # how many PFs it found within boot_timeout seconds.
 watch_boot() {
@@ -429,7 +436,7 @@ watch_boot() {
 		sleep 2
 		waited=$((waited + 2))
 		[[ -e $rcfile ]] && return 0
-		grep -aqE 'guest: ([0-9]+ SR-IOV PFs up|only [0-9]+ of)' "$console" 2>/dev/null && return 0
+		booted "$console" && return 0
 	done
 	[[ -s $pidfile ]] || return 0
 	touch "$console.stuck"
@@ -478,9 +485,13 @@ run_vm() {
 	local t=$SECONDS rc=0 boot
 	for boot in 1 2; do
 		boot_vm "$job" "$console" "$mode" "$tag" "${args[@]}"
-		[[ -e $console.stuck ]] || break
+		booted "$console" || [[ -e $work/stopping ]] && break
+		if [[ -e $console.stuck ]]; then
+			log "$tag: the guest did not find its PFs within ${boot_timeout}s of starting (stuck in boot)$( ((boot == 1)) && echo '; booting it once more')"
+		else
+			log "$tag: QEMU ended before the guest found its PFs$( ((boot == 1)) && echo '; booting it once more')"
+		fi
 		rm -f "$console.stuck"
-		log "$tag: the guest did not find its PFs within ${boot_timeout}s of starting (stuck in boot)$( ((boot == 1)) && echo '; booting it once more')"
 	done
 	local qrc
 	qrc=$(cat "$work/qemu-$job.rc" 2>/dev/null || echo 255)

@@ -110,6 +110,8 @@ main() {
 cleanup() {
 	local rc=$?
 	local f
+	# No VM may boot again once we stop them (run_vm retries a failed boot).
+	[[ -n ${work:-} && -d $work ]] && touch "$work/stopping"
 	for f in "${work:-/nonexistent}"/qemu-*.pid; do
 		[[ -s $f ]] || continue
 		kill "$(cat "$f")" 2>/dev/null || true
