@@ -4,56 +4,14 @@ import (
 	"context"
 	"log/slog"
 	"maps"
-	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
-
-// fakeKubelet is the kubelet's registration service on kubelet.sock in a
-// temp dir: what a device plugin talks to first.
-type fakeKubelet struct {
-	pluginapi.UnimplementedRegistrationServer
-	srv  *grpc.Server
-	regs chan *pluginapi.RegisterRequest
-}
-
-func startKubelet(t *testing.T, dir string) *fakeKubelet {
-	t.Helper()
-	sock := filepath.Join(dir, kubeletSocket)
-	_ = os.Remove(sock)
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := &fakeKubelet{srv: grpc.NewServer(), regs: make(chan *pluginapi.RegisterRequest, 4)}
-	pluginapi.RegisterRegistrationServer(k.srv, k)
-	go k.srv.Serve(l)
-	t.Cleanup(k.srv.Stop)
-	return k
-}
-
-func (k *fakeKubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
-	k.regs <- r
-	return &pluginapi.Empty{}, nil
-}
-
-func (k *fakeKubelet) registered(t *testing.T) *pluginapi.RegisterRequest {
-	t.Helper()
-	select {
-	case r := <-k.regs:
-		return r
-	case <-time.After(10 * time.Second):
-		t.Fatal("the agent did not register with the kubelet")
-		return nil
-	}
-}
 
 // dialPlugin connects to the plugin's endpoint as the kubelet does after
 // a registration.
@@ -69,7 +27,7 @@ func dialPlugin(t *testing.T, dir, endpoint string) pluginapi.DevicePluginClient
 
 func startPlugin(t *testing.T, dir string, pfs []PF) *DevicePlugin {
 	t.Helper()
-	dp := NewDevicePlugin("prow/sriov", slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	dp := NewDevicePlugin("prow/sriov", testLogger(t))
 	dp.Update(pfs)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -80,6 +38,8 @@ func startPlugin(t *testing.T, dir string, pfs []PF) *DevicePlugin {
 }
 
 type testWriter struct{ t *testing.T }
+
+func testLogger(t *testing.T) *slog.Logger { return slog.New(slog.NewTextHandler(testWriter{t}, nil)) }
 
 func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
 
@@ -171,39 +131,6 @@ func TestDevicePluginAPIAsTheKubeletDrivesIt(t *testing.T) {
 	if _, err := c.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
 		{DevicesIds: []string{"0000:3e:00.0"}}}}); err == nil {
 		t.Error("allocating the uplink, which was never advertised, succeeded")
-	}
-}
-
-// A kubelet restart removes the plugin sockets and re-creates its own:
-// the agent must register again, or the node loses the resource.
-func TestReRegistersWhenTheKubeletRestarts(t *testing.T) {
-	dir := t.TempDir()
-	kubelet := startKubelet(t, dir)
-	startPlugin(t, dir, []PF{{PCI: "0000:3b:00.0", Phase: Free}})
-	reg := kubelet.registered(t)
-	for i := range 2 {
-		// Stopping closes the listener, which unlinks kubelet.sock. A
-		// starting kubelet then wipes the directory's sockets and listens
-		// on kubelet.sock again.
-		kubelet.srv.Stop()
-		// (The agent may be between two sockets, re-serving after a
-		// registration that raced the previous restart.)
-		if err := os.Remove(filepath.Join(dir, reg.Endpoint)); err != nil && !os.IsNotExist(err) {
-			t.Fatal(err)
-		}
-		kubelet = startKubelet(t, dir)
-		reg = kubelet.registered(t)
-		c := dialPlugin(t, dir, reg.Endpoint)
-		// The kubelet waits for the endpoint it was just told about.
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s, err := c.ListAndWatch(ctx, &pluginapi.Empty{}, grpc.WaitForReady(true))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := recv(t, s); got["0000:3b:00.0"] != "Healthy" {
-			t.Fatalf("restart %d: devices %v", i, got)
-		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -22,20 +23,41 @@ import (
 // directory.
 const kubeletSocket = "kubelet.sock"
 
+// retryRegistration is how long a failed registration waits for the
+// directory to change before it is tried again.
+const retryRegistration = 5 * time.Second
+
 // Server serves a DevicePlugin on a socket in the kubelet's device-plugin
 // directory and keeps it registered.
+//
+// What the kubelet does, which this follows: a starting kubelet removes
+// every socket in the directory, then listens on kubelet.sock, knowing no
+// plugin. It knows a plugin by its resource and socket path, refuses a
+// registration for a path it is still connected to ("device plugin
+// already connected"), and when the ListAndWatch stream on a path ends it
+// disconnects that path, and with the resource's last path the resource
+// itself (every device Unhealthy). So the agent registers exactly once
+// with each kubelet, serves every new socket under a name it has not used
+// before, and stops serving an old socket only once the new one is
+// registered.
 type Server struct {
 	// Dir is the kubelet's device-plugin directory, where kubelet.sock is.
 	Dir string
-	// Socket is the plugin's own socket file name in Dir.
+	// Socket is the plugin's socket file name in Dir; later sockets get
+	// a generation number before the extension.
 	Socket string
 	Plugin *DevicePlugin
 	Log    *slog.Logger
 }
 
-// Run serves and registers until ctx ends. A kubelet that restarts removes
-// every plugin socket and re-creates kubelet.sock, forgetting all plugins:
-// when either happens the server starts over and registers again.
+// endpoint is one socket the plugin is served on.
+type endpoint struct {
+	name string // in Dir
+	id   fileID
+	srv  *grpc.Server
+}
+
+// Run serves and registers until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
 	if err := validResource(s.Plugin.Resource); err != nil {
 		return err
@@ -45,95 +67,126 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer w.Close()
-	events := make(chan string, 16)
+	changed := make(chan struct{}, 1)
 	go func() {
-		defer close(events)
+		defer close(changed)
 		for {
-			paths, err := w.Next()
-			if err != nil {
+			if _, err := w.Next(); err != nil {
 				return
 			}
-			for _, p := range paths {
-				events <- p
+			select {
+			case changed <- struct{}{}:
+			default:
 			}
 		}
 	}()
-	kubelet := filepath.Join(s.Dir, kubeletSocket)
-	for ctx.Err() == nil {
-		before := inode(kubelet)
-		if err := s.serveOnce(ctx, events); err != nil {
-			s.Log.Error("device plugin", "error", err)
-			s.awaitKubelet(ctx, events, kubelet, before)
+	s.removeOwnSockets()
+	var (
+		ep, registered *endpoint
+		retired        []*endpoint
+		kubelet        fileID // the kubelet.sock registered with
+		gen            int
+	)
+	defer func() {
+		for _, e := range retired {
+			e.stop()
 		}
-	}
-	return nil
-}
-
-// awaitKubelet waits, after a failed registration, for the kubelet's
-// socket to be created anew, or a few seconds.
-func (s *Server) awaitKubelet(ctx context.Context, events <-chan string, kubelet string, before fileID) {
-	timeout := time.After(5 * time.Second)
-	for {
-		if now := inode(kubelet); now != (fileID{}) && now != before {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-timeout:
-			return
-		case _, ok := <-events:
-			if !ok {
-				return
+		if ep != nil {
+			ep.stop()
+			// Gone with the agent: the kubelet must not dial a socket
+			// nobody serves.
+			if inode(ep.path(s.Dir)) == ep.id {
+				os.Remove(ep.path(s.Dir))
 			}
 		}
-	}
-}
-
-// serveOnce serves one socket life: listen, register, and return when
-// the kubelet's socket is re-created or ours is removed.
-func (s *Server) serveOnce(ctx context.Context, events <-chan string) error {
-	sock := filepath.Join(s.Dir, s.Socket)
-	if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", sock, err)
-	}
-	srv := grpc.NewServer()
-	pluginapi.RegisterDevicePluginServer(srv, s.Plugin)
-	go srv.Serve(l)
-	defer srv.Stop()
-	// The sockets' inodes tell a re-created socket from stale events.
-	ours := inode(sock)
-	kubelet := filepath.Join(s.Dir, kubeletSocket)
-	theirs := inode(kubelet)
-	if err := s.register(ctx); err != nil {
-		return err
-	}
-	s.Log.Info("registered with the kubelet", "resource", s.Plugin.Resource, "socket", sock)
+	}()
 	for {
+		if ep == nil || inode(ep.path(s.Dir)) != ep.id {
+			if next, err := s.serve(gen); err != nil {
+				s.Log.Error("device plugin", "error", err)
+			} else {
+				if ep != nil {
+					s.Log.Info("our socket was removed; serving on a new one", "old", ep.name, "new", next.name)
+					retired = append(retired, ep)
+				}
+				ep = next
+			}
+			gen++
+		}
+		var retry <-chan time.Time
+		if now := inode(filepath.Join(s.Dir, kubeletSocket)); ep != nil && now != (fileID{}) && (ep != registered || now != kubelet) {
+			if err := s.register(ctx, ep.name); err != nil {
+				s.Log.Error("device plugin", "error", err)
+				retry = time.After(retryRegistration)
+			} else {
+				s.Log.Info("registered with the kubelet", "resource", s.Plugin.Resource, "socket", filepath.Join(s.Dir, ep.name))
+				registered, kubelet = ep, now
+				for _, e := range retired {
+					e.stop()
+				}
+				retired = nil
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case _, ok := <-events:
+		case _, ok := <-changed:
 			if !ok {
 				return errors.New("device-plugin directory watch ended")
 			}
-			if now := inode(kubelet); now != (fileID{}) && now != theirs {
-				s.Log.Info("kubelet socket re-created; registering again")
-				return nil
-			}
-			if inode(sock) != ours {
-				s.Log.Info("our socket was removed (kubelet restart); serving again")
-				return nil
-			}
+		case <-retry:
 		}
 	}
 }
 
-func (s *Server) register(ctx context.Context) error {
+// socketName is the name of the gen'th socket: Socket itself first, then
+// "<stem>.<gen><ext>".
+func (s *Server) socketName(gen int) string {
+	if gen == 0 {
+		return s.Socket
+	}
+	ext := filepath.Ext(s.Socket)
+	return fmt.Sprintf("%s.%d%s", strings.TrimSuffix(s.Socket, ext), gen, ext)
+}
+
+// removeOwnSockets removes what an earlier run of the agent left: its
+// sockets, under any generation.
+func (s *Server) removeOwnSockets() {
+	ext := filepath.Ext(s.Socket)
+	stale, _ := filepath.Glob(filepath.Join(s.Dir, strings.TrimSuffix(s.Socket, ext)+".*"+ext))
+	for _, p := range append(stale, filepath.Join(s.Dir, s.Socket)) {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.Log.Warn("remove stale socket", "error", err)
+		}
+	}
+}
+
+// serve listens on the gen'th socket and serves the plugin there.
+func (s *Server) serve(gen int) (*endpoint, error) {
+	name := s.socketName(gen)
+	path := filepath.Join(s.Dir, name)
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	// The listener must not unlink the path when it closes: by then it
+	// may name nothing of ours.
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	srv := grpc.NewServer()
+	pluginapi.RegisterDevicePluginServer(srv, s.Plugin)
+	go srv.Serve(l)
+	return &endpoint{name: name, id: inode(path), srv: srv}, nil
+}
+
+func (e *endpoint) path(dir string) string { return filepath.Join(dir, e.name) }
+
+// stop ends the endpoint's streams; the kubelet then drops the path.
+func (e *endpoint) stop() { e.srv.Stop() }
+
+func (s *Server) register(ctx context.Context, endpoint string) error {
 	kubelet := filepath.Join(s.Dir, kubeletSocket)
 	conn, err := grpc.NewClient("unix://"+kubelet, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -144,12 +197,12 @@ func (s *Server) register(ctx context.Context) error {
 	defer cancel()
 	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
 		Version:      pluginapi.Version,
-		Endpoint:     s.Socket,
+		Endpoint:     endpoint,
 		ResourceName: s.Plugin.Resource,
 		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true},
 	})
 	if err != nil {
-		return fmt.Errorf("register %s with the kubelet at %s: %w", s.Plugin.Resource, kubelet, err)
+		return fmt.Errorf("register %s (socket %s) with the kubelet at %s: %w", s.Plugin.Resource, endpoint, kubelet, err)
 	}
 	return nil
 }

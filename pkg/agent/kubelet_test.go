@@ -1,0 +1,279 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+// fakeKubelet is the kubelet's side of the device-plugin API, as the
+// kubelet's device manager (v1.37) behaves:
+//   - starting, it removes every socket in the directory, then listens on
+//     kubelet.sock;
+//   - on Register it connects to the plugin's socket and watches its
+//     ListAndWatch stream, but refuses a socket path it is still
+//     connected to;
+//   - when a stream ends it drops that path, and with the resource's last
+//     path it marks every device Unhealthy;
+//   - killed, it leaves kubelet.sock behind and its streams end.
+type fakeKubelet struct {
+	pluginapi.UnimplementedRegistrationServer
+	t    *testing.T
+	dir  string
+	srv  *grpc.Server
+	regs chan *pluginapi.RegisterRequest
+
+	mu        sync.Mutex
+	accepted  int
+	refused   int
+	endpoints map[string]*grpc.ClientConn // socket path -> connection
+	devices   map[string]string           // device ID -> health
+}
+
+func startKubelet(t *testing.T, dir string) *fakeKubelet {
+	return startKubeletAfter(t, dir, 0)
+}
+
+// startKubeletAfter starts a kubelet that listens only delay after it has
+// removed the directory's sockets.
+func startKubeletAfter(t *testing.T, dir string, delay time.Duration) *fakeKubelet {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Type()&os.ModeSocket != 0 {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(delay)
+	l, err := net.Listen("unix", filepath.Join(dir, kubeletSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	k := &fakeKubelet{t: t, dir: dir, srv: grpc.NewServer(), regs: make(chan *pluginapi.RegisterRequest, 16),
+		endpoints: map[string]*grpc.ClientConn{}, devices: map[string]string{}}
+	pluginapi.RegisterRegistrationServer(k.srv, k)
+	go k.srv.Serve(l)
+	t.Cleanup(k.kill)
+	return k
+}
+
+func (k *fakeKubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
+	path := filepath.Join(k.dir, r.Endpoint)
+	k.mu.Lock()
+	if _, ok := k.endpoints[path]; ok {
+		k.refused++
+		k.mu.Unlock()
+		return nil, fmt.Errorf("device plugin already connected: %s", path)
+	}
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		k.mu.Unlock()
+		return nil, err
+	}
+	k.endpoints[path] = conn
+	k.mu.Unlock()
+	stream, err := pluginapi.NewDevicePluginClient(conn).ListAndWatch(context.Background(), &pluginapi.Empty{})
+	if err != nil {
+		k.drop(path)
+		return nil, err
+	}
+	go k.watch(path, stream)
+	k.mu.Lock()
+	k.accepted++
+	k.mu.Unlock()
+	k.regs <- r
+	return &pluginapi.Empty{}, nil
+}
+
+func (k *fakeKubelet) watch(path string, s grpc.ServerStreamingClient[pluginapi.ListAndWatchResponse]) {
+	for {
+		resp, err := s.Recv()
+		if err != nil {
+			k.drop(path)
+			return
+		}
+		k.mu.Lock()
+		k.devices = map[string]string{}
+		for _, d := range resp.Devices {
+			k.devices[d.ID] = d.Health
+		}
+		k.mu.Unlock()
+	}
+}
+
+func (k *fakeKubelet) drop(path string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if c, ok := k.endpoints[path]; ok {
+		c.Close()
+		delete(k.endpoints, path)
+	}
+	if len(k.endpoints) == 0 {
+		for id := range k.devices {
+			k.devices[id] = pluginapi.Unhealthy
+		}
+	}
+}
+
+// kill ends the kubelet as SIGKILL would: its connections close, its
+// socket file stays.
+func (k *fakeKubelet) kill() {
+	k.srv.Stop()
+	k.mu.Lock()
+	conns := k.endpoints
+	k.endpoints = map[string]*grpc.ClientConn{}
+	k.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func (k *fakeKubelet) registered(t *testing.T) *pluginapi.RegisterRequest {
+	t.Helper()
+	select {
+	case r := <-k.regs:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not register with the kubelet")
+		return nil
+	}
+}
+
+// healthy reports whether the kubelet has the device Healthy through a
+// connected plugin, with the numbers of registrations it accepted and
+// refused.
+func (k *fakeKubelet) healthy(id string) (ok bool, accepted, refused int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.endpoints) > 0 && k.devices[id] == pluginapi.Healthy, k.accepted, k.refused
+}
+
+// settled waits until the kubelet has the device Healthy, then watches for
+// a second: a registration that was going to follow the first comes within
+// milliseconds. It returns the registrations accepted and refused.
+func (k *fakeKubelet) settled(t *testing.T, id string) (accepted, refused int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, _, _ := k.healthy(id)
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the kubelet never had %s Healthy through a connected plugin", id)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	ok, accepted, refused := k.healthy(id)
+	if !ok {
+		t.Fatalf("the kubelet lost %s after it had it Healthy", id)
+	}
+	return accepted, refused
+}
+
+// A kubelet restart removes the plugin sockets and re-creates its own: the
+// agent must register again, exactly once, or the node loses the resource.
+// The restarted kubelets listen at once or only a while after their
+// cleanup, as a busy node's may.
+func TestRegistersOnceWithEachKubelet(t *testing.T) {
+	dir := t.TempDir()
+	const pci = "0000:3b:00.0"
+	k := startKubelet(t, dir)
+	startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
+	if a, r := k.settled(t, pci); a != 1 || r != 0 {
+		t.Fatalf("first kubelet: %d registrations accepted, %d refused; want 1, 0", a, r)
+	}
+	for i, delay := range []time.Duration{0, 0, 200 * time.Millisecond, 0} {
+		k.kill()
+		k = startKubeletAfter(t, dir, delay)
+		if a, r := k.settled(t, pci); a != 1 || r != 0 {
+			t.Fatalf("restart %d (listening %s after its cleanup): %d registrations accepted, %d refused; want 1, 0", i, delay, a, r)
+		}
+	}
+}
+
+// A plugin socket removed while the kubelet runs (by hand, or by a
+// cleanup that raced a restart): the agent serves on a new socket and
+// registers it, and the kubelet keeps the device through the switch. The
+// same socket path again would be refused while the kubelet is still
+// connected to it.
+func TestServesANewSocketWhenItsOwnIsRemoved(t *testing.T) {
+	dir := t.TempDir()
+	const pci = "0000:3b:00.0"
+	k := startKubelet(t, dir)
+	startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
+	first := k.registered(t)
+	if err := os.Remove(filepath.Join(dir, first.Endpoint)); err != nil {
+		t.Fatal(err)
+	}
+	second := k.registered(t)
+	if second.Endpoint == first.Endpoint {
+		t.Fatalf("registered %s again", first.Endpoint)
+	}
+	if a, r := k.settled(t, pci); a != 2 || r != 0 {
+		t.Fatalf("%d registrations accepted, %d refused; want 2, 0", a, r)
+	}
+	k.mu.Lock()
+	n := len(k.endpoints)
+	k.mu.Unlock()
+	if n != 1 {
+		t.Errorf("the kubelet is connected to %d sockets, want 1 (the old one stopped)", n)
+	}
+}
+
+// The agent's sockets are its own: an old run's are removed at start, and
+// the current one when the agent stops.
+func TestRemovesItsSockets(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"sriov-passthrough.sock", "sriov-passthrough.7.sock"} {
+		l, err := net.Listen("unix", filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
+	}
+	k := startKubelet(t, dir)
+	// (startKubelet removed both, as a kubelet would; put one back as if
+	// the kubelet had started before the old agent's last socket.)
+	l, err := net.Listen("unix", filepath.Join(dir, "sriov-passthrough.7.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	dp := NewDevicePlugin("prow/sriov", testLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- (&Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: dp.Log}).Run(ctx)
+	}()
+	k.registered(t)
+	if _, err := os.Stat(filepath.Join(dir, "sriov-passthrough.7.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an old run's socket is still there: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sriov-passthrough.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the agent's socket is left after it stopped: %v", err)
+	}
+}
