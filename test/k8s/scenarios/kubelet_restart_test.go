@@ -1,0 +1,137 @@
+//go:build k8s
+
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	podresources "k8s.io/kubelet/pkg/apis/podresources/v1"
+)
+
+// The kubelet's pod-resources API and device-plugin directory (node.sh
+// keeps the kubelet's default root dir).
+const (
+	podResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
+	pluginDir          = "/var/lib/kubelet/device-plugins"
+)
+
+// 10. The kubelet SIGKILLed and restarted while a job holds a PF. A
+// starting kubelet removes every socket in the device-plugin directory and
+// knows no device until a plugin registers again and lists them, while the
+// API still shows the old allocatable; the kubelet refuses to admit a pod
+// that asks for prow/sriov in that window. The agent must register once
+// with the new kubelet (a second registration on the same socket is
+// refused, and a plugin that stops serving its first one is disconnected,
+// taking the resource with it). Asserted: the kubelet's own count of
+// registrations is 1, its pod-resources API lists every PF, the job keeps
+// its PF, and a job created then is admitted and gets the other PF. The
+// time from the kill to the agent's registration and to the kubelet listing
+// the devices is printed.
+func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
+	requireNodeWhole(t)
+	want := len(pfNames())
+	held := runJob(t, 1, "kubelet-restart-held")
+	killed := time.Now()
+	restart(t, "kubelet")
+	waitFor(t, "the kubelet's pod-resources API lists every prow/sriov device", 2*time.Minute, func() (bool, error) {
+		ids, err := kubeletDevices()
+		return len(ids) == want, err
+	})
+	listed := time.Since(killed)
+	// The kubelet's socket is made when its device manager starts: bind
+	// sets the file's times.
+	sock, err := os.Stat(filepath.Join(pluginDir, "kubelet.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var registered time.Duration
+	waitFor(t, "the agent's registration in its log", time.Minute, func() (bool, error) {
+		var err error
+		registered, err = agentLoggedAfter(`msg="registered with the kubelet"`, killed)
+		return registered >= 0, err
+	})
+	// A registration refused or made twice shows in the kubelet's own
+	// counter, which starts at 0 with each kubelet process.
+	if n := kubeletRegistrations(t); n != 1 {
+		t.Errorf("the restarted kubelet counted %d prow/sriov registrations, want 1", n)
+	}
+	fmt.Printf("k8s-e2e: kubelet SIGKILLed -> its new socket after %s; the agent registered %s after that; the kubelet listed %d devices %.1fs after the kill\n",
+		sock.ModTime().Sub(killed).Round(time.Millisecond), killed.Add(registered).Sub(sock.ModTime()).Round(time.Millisecond), want, listed.Seconds())
+
+	next := runJob(t, 1, "kubelet-restart-new")
+	if slices.Equal(next, held) {
+		t.Fatalf("the job created after the restart got %v, which the first job holds", next)
+	}
+	waitFor(t, "exec into the held job after the kubelet restart", 2*time.Minute, func() (bool, error) {
+		_, err := kubectlErr(nil, "exec", "kubelet-restart-held", "--", "true")
+		return err == nil, err
+	})
+	if got := checkJob(t, "kubelet-restart-held", 1); !slices.Equal(got, held) {
+		t.Fatalf("after the kubelet restart the job holds %v, had %v", got, held)
+	}
+	deleteJobs(t)
+	waitAllocatable(t, want, "after the jobs")
+}
+
+// kubeletDevices asks the kubelet's pod-resources API which prow/sriov
+// devices its device manager has: none until a plugin has registered and
+// sent its list.
+func kubeletDevices() ([]string, error) {
+	conn, err := grpc.NewClient("unix://"+podResourcesSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := podresources.NewPodResourcesListerClient(conn).GetAllocatableResources(ctx, &podresources.AllocatableResourcesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, d := range resp.Devices {
+		if d.ResourceName == "prow/sriov" {
+			ids = append(ids, d.DeviceIds...)
+		}
+	}
+	return ids, nil
+}
+
+var registrationsMetric = regexp.MustCompile(`(?m)^kubelet_device_plugin_registration_total\{resource_name="prow/sriov"\} (\d+)`)
+
+// kubeletRegistrations reads the kubelet's count of prow/sriov
+// registrations from its metrics, through the API server's node proxy.
+func kubeletRegistrations(t *testing.T) int {
+	t.Helper()
+	out := kubectl(t, nil, "get", "--raw", "/api/v1/nodes/"+env.node+"/proxy/metrics")
+	m := registrationsMetric.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no prow/sriov registration count in the kubelet's metrics:\n%s", grepLines(out, "device_plugin"))
+	}
+	n, err := strconv.Atoi(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
