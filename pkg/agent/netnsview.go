@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 var procNetns = regexp.MustCompile(`^/proc/[0-9]+/ns/net$`)
@@ -36,20 +38,25 @@ func CanSeeNetns(path string) error {
 	return mountPropagatesFromHost(filepath.Dir(path))
 }
 
-// inHostPIDNamespace reports whether kernel threads are visible: kthreadd
-// (pid 2, parent 0) exists only in the initial pid namespace; a child
-// namespace has exactly one process with parent 0, its own init.
+// initPIDNamespaceIno is the inode number the kernel gives the initial
+// pid namespace's nsfs file (PROC_PID_INIT_INO): every other pid
+// namespace gets a number of its own.
+const initPIDNamespaceIno = 0xEFFFFFFC
+
+// inHostPIDNamespace reports whether /proc shows the node's pids: the
+// process /proc calls "self" (this one, unless /proc belongs to a pid
+// namespace this process is not in) is in the initial pid namespace.
+//
+// Looking for kernel threads is not enough: in a pid namespace of its
+// own, a multi-threaded pid 1 (the agent as its container's entrypoint)
+// has threads 2, 3, ... whose /proc/<tid>/status read like kthreadd's
+// (parent 0).
 func inHostPIDNamespace() bool {
-	data, err := os.ReadFile("/proc/2/status")
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
 		return false
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
-			return strings.TrimSpace(v) == "0"
-		}
-	}
-	return false
+	return st.Ino == initPIDNamespaceIno
 }
 
 // mountPropagatesFromHost checks that dir lies on a mount (other than the

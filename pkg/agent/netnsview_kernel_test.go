@@ -4,10 +4,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
@@ -116,5 +120,59 @@ func TestCanSeeNetnsInThisNamespace(t *testing.T) {
 	}
 	if err := CanSeeNetns(notDir + "/ns/net"); err == nil || !strings.Contains(err.Error(), "cannot look at") {
 		t.Errorf("an unreadable netns path was judged: %v", err)
+	}
+}
+
+// hostPIDChild, set in a child's environment, makes the next test a child
+// in a pid namespace of its own: see the test.
+const hostPIDChild = "SRIOVPT_TEST_PIDNS_CHILD"
+
+// An agent without hostPID: its /proc shows only its own pid namespace,
+// where a live pod's /proc/<pid>/ns/net path does not exist, so the pod
+// would look dead. The check must refuse such paths there. The test runs
+// itself again as pid 1 of a new pid namespace, with a /proc of that
+// namespace mounted in a mount namespace of its own (both die with it),
+// and asks about this process's netns path.
+func TestCanSeeNetnsRefusesProcPathsWithoutHostPID(t *testing.T) {
+	if path := os.Getenv(hostPIDChild); path != "" {
+		// The child: a private copy of the mounts, then its own /proc.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mount("proc", "/proc", "proc", 0, ""); err != nil {
+			t.Fatal(err)
+		}
+		_, statErr := os.Stat(path)
+		fmt.Printf("pid=%d\nstat=%v\ncansee=%v\n", os.Getpid(), statErr, CanSeeNetns(path))
+		return
+	}
+	kerneltest.RequireRoot(t)
+	path := fmt.Sprintf("/proc/%d/ns/net", os.Getpid())
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), hostPIDChild+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child in a new pid namespace: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			got[k] = v
+		}
+	}
+	if got["pid"] != "1" {
+		t.Fatalf("the child is not in a pid namespace of its own:\n%s", out)
+	}
+	// What makes the check needed: the live netns looks absent there.
+	if !strings.Contains(got["stat"], "no such file") {
+		t.Fatalf("%s seen from the child: %q, want it absent (else this test proves nothing)\n%s", path, got["stat"], out)
+	}
+	if !strings.Contains(got["cansee"], "not in the host's pid namespace") {
+		t.Fatalf("CanSeeNetns(%s) without hostPID = %q, want a refusal\n%s", path, got["cansee"], out)
+	}
+	// And here, in the host's pid namespace, the same path is judged.
+	if err := CanSeeNetns(path); err != nil {
+		t.Errorf("CanSeeNetns(%s) in the host pid namespace: %v", path, err)
 	}
 }
