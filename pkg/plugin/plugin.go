@@ -91,14 +91,21 @@ func (p *Plugin) begin(args *skel.CmdArgs) (*op, error) {
 		closeLog()
 		return nil, types.NewError(types.ErrInternal, "open host netns", err.Error())
 	}
-	o := &op{
-		Plugin: p, args: args, conf: conf, owner: owner, log: logger,
-		sys:   sriov.Sysfs{Root: conf.SysfsRoot},
-		store: state.Store{Dir: conf.StateDir},
-		host:  host,
-	}
+	o := p.newOp(conf, logger, host)
+	o.args, o.owner = args, owner
 	o.close = func() { host.Close(); closeLog() }
 	return o, nil
+}
+
+// newOp is an operation on the node conf describes: its sysfs, its
+// records, its host netns. begin (the CNI commands) and Reconcile (the
+// agent) both start here.
+func (p *Plugin) newOp(conf *config.NetConf, log *slog.Logger, host *netdev.NS) *op {
+	return &op{
+		Plugin: p, conf: conf, log: log, host: host,
+		sys:   sriov.Sysfs{Root: conf.SysfsRoot},
+		store: state.Store{Dir: conf.StateDir},
+	}
 }
 
 // lock takes the node-wide lock; busy for too long is "try again later".

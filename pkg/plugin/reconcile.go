@@ -5,7 +5,6 @@ import (
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
-	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
 
@@ -21,11 +20,8 @@ func (p *Plugin) Reconcile(conf *config.NetConf, log *slog.Logger, judgeNetns fu
 		return nil, err
 	}
 	defer host.Close()
-	o := &op{
-		Plugin: p, conf: conf, log: log, host: host, judgeNetns: judgeNetns,
-		sys:   sriov.Sysfs{Root: conf.SysfsRoot},
-		store: state.Store{Dir: conf.StateDir},
-	}
+	o := p.newOp(conf, log, host)
+	o.judgeNetns = judgeNetns
 	unlock, err := o.lock()
 	if err != nil {
 		return nil, err
