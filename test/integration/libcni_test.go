@@ -28,23 +28,7 @@ import (
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sriovpt-integration-")
-	if err != nil {
-		panic(err)
-	}
-	binDir = dir
-	code := 0
-	if err := kerneltest.BuildBinaries(binDir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		code = 1
-	}
-	if code == 0 {
-		code = m.Run()
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(kerneltest.RunWithBinaries(m, "sriovpt-integration-", &binDir)) }
 
 type world struct {
 	*kerneltest.Env

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 )
 
 // BuildBinaries puts into dir what tests run through libcni: the plugin and
@@ -28,6 +29,25 @@ func BuildBinaries(dir string) error {
 		}
 	}
 	return nil
+}
+
+// RunWithBinaries is a TestMain's body for tests that exec the plugin:
+// it builds the plugin and host-local into a new temp dir (named with
+// prefix), points *dir at it, runs the tests, removes the dir and returns
+// the exit code.
+func RunWithBinaries(m *testing.M, prefix string, dir *string) int {
+	d, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(d)
+	*dir = d
+	if err := BuildBinaries(d); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
 }
 
 // goCmd runs the go tool in dir and returns its trimmed output.

@@ -3,7 +3,6 @@ package multus
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -25,23 +24,7 @@ const networkName = "multus-cni-ns/sriov-passthrough-cni"
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sriovpt-multus-")
-	if err != nil {
-		panic(err)
-	}
-	binDir = dir
-	code := 0
-	if err := kerneltest.BuildBinaries(binDir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		code = 1
-	}
-	if code == 0 {
-		code = m.Run()
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(kerneltest.RunWithBinaries(m, "sriovpt-multus-", &binDir)) }
 
 // attachment is one real ADD as multus v3.x or v4 makes it: the built
 // plugin through libcni, with IPAM and the CNIDeviceInfoFile capability,
