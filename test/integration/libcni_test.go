@@ -290,14 +290,19 @@ func TestIPAMAddressesGoOnThePF(t *testing.T) {
 // exec runs the binary directly with a raw environment, for inputs libcni
 // would refuse to send.
 func (w *world) exec(env map[string]string, stdin string) (string, error) {
+	return w.run(exec.Command(filepath.Join(binDir, "sriov-passthrough-cni")), env, stdin)
+}
+
+// run runs cmd in the host netns with the CNI environment env (and
+// CNI_PATH) and stdin, and returns its stdout.
+func (w *world) run(cmd *exec.Cmd, env map[string]string, stdin string) (string, error) {
+	cmd.Env = append(cmd.Env, "CNI_PATH="+binDir)
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stdin = strings.NewReader(stdin)
 	var out []byte
 	err := w.inHost(func() error {
-		cmd := exec.Command(filepath.Join(binDir, "sriov-passthrough-cni"))
-		cmd.Env = []string{"CNI_PATH=" + binDir}
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		cmd.Stdin = strings.NewReader(stdin)
 		var err error
 		out, err = cmd.Output()
 		return err

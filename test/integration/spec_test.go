@@ -247,20 +247,10 @@ func mustMarshal(t *testing.T, v any) []byte {
 // setup (shell) prepares first: the mounts die with the process, so
 // nothing is left on the host even if the test is killed.
 func (w *world) execIn(setup string, env map[string]string, stdin string) (string, error) {
-	var out []byte
-	err := w.inHost(func() error {
-		cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-ec", setup+"\nexec \"$0\"",
-			filepath.Join(binDir, "sriov-passthrough-cni"))
-		cmd.Env = []string{"CNI_PATH=" + binDir, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		cmd.Stdin = strings.NewReader(stdin)
-		var err error
-		out, err = cmd.Output()
-		return err
-	})
-	return string(out), err
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-ec", setup+"\nexec \"$0\"",
+		filepath.Join(binDir, "sriov-passthrough-cni"))
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	return w.run(cmd, env, stdin)
 }
 
 // DEL succeeds when the state dir cannot be used (read-only, full, missing)
