@@ -29,11 +29,7 @@ func TestAgentPFComesBackLate(t *testing.T) {
 	pf := pfNames()[0]
 	away := "sriovpt-late"
 	ip(t, "netns", "add", away)
-	t.Cleanup(func() {
-		// The ifb PF dies with the netns: bring it home before deleting it.
-		_ = exec.Command("ip", "-n", away, "link", "set", pf, "netns", strconv.Itoa(os.Getpid())).Run()
-		_ = exec.Command("ip", "netns", "del", away).Run()
-	})
+	t.Cleanup(func() { bringAllHome(t, away) })
 	ip(t, "link", "set", pf, "netns", away)
 	waitAllocatable(t, want-1, pf+" away from the host")
 	if p := agentStatus(t); agentPhase(p, pf) != "missing" {

@@ -126,7 +126,11 @@ type link struct{ name, mac string }
 
 func podLinks(t *testing.T, name string) map[string]link {
 	t.Helper()
-	out := kubectl(t, nil, "exec", name, "--", "ip", "-o", "link")
+	return parseLinks(kubectl(t, nil, "exec", name, "--", "ip", "-o", "link"))
+}
+
+// parseLinks reads `ip -o link` output: the links with a MAC, by MAC.
+func parseLinks(out string) map[string]link {
 	byMAC := map[string]link{}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		f := strings.Fields(line)
