@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -67,16 +69,24 @@ func TestReleasesAStaleAttachmentOnlyWhenItCanSeeNetns(t *testing.T) {
 	}
 
 	// Where the runtime's netns directory is a propagating mount, a netns
-	// that is gone is gone: the release runs, as DEL would have.
+	// that is gone is gone: the release runs, as DEL would have. The
+	// attachment's IPAM is left to the runtime: the agent's container has
+	// no IPAM plugin (here: CNI_PATH names an empty dir).
 	rec.Netns = visible
+	rec.IPAMConf = []byte(`{"cniVersion":"1.0.0","name":"sriov-passthrough-cni","type":"sriov-passthrough-cni","ipam":{"type":"host-local","subnet":"192.0.2.0/28"}}`)
 	if err := store.Save(rec); err != nil {
 		t.Fatal(err)
 	}
+	t.Setenv("CNI_PATH", t.TempDir())
 	if err := CanSeeNetns(visible); err != nil {
 		t.Fatalf("CanSeeNetns(%s): %v", visible, err)
 	}
-	if live := reconcile(t, env, conf); len(live) != 0 {
+	var logs bytes.Buffer
+	if live := reconcileLogging(t, env, conf, &logs); len(live) != 0 {
 		t.Fatalf("stale attachment not released: %+v", live)
+	}
+	if strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "left to the runtime") {
+		t.Errorf("the release of a gone pod's attachment should leave its IPAM to the runtime, quietly; the log:\n%s", logs.String())
 	}
 	links := kerneltest.Links(t, env.Host)
 	for _, name := range env.AllNames() {
@@ -88,11 +98,18 @@ func TestReleasesAStaleAttachmentOnlyWhenItCanSeeNetns(t *testing.T) {
 
 func reconcile(t *testing.T, env *kerneltest.Env, conf *config.NetConf) []*state.Record {
 	t.Helper()
+	return reconcileLogging(t, env, conf, io.Discard)
+}
+
+// reconcileLogging is reconcile with the log also written to logs.
+func reconcileLogging(t *testing.T, env *kerneltest.Env, conf *config.NetConf, logs io.Writer) []*state.Record {
+	t.Helper()
 	p := &plugin.Plugin{LockTimeout: time.Second}
 	var live []*state.Record
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, logs), nil))
 	err := env.Host.Do(func(ns.NetNS) error {
 		var err error
-		live, err = p.Reconcile(conf, slog.New(slog.NewTextHandler(testWriter{t}, nil)), CanSeeNetns)
+		live, err = p.Reconcile(conf, log, CanSeeNetns)
 		return err
 	})
 	if err != nil {

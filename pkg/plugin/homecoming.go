@@ -229,12 +229,13 @@ func (h *homecoming) leaveTransit() error {
 }
 
 // reportMissing logs each device found nowhere: it stays pending, and the
-// next ADD, DEL or GC looks again.
+// node agent (on the device's return) or the next ADD, DEL or GC looks
+// again.
 func (h *homecoming) reportMissing(log *slog.Logger) {
 	for _, d := range h.rec.Pending() {
 		if _, ok := h.found[d.PCIAddress]; !ok {
 			log.Warn("device not found in the pod or on the host: it is in a network namespace the workload made (a kind node?) that is still alive; "+
-				"delete that netns or move the device back, and the next ADD, DEL or GC finishes",
+				"delete that netns or move the device back: the node agent finishes the release when it is back (without the agent, the next ADD, DEL or GC does)",
 				"pci", d.PCIAddress, "originalName", d.OriginalName, "lastSeenAs", d.PodName, "podNetns", h.rec.Netns)
 		}
 	}

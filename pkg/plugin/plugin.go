@@ -68,6 +68,11 @@ type op struct {
 	// netns path is gone (see netnsGone); nil for the plugin, which runs in
 	// the host's namespaces.
 	judgeNetns func(path string) error
+	// ipamToRuntime leaves the IPAM DEL of an attachment released for a
+	// gone pod to the runtime's own DEL or GC: set for the agent, whose
+	// container has neither the IPAM plugins nor the host files they keep
+	// their leases in.
+	ipamToRuntime bool
 }
 
 // begin parses the configuration and CNI_ARGS, opens the log and the host

@@ -12,7 +12,9 @@ import (
 // node-wide lock it finishes every release whose devices have come back,
 // rolls back what dead processes left, and releases attachments whose
 // netns is gone (only those judgeNetns can see; nil judges all), through
-// the same release path as DEL. It returns the records that still hold
+// the same release path as DEL. The IPAM addresses of an attachment it
+// releases are left to the runtime, whose DEL (or GC) for the gone pod
+// still comes and runs IPAM where it lives. It returns the records that still hold
 // devices. It must run in the host netns.
 func (p *Plugin) Reconcile(conf *config.NetConf, log *slog.Logger, judgeNetns func(path string) error) ([]*state.Record, error) {
 	host, err := netdev.Current()
@@ -21,7 +23,7 @@ func (p *Plugin) Reconcile(conf *config.NetConf, log *slog.Logger, judgeNetns fu
 	}
 	defer host.Close()
 	o := p.newOp(conf, log, host)
-	o.judgeNetns = judgeNetns
+	o.judgeNetns, o.ipamToRuntime = judgeNetns, true
 	unlock, err := o.lock()
 	if err != nil {
 		return nil, err

@@ -44,6 +44,12 @@ func (o *op) releaseForGone(rec *state.Record) error {
 	if !trusted {
 		return err
 	}
+	if o.ipamToRuntime {
+		if len(rec.IPAMConf) > 0 {
+			o.log.Info("the attachment's IPAM addresses are left to the runtime's DEL or GC", "record", rec.Key())
+		}
+		return err
+	}
 	return errors.Join(err, o.ipamDelRecord(rec))
 }
 
@@ -73,8 +79,15 @@ func (o *op) repair() []*state.Record {
 		stale := r.Phase != state.Attached || o.netnsGone(r)
 		if stale {
 			o.log.Info("repairing stale attachment", "record", r.Key(), "owner", r.Pod.String(), "phase", r.Phase)
-			if err := o.releaseForGone(r); err != nil {
+			err := o.releaseForGone(r)
+			switch {
+			case err != nil && r.Holds():
 				o.log.Error("repair of stale attachment failed; will retry", "record", r.Key(), "error", err)
+			case err != nil:
+				// The devices are home and the record is gone: what failed
+				// (the IPAM DEL) is not tried again by this plugin.
+				o.log.Error("stale attachment released, but its IPAM addresses were not; the runtime's DEL or GC for it frees them",
+					"record", r.Key(), "error", err)
 			}
 			if !r.Holds() {
 				continue
