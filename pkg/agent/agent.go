@@ -48,6 +48,9 @@ type Agent struct {
 	// unjudged holds the records whose netns this process cannot judge,
 	// already logged.
 	unjudged map[string]bool
+	// repairLog is the log the plugin's repair writes to, quiet about
+	// repeats.
+	repairLog *slog.Logger
 
 	mu      sync.Mutex
 	wake    chan struct{}
@@ -208,7 +211,10 @@ func (a *Agent) reconcile(before []*state.Record) ([]*state.Record, error) {
 	var live []*state.Record
 	err := a.inHost(func() error {
 		var err error
-		live, err = p.Reconcile(a.Conf, a.Log.With("cmd", "reconcile"), a.JudgeNetns)
+		if a.repairLog == nil {
+			a.repairLog = slog.New(newQuietRepeats(a.Log.Handler(), repeatWindow)).With("cmd", "reconcile")
+		}
+		live, err = p.Reconcile(a.Conf, a.repairLog, a.JudgeNetns)
 		return err
 	})
 	if err != nil {
@@ -307,6 +313,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// repeatWindow is how long the same warning from repair is said only once.
+const repeatWindow = 10 * time.Minute
 
 // burstWindow is how long the agent lets events gather before it looks.
 const burstWindow = 20 * time.Millisecond
