@@ -75,6 +75,8 @@ pod_table() {
 		admin() { if [ $(($(cat "$1/flags") & 1)) = 1 ]; then echo up; else echo down; fi; }
 		printf "  %-8s %-13s %-18s %-5s %-5s %s\n" NETDEV PCI MAC ADMIN LINK NOTE
 		for d in /sys/class/net/*; do
+			# (bonding_masters, a file the bonding module adds, is no netdev)
+			[ -d "$d" ] || continue
 			n=${d##*/}
 			[ -e "$d/device" ] || { printf "  %-8s %-13s %-18s %-5s %-5s %s\n" "$n" - "$(cat $d/address)" "$(admin $d)" "$(cat $d/operstate)" "virtual"; continue; }
 			pci=$(basename "$(readlink "$d/device")")
@@ -119,6 +121,41 @@ pod_table
 
 say "Host after ADD: the PF and its VFs are gone from the host netns"
 host_table
+
+# The job's own work, as a KubeVirt SR-IOV lane does it: the PF moves on
+# into a kind node's netns, the VFs are re-created, two are bound to
+# vfio-pci for the VMs under test; at the end the cluster goes down and
+# the PF comes back to the pod's netns.
+KIND=demo-kind-node
+PF_PCI=
+for pf in $(pf_pcis); do
+	[ -z "$(netdev_of "$pf")" ] && PF_PCI=$pf
+done
+[ -n "$PF_PCI" ] || fail "no PF left the host netns"
+say "Inside the job: net1 moves on into a kind node's netns, the VFs are re-created, two go to vfio-pci"
+cmd "$IP" netns add "$KIND" || fail "ip netns add $KIND"
+cmd "$IP" -n "$POD" link set net1 netns "$KIND" || fail "move net1 into the kind node"
+for n in 0 6; do
+	cmd sh -c "echo $n > /sys/bus/pci/devices/$PF_PCI/sriov_numvfs" || fail "sriov_numvfs=$n"
+done
+for i in 0 1; do
+	j=0
+	while [ ! -e "/sys/bus/pci/devices/$PF_PCI/virtfn$i" ]; do
+		j=$((j + 1))
+		[ "$j" -lt 200 ] || fail "VF $i of $PF_PCI not re-created"
+		sleep 0.1
+	done
+	vf=$(basename "$(readlink "/sys/bus/pci/devices/$PF_PCI/virtfn$i")")
+	echo vfio-pci >"/sys/bus/pci/devices/$vf/driver_override" || fail "driver_override $vf"
+	[ -e "/sys/bus/pci/devices/$vf/driver" ] && echo "$vf" >"/sys/bus/pci/devices/$vf/driver/unbind"
+	echo "$vf" >/sys/bus/pci/drivers_probe
+	printf '$ # VF %s (%s) -> %s\n' "$i" "$vf" "$(basename "$(readlink "/sys/bus/pci/devices/$vf/driver")")"
+done
+say "The node meanwhile: $(cat "/sys/bus/pci/devices/$PF_PCI/sriov_numvfs") new VFs, two on vfio-pci, the rest with fresh netdevs"
+host_table
+say "The job ends with cluster-down: the kind node's netns goes, net1 is back in the pod"
+cmd "$IP" -n "$KIND" link set net1 netns "$POD" || fail "move net1 back to the pod"
+cmd "$IP" netns delete "$KIND"
 
 say "DEL: give everything back"
 printf '$ cnitool del %s %s -i net1\n' "$NET" "$PODNS"
