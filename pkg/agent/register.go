@@ -23,8 +23,9 @@ import (
 // directory.
 const kubeletSocket = "kubelet.sock"
 
-// retryRegistration is how long a failed registration waits for the
-// directory to change before it is tried again.
+// retryRegistration is how long a failed registration (or a socket that
+// could not be served) waits for the directory to change before it is
+// tried again.
 const retryRegistration = 5 * time.Second
 
 // Server serves a DevicePlugin on a socket in the kubelet's device-plugin
@@ -81,51 +82,12 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	s.removeOwnSockets()
-	var (
-		ep, registered *endpoint
-		retired        []*endpoint
-		kubelet        fileID // the kubelet.sock registered with
-		gen            int
-	)
-	defer func() {
-		for _, e := range retired {
-			e.stop()
-		}
-		if ep != nil {
-			ep.stop()
-			// Gone with the agent: the kubelet must not dial a socket
-			// nobody serves.
-			if inode(ep.path(s.Dir)) == ep.id {
-				os.Remove(ep.path(s.Dir))
-			}
-		}
-	}()
+	var st registration
+	defer s.stopAll(&st)
 	for {
-		if ep == nil || inode(ep.path(s.Dir)) != ep.id {
-			if next, err := s.serve(gen); err != nil {
-				s.Log.Error("device plugin", "error", err)
-			} else {
-				if ep != nil {
-					s.Log.Info("our socket was removed; serving on a new one", "old", ep.name, "new", next.name)
-					retired = append(retired, ep)
-				}
-				ep = next
-			}
-			gen++
-		}
 		var retry <-chan time.Time
-		if now := inode(filepath.Join(s.Dir, kubeletSocket)); ep != nil && now != (fileID{}) && (ep != registered || now != kubelet) {
-			if err := s.register(ctx, ep.name); err != nil {
-				s.Log.Error("device plugin", "error", err)
-				retry = time.After(retryRegistration)
-			} else {
-				s.Log.Info("registered with the kubelet", "resource", s.Plugin.Resource, "socket", filepath.Join(s.Dir, ep.name))
-				registered, kubelet = ep, now
-				for _, e := range retired {
-					e.stop()
-				}
-				retired = nil
-			}
+		if !s.converge(ctx, &st) {
+			retry = time.After(retryRegistration)
 		}
 		select {
 		case <-ctx.Done():
@@ -135,6 +97,63 @@ func (s *Server) Run(ctx context.Context) error {
 				return errors.New("device-plugin directory watch ended")
 			}
 		case <-retry:
+		}
+	}
+}
+
+// registration is what the server serves and what the kubelet knows.
+type registration struct {
+	ep         *endpoint   // the socket served now
+	registered *endpoint   // the socket the kubelet was told of
+	kubelet    fileID      // the kubelet.sock it was told through
+	retired    []*endpoint // served still, until ep is registered
+	gen        int         // the next socket's generation
+}
+
+// converge serves a socket if ours is gone and registers it if the kubelet
+// does not know it yet (a new socket, or a new kubelet). It reports false
+// when something failed and is worth trying again without an event.
+func (s *Server) converge(ctx context.Context, st *registration) bool {
+	if st.ep == nil || inode(st.ep.path(s.Dir)) != st.ep.id {
+		next, err := s.serve(st.gen)
+		st.gen++
+		if err != nil {
+			s.Log.Error("device plugin", "error", err)
+			return false
+		}
+		if st.ep != nil {
+			s.Log.Info("our socket was removed; serving on a new one", "old", st.ep.name, "new", next.name)
+			st.retired = append(st.retired, st.ep)
+		}
+		st.ep = next
+	}
+	now := inode(filepath.Join(s.Dir, kubeletSocket))
+	if now == (fileID{}) || (st.ep == st.registered && now == st.kubelet) {
+		return true
+	}
+	if err := s.register(ctx, st.ep.name); err != nil {
+		s.Log.Error("device plugin", "error", err)
+		return false
+	}
+	s.Log.Info("registered with the kubelet", "resource", s.Plugin.Resource, "socket", st.ep.path(s.Dir))
+	st.registered, st.kubelet = st.ep, now
+	for _, e := range st.retired {
+		e.stop()
+	}
+	st.retired = nil
+	return true
+}
+
+// stopAll stops serving when the agent stops, and removes its socket: the
+// kubelet must not dial a socket nobody serves.
+func (s *Server) stopAll(st *registration) {
+	for _, e := range st.retired {
+		e.stop()
+	}
+	if st.ep != nil {
+		st.ep.stop()
+		if inode(st.ep.path(s.Dir)) == st.ep.id {
+			os.Remove(st.ep.path(s.Dir))
 		}
 	}
 }
