@@ -207,13 +207,13 @@ var errLockBusy = errors.New("state lock busy")
 // tries again shortly.
 func (a *Agent) reconcile(before []*state.Record) ([]*state.Record, error) {
 	p := &plugin.Plugin{LockTimeout: 0, SettleTimeout: 0, Stdout: os.Stdout, Stderr: os.Stderr}
+	if a.repairLog == nil {
+		a.repairLog = slog.New(newQuietRepeats(a.Log.Handler(), repeatWindow)).With("cmd", "reconcile")
+	}
 	start := time.Now()
 	var live []*state.Record
 	err := a.inHost(func() error {
 		var err error
-		if a.repairLog == nil {
-			a.repairLog = slog.New(newQuietRepeats(a.Log.Handler(), repeatWindow)).With("cmd", "reconcile")
-		}
 		live, err = p.Reconcile(a.Conf, a.repairLog, a.JudgeNetns)
 		return err
 	})

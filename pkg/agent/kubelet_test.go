@@ -28,7 +28,6 @@ import (
 //   - killed, it leaves kubelet.sock behind and its streams end.
 type fakeKubelet struct {
 	pluginapi.UnimplementedRegistrationServer
-	t    *testing.T
 	dir  string
 	srv  *grpc.Server
 	regs chan *pluginapi.RegisterRequest
@@ -65,7 +64,7 @@ func startKubeletAfter(t *testing.T, dir string, delay time.Duration) *fakeKubel
 		t.Fatal(err)
 	}
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	k := &fakeKubelet{t: t, dir: dir, srv: grpc.NewServer(), regs: make(chan *pluginapi.RegisterRequest, 16),
+	k := &fakeKubelet{dir: dir, srv: grpc.NewServer(), regs: make(chan *pluginapi.RegisterRequest, 16),
 		endpoints: map[string]*grpc.ClientConn{}, devices: map[string]string{}}
 	pluginapi.RegisterRegistrationServer(k.srv, k)
 	go k.srv.Serve(l)

@@ -41,7 +41,7 @@ func (h *quietRepeats) Handle(ctx context.Context, r slog.Record) error {
 	var key strings.Builder
 	key.WriteString(h.prefix + r.Message)
 	r.Attrs(func(a slog.Attr) bool {
-		fmt.Fprintf(&key, "\x00%s=%v", a.Key, a.Value)
+		writeAttr(&key, a)
 		return true
 	})
 	s := h.state
@@ -66,7 +66,7 @@ func (h *quietRepeats) Handle(ctx context.Context, r slog.Record) error {
 func (h *quietRepeats) WithAttrs(as []slog.Attr) slog.Handler {
 	var b strings.Builder
 	for _, a := range as {
-		fmt.Fprintf(&b, "\x00%s=%v", a.Key, a.Value)
+		writeAttr(&b, a)
 	}
 	return &quietRepeats{next: h.next.WithAttrs(as), window: h.window, prefix: h.prefix + b.String(), state: h.state}
 }
@@ -74,3 +74,6 @@ func (h *quietRepeats) WithAttrs(as []slog.Attr) slog.Handler {
 func (h *quietRepeats) WithGroup(name string) slog.Handler {
 	return &quietRepeats{next: h.next.WithGroup(name), window: h.window, prefix: h.prefix + "\x00" + name + ".", state: h.state}
 }
+
+// writeAttr adds one attribute to a repeat's key.
+func writeAttr(b *strings.Builder, a slog.Attr) { fmt.Fprintf(b, "\x00%s=%v", a.Key, a.Value) }

@@ -241,8 +241,3 @@ func inode(path string) fileID {
 	}
 	return fileID{st.Ino, st.Ctim}
 }
-
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
-}
