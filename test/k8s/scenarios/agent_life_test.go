@@ -112,9 +112,7 @@ func waitAllocatable(t *testing.T, want int, when string) {
 
 func ip(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
+	ipOut(t, args...)
 }
 
 func agentPhase(byPCI map[string]agentPF, name string) string {

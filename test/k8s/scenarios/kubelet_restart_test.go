@@ -55,12 +55,7 @@ func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var registered time.Duration
-	waitFor(t, "the agent's registration in its log", time.Minute, func() (bool, error) {
-		var err error
-		registered, err = agentLoggedAfter(`msg="registered with the kubelet"`, killed)
-		return registered >= 0, err
-	})
+	registered := waitAgentLogged(t, `msg="registered with the kubelet"`, killed)
 	// A registration refused or made twice shows in the kubelet's own
 	// counter, which starts at 0 with each kubelet process.
 	if n := kubeletRegistrations(t); n != 1 {
