@@ -169,15 +169,7 @@ func TestVFIOHolders(t *testing.T) {
 	proc1(10, "qemu", "/dev/null", "/dev/vfio/vfio", "/dev/vfio/7")
 	proc1(11, "vm", "/dev/vfio/devices/vfio3")
 	proc1(12, "other", "/dev/vfio/8", "/dev/vfio/devices/vfio4")
-	hs, err := s.VFIOHolders(proc, []string{"0000:3b:10.0", "0000:3b:10.1", "0000:3b:10.2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, h := range hs {
-		got = append(got, h.String())
-	}
-	slices.Sort(got)
+	got := holderStrings(t, s, proc, "0000:3b:10.0", "0000:3b:10.1", "0000:3b:10.2")
 	want := []string{
 		"VF 0000:3b:10.1 held by pid 10 (qemu) through /dev/vfio/7",
 		"VF 0000:3b:10.1 held by pid 11 (vm) through /dev/vfio/devices/vfio3",
