@@ -30,6 +30,7 @@ type options struct {
 	resource, pluginDir, socket       string
 	netnsDir, metricsAddr, output     string
 	resync                            time.Duration
+	checkNamespaces                   bool
 }
 
 func main() {
@@ -50,6 +51,8 @@ func main() {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9809); off when empty")
 	fs.DurationVar(&o.resync, "resync", 30*time.Second, "full look at the node at least this often (events drive the rest)")
 	fs.StringVar(&o.output, "o", "", "status output: \"\" for a table, \"json\"")
+	fs.BoolVar(&o.checkNamespaces, "check-node-namespaces", true,
+		"refuse to start unless in the kubelet's pid and network namespaces (hostPID, hostNetwork); off only for tests without a kubelet")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	_ = fs.Parse(args)
 	if *showVersion {
@@ -107,6 +110,13 @@ func run(o options, log *slog.Logger) error {
 		"pfNames", a.Conf.PFNames, "reservedFile", a.Conf.ReservedFile(), "requireDeviceID", a.Conf.RequireDeviceID)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if o.checkNamespaces {
+		// A kubelet restarting may take a while to listen again.
+		if err := agent.CheckNodeNamespaces(ctx, o.pluginDir, 2*time.Minute); err != nil {
+			return fmt.Errorf("refusing to start: %w", err)
+		}
+		log.Info("in the kubelet's pid and network namespaces")
+	}
 	dp := agent.NewDevicePlugin(o.resource, log)
 	a.Publish = dp.Update
 	if o.metricsAddr != "" {
