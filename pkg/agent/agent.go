@@ -45,6 +45,9 @@ type Agent struct {
 	// known maps the PCI address of every PF advertised so far to its name.
 	known map[string]string
 	last  map[string]PF
+	// seen maps the PCI address of every PF seen on the host to its link
+	// there, for judging it by its names while a pod holds it.
+	seen map[string]policy.Link
 	// unjudged holds the records whose netns this process cannot judge,
 	// already logged.
 	unjudged map[string]bool
@@ -102,7 +105,21 @@ func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look at the host netns: %w", err)
 	}
+	a.see(pfs, v.Host)
+	v.Seen = a.seen
 	return Judge(v), nil
+}
+
+// see remembers the host link of every PF on the host now.
+func (a *Agent) see(pfs []sriov.PF, host *policy.Host) {
+	if a.seen == nil {
+		a.seen = map[string]policy.Link{}
+	}
+	for _, pf := range pfs {
+		if l, ok := host.Links[pf.Name]; ok && pf.Name != "" {
+			a.seen[pf.PCIAddress] = l
+		}
+	}
 }
 
 func (a *Agent) reservedFile() string {
