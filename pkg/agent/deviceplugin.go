@@ -29,18 +29,29 @@ type DevicePlugin struct {
 	// changed is closed (and replaced) whenever what the kubelet sees
 	// changes, waking every ListAndWatch stream.
 	changed chan struct{}
+	// looked is closed by the first Update: until then the plugin knows
+	// nothing of the node, and must not be registered.
+	looked chan struct{}
 }
 
 // NewDevicePlugin returns a plugin that advertises nothing yet.
 func NewDevicePlugin(resource string, log *slog.Logger) *DevicePlugin {
-	return &DevicePlugin{Resource: resource, Log: log, changed: make(chan struct{})}
+	return &DevicePlugin{Resource: resource, Log: log, changed: make(chan struct{}), looked: make(chan struct{})}
 }
+
+// Looked is closed once the plugin has its first look at the node.
+func (d *DevicePlugin) Looked() <-chan struct{} { return d.looked }
 
 // Update publishes a new look at the node. Streams are woken only when a
 // device was added, removed, or changed health.
 func (d *DevicePlugin) Update(pfs []PF) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	select {
+	case <-d.looked:
+	default:
+		close(d.looked)
+	}
 	before := devices(d.pfs)
 	d.pfs = pfs
 	if !slices.EqualFunc(before, devices(pfs), func(a, b *pluginapi.Device) bool {

@@ -82,6 +82,14 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	s.removeOwnSockets()
+	// The kubelet takes the first list on a registration as the node's
+	// truth: an empty one before the agent has looked would withdraw every
+	// device, a stale one admit pods on PFs that are not free.
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-s.Plugin.Looked():
+	}
 	var st registration
 	defer s.stopAll(&st)
 	for {
