@@ -294,7 +294,10 @@ func TestRegistersOnlyAfterTheFirstLook(t *testing.T) {
 	dp := NewDevicePlugin("prow/sriov", testLogger(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { (&Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: dp.Log}).Run(ctx); close(done) }()
+	go func() {
+		(&Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: dp.Log}).Run(ctx)
+		close(done)
+	}()
 	t.Cleanup(func() { cancel(); <-done })
 	// Time for a server that does not wait to register with nothing to
 	// say; one that waits registers only after the Update, however slow
