@@ -115,13 +115,9 @@ func run(o options, log *slog.Logger) error {
 			return err
 		}
 	}
-	errs := make(chan error, 2)
-	go func() { errs <- a.Run(ctx) }()
 	srv := &agent.Server{Dir: o.pluginDir, Socket: o.socket, Plugin: dp, Log: log}
-	go func() { errs <- srv.Run(ctx) }()
-	err = <-errs
-	stop()
-	return err
+	// Returns once both have stopped and the socket is gone.
+	return agent.Run(ctx, a, srv)
 }
 
 func serveMetrics(ctx context.Context, addr string, m *agent.Metrics) error {

@@ -55,6 +55,10 @@ type Agent struct {
 	// repeats.
 	repairLog *slog.Logger
 
+	// watchers are the goroutines that turn events into signals; Run
+	// returns only once they have stopped.
+	watchers sync.WaitGroup
+
 	mu      sync.Mutex
 	wake    chan struct{}
 	pending bool // a look with repair is owed
@@ -282,6 +286,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.Conf.StateDir, 0o700); err != nil {
 		return err
 	}
+	// The watchers stop with ctx: on every return, ours included.
+	ctx, stop := context.WithCancel(ctx)
+	defer a.watchers.Wait()
+	defer stop()
 	if err := a.watchLinks(ctx); err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,6 +32,11 @@ type node struct {
 	conf     []byte
 	lists    chan stamped
 	last     devs
+	agent    *Agent
+	kubelet  *fakeKubelet
+	dir      string // the device-plugin directory
+	// stop ends the agent and returns what Run returned.
+	stop func() error
 }
 
 type stamped struct {
@@ -58,11 +64,14 @@ func (n *node) run(conf *config.NetConf, judge func(string) error) *node {
 	// An hour: only events can drive what the test sees.
 	a := &Agent{Conf: conf, HostNetns: n.env.Host.Path(), JudgeNetns: judge, Resync: time.Hour, Log: log, Publish: dp.Update}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { a.Run(ctx); done <- struct{}{} }()
+	done := make(chan error, 1)
 	srv := &Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: log}
-	go func() { srv.Run(ctx); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
+	go func() { done <- Run(ctx, a, srv) }()
+	var once sync.Once
+	var runErr error
+	n.stop = func() error { once.Do(func() { cancel(); runErr = <-done }); return runErr }
+	t.Cleanup(func() { n.stop() })
+	n.agent, n.kubelet, n.dir = a, kubelet, dir
 	reg := kubelet.registered(t)
 	c := dialPlugin(t, dir, reg.Endpoint)
 	stream, err := c.ListAndWatch(ctx, &pluginapi.Empty{}, grpc.WaitForReady(true))
@@ -239,5 +248,31 @@ func TestHealthFollowsTheKernelWithinASecond(t *testing.T) {
 	}
 	if recs, _ := filepath.Glob(filepath.Join(n.env.StateDir, "*.json")); len(recs) != 0 {
 		t.Errorf("records left: %v", recs)
+	}
+}
+
+// Stopping, the agent stops looking first, then serving, and removes its
+// socket last: when Run returns, nothing serves the socket and it is
+// gone, so the kubelet dials nothing and a process exiting right after
+// leaves nothing behind.
+func TestStopsInOrder(t *testing.T) {
+	n := startNode(t, CanSeeNetns)
+	pf := n.env.AddPF("ens1", 1)
+	n.await("PF appears", time.Now(), func(d devs) bool { return d[pf.PCI] == pluginapi.Healthy })
+	if err := n.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(n.dir, "sriov-passthrough*.sock"))
+	if len(left) != 0 {
+		t.Errorf("sockets left when Run returned: %v", left)
+	}
+	// The kubelet saw the stream end (as the server stopped): it drops
+	// the plugin and marks the device Unhealthy.
+	deadline := time.Now().Add(10 * time.Second)
+	for ok, _, _ := n.kubelet.healthy(pf.PCI); ok; ok, _, _ = n.kubelet.healthy(pf.PCI) {
+		if time.Now().After(deadline) {
+			t.Fatal("the kubelet is still connected to the stopped plugin")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

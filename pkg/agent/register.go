@@ -58,7 +58,8 @@ type endpoint struct {
 	srv  *grpc.Server
 }
 
-// Run serves and registers until ctx ends.
+// Run serves and registers until ctx ends, and returns once it has
+// stopped serving and removed its socket.
 func (s *Server) Run(ctx context.Context) error {
 	if err := validResource(s.Plugin.Resource); err != nil {
 		return err
@@ -67,9 +68,10 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer w.Close()
 	changed := make(chan struct{}, 1)
+	watching := make(chan struct{})
 	go func() {
+		defer close(watching)
 		defer close(changed)
 		for {
 			if _, err := w.Next(); err != nil {
@@ -87,11 +89,20 @@ func (s *Server) Run(ctx context.Context) error {
 	// device, a stale one admit pods on PFs that are not free.
 	select {
 	case <-ctx.Done():
+		w.Close()
+		<-watching
 		return nil
 	case <-s.Plugin.Looked():
 	}
 	var st registration
-	defer s.stopAll(&st)
+	// Stop in order: no more events (nothing serves or registers a socket
+	// any more), then the gRPC servers (their streams end; the kubelet
+	// drops the paths), then the socket, once nobody serves it.
+	defer func() {
+		w.Close()
+		<-watching
+		s.stopAll(&st)
+	}()
 	for {
 		var retry <-chan time.Time
 		if !s.converge(ctx, &st) {
@@ -152,18 +163,24 @@ func (s *Server) converge(ctx context.Context, st *registration) bool {
 	return true
 }
 
-// stopAll stops serving when the agent stops, and removes its socket: the
-// kubelet must not dial a socket nobody serves.
+// stopAll stops serving when the agent stops, every server first, and
+// then removes its socket: the kubelet must not dial a socket nobody
+// serves, and a socket removed while still served would be a path the
+// kubelet is connected to but cannot see. Only a socket that is still
+// ours is removed (a new agent may already serve under the same name).
 func (s *Server) stopAll(st *registration) {
 	for _, e := range st.retired {
 		e.stop()
 	}
-	if st.ep != nil {
-		st.ep.stop()
-		if inode(st.ep.path(s.Dir)) == st.ep.id {
-			os.Remove(st.ep.path(s.Dir))
-		}
+	st.retired = nil
+	if st.ep == nil {
+		return
 	}
+	st.ep.stop()
+	if inode(st.ep.path(s.Dir)) == st.ep.id {
+		os.Remove(st.ep.path(s.Dir))
+	}
+	st.ep = nil
 }
 
 // socketName is the name of the gen'th socket: Socket itself first, then

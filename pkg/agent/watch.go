@@ -65,7 +65,9 @@ func keepSubscribed[T any](ctx context.Context, a *Agent, what string,
 	if err != nil {
 		return err
 	}
+	a.watchers.Add(1)
 	go func() {
+		defer a.watchers.Done()
 		for {
 			select {
 			case <-ctx.Done():
@@ -122,11 +124,14 @@ func (a *Agent) watchDirs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.watchers.Add(2)
 	go func() {
+		defer a.watchers.Done()
 		<-ctx.Done()
 		w.Close()
 	}()
 	go func() {
+		defer a.watchers.Done()
 		for {
 			paths, err := w.Next()
 			if err != nil {
