@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -274,5 +275,51 @@ func TestStopsInOrder(t *testing.T) {
 			t.Fatal("the kubelet is still connected to the stopped plugin")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// While a release waits for a device, only that device's return asks for
+// repair (a release attempt under the node lock); the links every pod
+// makes (veths) ask only for a look. 50 unrelated veths while a record is
+// pending cost at most a couple of repairs, and the device coming home
+// still finishes the release at once.
+func TestRepairsOnlyForTheDevicesAReleaseWaitsFor(t *testing.T) {
+	n := startNode(t, CanSeeNetns)
+	pf := n.env.AddPF("ens1", 1)
+	n.await("PF appears", time.Now(), func(d devs) bool { return d[pf.PCI] == pluginapi.Healthy })
+	pod, nested := n.env.NewPod(), n.env.NewPod()
+	if err := n.cni("ADD", pod, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.MoveLink(t, pod, nested, "net1")
+	if err := n.cni("DEL", pod, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	n.await("release pending", time.Now(), func(d devs) bool { return d[pf.PCI] == pluginapi.Unhealthy })
+
+	before := n.agent.repairs.Load()
+	for i := range 50 {
+		err := n.env.Host.Do(func(ns.NetNS) error {
+			return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("veth%d", i)}, PeerName: fmt.Sprintf("veth%dp", i)})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Paced like pods starting, so that an agent repairing on every
+		// new link has the time to do so; the count is what is checked.
+		time.Sleep(60 * time.Millisecond)
+	}
+	if got := n.agent.repairs.Load() - before; got > 2 {
+		t.Errorf("%d repairs while 50 unrelated veths appeared; want at most 2", got)
+	}
+
+	before = n.agent.repairs.Load()
+	kerneltest.MoveLink(t, nested, n.env.Host, "net1")
+	n.await("PF home and released", time.Now(), func(d devs) bool { return d[pf.PCI] == pluginapi.Healthy })
+	if n.agent.repairs.Load() == before {
+		t.Error("the PF came home and was released without a repair?")
+	}
+	if recs, _ := filepath.Glob(filepath.Join(n.env.StateDir, "*.json")); len(recs) != 0 {
+		t.Errorf("records left: %v", recs)
 	}
 }
