@@ -67,6 +67,8 @@ type Agent struct {
 	backingOff map[string]bool
 	// repairs counts the repairs the agent ran (tests count them).
 	repairs atomic.Int64
+	// turned is when the loop last turned (Unix nanoseconds).
+	turned atomic.Int64
 
 	mu      sync.Mutex
 	wake    chan struct{}
@@ -389,11 +391,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer resync.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	// The loop turns at least this often, idle or not: liveness is
+	// judged by it.
+	heartbeat := time.NewTicker(turnEvery)
+	defer heartbeat.Stop()
 	var lastRepair time.Time
 	for {
+		a.turned.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-heartbeat.C:
+			continue
 		case <-resync.C:
 			a.signal(true)
 			continue
@@ -423,6 +432,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// LastTurn is when the agent's loop last turned (zero before it ran).
+func (a *Agent) LastTurn() time.Time {
+	if n := a.turned.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// turnEvery is how often the loop turns when nothing happens.
+const turnEvery = 10 * time.Second
 
 // repeatWindow is how long the same warning from repair is said only once.
 const repeatWindow = 10 * time.Minute

@@ -260,6 +260,9 @@ func TestStopsInOrder(t *testing.T) {
 	n := startNode(t, CanSeeNetns)
 	pf := n.env.AddPF("ens1", 1)
 	n.await("PF appears", time.Now(), func(d devs) bool { return d[pf.PCI] == pluginapi.Healthy })
+	if n.agent.LastTurn().IsZero() {
+		t.Error("the loop ran without marking its turns: liveness would fail")
+	}
 	if err := n.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -32,6 +33,8 @@ type DevicePlugin struct {
 	// looked is closed by the first Update: until then the plugin knows
 	// nothing of the node, and must not be registered.
 	looked chan struct{}
+	// sends counts the lists sent on ListAndWatch streams.
+	sends atomic.Uint64
 }
 
 // NewDevicePlugin returns a plugin that advertises nothing yet.
@@ -97,6 +100,7 @@ func (d *DevicePlugin) ListAndWatch(_ *pluginapi.Empty, s grpc.ServerStreamingSe
 		if err := s.Send(&pluginapi.ListAndWatchResponse{Devices: devices(pfs)}); err != nil {
 			return err
 		}
+		d.sends.Add(1)
 		select {
 		case <-changed:
 		case <-s.Context().Done():

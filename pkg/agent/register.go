@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -49,6 +50,12 @@ type Server struct {
 	Socket string
 	Plugin *DevicePlugin
 	Log    *slog.Logger
+
+	// The registration readiness is judged by: the kubelet.sock it went
+	// through, and how many lists the plugin had sent before it.
+	mu         sync.Mutex
+	regKubelet fileID
+	regSends   uint64
 }
 
 // endpoint is one socket the plugin is served on.
@@ -150,12 +157,16 @@ func (s *Server) converge(ctx context.Context, st *registration) bool {
 	if now == (fileID{}) || (st.ep == st.registered && now == st.kubelet) {
 		return true
 	}
+	sends := s.Plugin.sends.Load()
 	if err := s.register(ctx, st.ep.name); err != nil {
 		s.Log.Error("device plugin", "error", err)
 		return false
 	}
 	s.Log.Info("registered with the kubelet", "resource", s.Plugin.Resource, "socket", st.ep.path(s.Dir))
 	st.registered, st.kubelet = st.ep, now
+	s.mu.Lock()
+	s.regKubelet, s.regSends = now, sends
+	s.mu.Unlock()
 	for _, e := range st.retired {
 		e.stop()
 	}
@@ -173,6 +184,9 @@ func (s *Server) stopAll(st *registration) {
 		e.stop()
 	}
 	st.retired = nil
+	s.mu.Lock()
+	s.regKubelet = fileID{}
+	s.mu.Unlock()
 	if st.ep == nil {
 		return
 	}
