@@ -9,12 +9,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,7 +31,8 @@ type options struct {
 	nodeConfig, installFrom, hostRoot string
 	resource, pluginDir, socket       string
 	netnsDir, metricsAddr, output     string
-	resync                            time.Duration
+	healthSocket                      string
+	resync, livenessStall             time.Duration
 	checkNamespaces                   bool
 }
 
@@ -38,6 +41,11 @@ func main() {
 	status := len(args) > 0 && args[0] == "status"
 	if status {
 		args = args[1:]
+	}
+	probe := len(args) > 1 && args[0] == "probe"
+	var probeWhat string
+	if probe {
+		probeWhat, args = args[1], args[2:]
 	}
 	fs := flag.NewFlagSet("sriov-passthrough-agent", flag.ExitOnError)
 	var o options
@@ -49,6 +57,13 @@ func main() {
 	fs.StringVar(&o.socket, "socket", "sriov-passthrough.sock", "the plugin's socket file name in -device-plugin-dir")
 	fs.StringVar(&o.netnsDir, "netns-dir", "/var/run/netns", "the host's netns directory, watched for pods going away")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9809); off when empty")
+	// The kubelet's probes are exec probes (`probe ready`, `probe live`)
+	// that ask the agent over a unix socket in the container's own
+	// directory: with hostNetwork an httpGet probe goes to the node's IP,
+	// so the agent would have to listen on the node's network, on a port
+	// that may clash with anything else on the node.
+	fs.StringVar(&o.healthSocket, "health-socket", "/run/sriov-passthrough-agent/health.sock", "serve /readyz and /livez on this unix socket (for `probe`); off when empty")
+	fs.DurationVar(&o.livenessStall, "liveness-stall", 2*time.Minute, "live only while the agent's loop turned within this")
 	fs.DurationVar(&o.resync, "resync", 30*time.Second, "full look at the node at least this often (events drive the rest)")
 	fs.StringVar(&o.output, "o", "", "status output: \"\" for a table, \"json\"")
 	fs.BoolVar(&o.checkNamespaces, "check-node-namespaces", true,
@@ -61,9 +76,12 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("agent", "sriov-passthrough-agent")
 	var err error
-	if status {
+	switch {
+	case probe:
+		err = runProbe(o.healthSocket, probeWhat)
+	case status:
 		err = runStatus(o)
-	} else {
+	default:
 		err = run(o, log)
 	}
 	if err != nil {
@@ -119,36 +137,84 @@ func run(o options, log *slog.Logger) error {
 	}
 	dp := agent.NewDevicePlugin(o.resource, log)
 	a.Publish = dp.Update
-	if o.metricsAddr != "" {
-		a.Metrics = &agent.Metrics{}
-		if err := serveMetrics(ctx, o.metricsAddr, a.Metrics); err != nil {
+	srv := &agent.Server{Dir: o.pluginDir, Socket: o.socket, Plugin: dp, Log: log}
+	health := &agent.Health{Agent: a, Server: srv, Stall: o.livenessStall, Started: time.Now()}
+	if o.healthSocket != "" {
+		if err := serveHealth(ctx, o.healthSocket, health); err != nil {
 			return err
 		}
 	}
-	errs := make(chan error, 2)
-	go func() { errs <- a.Run(ctx) }()
-	srv := &agent.Server{Dir: o.pluginDir, Socket: o.socket, Plugin: dp, Log: log}
-	go func() { errs <- srv.Run(ctx) }()
-	err = <-errs
-	stop()
-	return err
+	if o.metricsAddr != "" {
+		a.Metrics = &agent.Metrics{}
+		if err := serveMetrics(ctx, o.metricsAddr, a.Metrics, health); err != nil {
+			return err
+		}
+	}
+	// Returns once both have stopped and the socket is gone.
+	return agent.Run(ctx, a, srv)
 }
 
-func serveMetrics(ctx context.Context, addr string, m *agent.Metrics) error {
+func serveMetrics(ctx context.Context, addr string, m *agent.Metrics, health *agent.Health) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	mux.Handle("/readyz", health)
+	mux.Handle("/livez", health)
+	serveHTTP(ctx, l, mux)
+	return nil
+}
+
+// serveHealth answers the probes on a unix socket, replacing one an
+// earlier run left.
+func serveHealth(ctx context.Context, path string, health *agent.Health) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("health socket: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("health socket: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("health socket: %w", err)
+	}
+	serveHTTP(ctx, l, health)
+	return nil
+}
+
+// runProbe asks the running agent whether it is ready or live, and fails
+// with its reason when it is not.
+func runProbe(socket, what string) error {
+	if what != "ready" && what != "live" {
+		return fmt.Errorf("probe %q: want ready or live", what)
+	}
+	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		},
+	}}
+	resp, err := c.Get("http://agent/" + what + "z")
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", what, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("not %s: %s", what, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+func serveHTTP(ctx context.Context, l net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() { <-ctx.Done(); srv.Close() }()
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			slog.Error("metrics server", "error", err)
+			slog.Error("http server", "addr", l.Addr().String(), "error", err)
 		}
 	}()
-	return nil
 }
 
 // installFile copies src over dst atomically (temp file, fsync, rename),

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -45,6 +47,9 @@ type Agent struct {
 	// known maps the PCI address of every PF advertised so far to its name.
 	known map[string]string
 	last  map[string]PF
+	// seen maps the PCI address of every PF seen on the host to its link
+	// there, for judging it by its names while a pod holds it.
+	seen map[string]policy.Link
 	// unjudged holds the records whose netns this process cannot judge,
 	// already logged.
 	unjudged map[string]bool
@@ -52,9 +57,26 @@ type Agent struct {
 	// repeats.
 	repairLog *slog.Logger
 
+	// watchers are the goroutines that turn events into signals; Run
+	// returns only once they have stopped.
+	watchers sync.WaitGroup
+
+	// tried holds, per record, when repair ran for it within the last
+	// repairWindow; backingOff the records whose back-off was logged.
+	tried      map[string][]time.Time
+	backingOff map[string]bool
+	// repairs counts the repairs the agent ran (tests count them).
+	repairs atomic.Int64
+	// turned is when the loop last turned (Unix nanoseconds).
+	turned atomic.Int64
+
 	mu      sync.Mutex
 	wake    chan struct{}
 	pending bool // a look with repair is owed
+	// awaiting holds the PCI addresses of the devices of every record
+	// that repair would act on and that are not home yet: a host link
+	// event for one of them asks for repair.
+	awaiting map[string]bool
 }
 
 // Look gathers the node's PFs as they stand, without taking the lock or
@@ -102,7 +124,21 @@ func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look at the host netns: %w", err)
 	}
+	a.see(pfs, v.Host)
+	v.Seen = a.seen
 	return Judge(v), nil
+}
+
+// see remembers the host link of every PF on the host now.
+func (a *Agent) see(pfs []sriov.PF, host *policy.Host) {
+	if a.seen == nil {
+		a.seen = map[string]policy.Link{}
+	}
+	for _, pf := range pfs {
+		if l, ok := host.Links[pf.Name]; ok && pf.Name != "" {
+			a.seen[pf.PCIAddress] = l
+		}
+	}
 }
 
 func (a *Agent) reservedFile() string {
@@ -156,37 +192,63 @@ func (a *Agent) inHost(f func() error) error {
 	return h.Do(func(ns.NetNS) error { return f() })
 }
 
-// needsRepair reports whether a record is something Reconcile would act on:
-// a release not finished, an ADD that may have died, a pod that is gone.
-func (a *Agent) needsRepair(recs []*state.Record) bool {
+// needingRepair lists the records Reconcile would act on: a release not
+// finished, an ADD that may have died, a pod that is gone.
+func (a *Agent) needingRepair(recs []*state.Record) []*state.Record {
+	var out []*state.Record
 	for _, r := range recs {
 		if r.Phase != state.Attached || a.gone(r) {
-			return true
+			out = append(out, r)
 		}
 	}
-	return false
+	return out
+}
+
+// await notes which devices the records that need repair wait for.
+func (a *Agent) await(need []*state.Record) {
+	awaiting := map[string]bool{}
+	for _, r := range need {
+		for _, d := range r.Devices {
+			if !d.Released {
+				awaiting[d.PCIAddress] = true
+			}
+		}
+	}
+	a.mu.Lock()
+	a.awaiting = awaiting
+	a.mu.Unlock()
 }
 
 // step takes one look, first finishing what repair would finish when
-// asked to. It returns whether the lock was busy and repair is still owed.
-func (a *Agent) step(repair bool) (retry bool) {
+// asked to. It returns how soon to try repair again (the lock was busy,
+// or every record that needs repair backs off), 0 for no retry.
+func (a *Agent) step(repair bool) (retry time.Duration) {
 	store := state.Store{Dir: a.Conf.StateDir}
 	recs, err := store.Peek()
 	if err != nil {
 		a.Log.Error("read state records", "error", err)
-		return false
+		return 0
 	}
-	if repair && a.needsRepair(recs) {
-		live, err := a.reconcile(recs)
-		switch {
-		case errors.Is(err, errLockBusy):
-			retry = true
-		case err != nil:
-			a.Log.Error("finish pending releases", "error", err)
-		default:
-			recs = live
+	need := a.needingRepair(recs)
+	if repair && len(need) > 0 {
+		if retry = a.backOff(need, time.Now()); retry == 0 {
+			a.repairs.Add(1)
+			live, err := a.reconcile(recs)
+			switch {
+			case errors.Is(err, errLockBusy):
+				// Not counted against the records: nothing was tried.
+				retry = 100 * time.Millisecond
+			case err != nil:
+				a.triedNow(need)
+				a.Log.Error("finish pending releases", "error", err)
+			default:
+				a.triedNow(need)
+				recs = live
+				need = a.needingRepair(recs)
+			}
 		}
 	}
+	a.await(need)
 	pfs, err := a.judge(recs)
 	if err != nil {
 		a.Log.Error("look at the node; keeping the previous device list", "error", err)
@@ -198,6 +260,52 @@ func (a *Agent) step(repair bool) (retry bool) {
 		a.Metrics.Set(pfs)
 	}
 	return retry
+}
+
+// backOff says how long until repair may run again for any of the records
+// that need it, 0 if it may now. Each record gets at most repairsPerWindow
+// repairs per repairWindow: a release that keeps failing moves or renames
+// its devices, and each change asks for repair again. A record's back-off
+// is logged once.
+func (a *Agent) backOff(need []*state.Record, now time.Time) time.Duration {
+	if a.tried == nil {
+		a.tried, a.backingOff = map[string][]time.Time{}, map[string]bool{}
+	}
+	keys := map[string]bool{}
+	wait := time.Duration(-1)
+	for _, r := range need {
+		k := r.Key()
+		keys[k] = true
+		recent := slices.DeleteFunc(a.tried[k], func(t time.Time) bool { return now.Sub(t) >= repairWindow })
+		a.tried[k] = recent
+		if len(recent) < repairsPerWindow {
+			wait = 0
+			continue
+		}
+		if !a.backingOff[k] {
+			a.backingOff[k] = true
+			a.Log.Warn("repair backs off for this attachment: its release keeps failing", "record", k,
+				"repairs", len(recent), "within", repairWindow)
+		}
+		if w := max(recent[0].Add(repairWindow).Sub(now), time.Millisecond); wait < 0 || w < wait {
+			wait = w
+		}
+	}
+	for k := range a.tried {
+		if !keys[k] {
+			delete(a.tried, k)
+			delete(a.backingOff, k)
+		}
+	}
+	return max(wait, 0)
+}
+
+// triedNow counts one repair against each record that needed it.
+func (a *Agent) triedNow(need []*state.Record) {
+	now := time.Now()
+	for _, r := range need {
+		a.tried[r.Key()] = append(a.tried[r.Key()], now)
+	}
 }
 
 var errLockBusy = errors.New("state lock busy")
@@ -265,6 +373,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.Conf.StateDir, 0o700); err != nil {
 		return err
 	}
+	// The watchers stop with ctx: on every return, ours included.
+	ctx, stop := context.WithCancel(ctx)
+	defer a.watchers.Wait()
+	defer stop()
 	if err := a.watchLinks(ctx); err != nil {
 		return err
 	}
@@ -279,11 +391,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer resync.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	// The loop turns at least this often, idle or not: liveness is
+	// judged by it.
+	heartbeat := time.NewTicker(turnEvery)
+	defer heartbeat.Stop()
 	var lastRepair time.Time
 	for {
+		a.turned.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-heartbeat.C:
+			continue
 		case <-resync.C:
 			a.signal(true)
 			continue
@@ -308,11 +427,22 @@ func (a *Agent) Run(ctx context.Context) error {
 		if repair {
 			lastRepair = time.Now()
 		}
-		if a.step(repair) {
-			retry.Reset(100 * time.Millisecond)
+		if wait := a.step(repair); wait > 0 {
+			retry.Reset(wait)
 		}
 	}
 }
+
+// LastTurn is when the agent's loop last turned (zero before it ran).
+func (a *Agent) LastTurn() time.Time {
+	if n := a.turned.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// turnEvery is how often the loop turns when nothing happens.
+const turnEvery = 10 * time.Second
 
 // repeatWindow is how long the same warning from repair is said only once.
 const repeatWindow = 10 * time.Minute
@@ -322,6 +452,13 @@ const burstWindow = 20 * time.Millisecond
 
 // minRepairGap is the least time between two repairs by the agent.
 const minRepairGap = 50 * time.Millisecond
+
+// repairsPerWindow repairs per repairWindow is the most the agent runs
+// for one record; after that it waits for the window to pass.
+const (
+	repairsPerWindow = 6
+	repairWindow     = time.Minute
+)
 
 // signal asks for a look (with repair when a device may have come home).
 func (a *Agent) signal(repair bool) {

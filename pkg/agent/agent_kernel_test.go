@@ -3,9 +3,11 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,6 +33,11 @@ type node struct {
 	conf     []byte
 	lists    chan stamped
 	last     devs
+	agent    *Agent
+	kubelet  *fakeKubelet
+	dir      string // the device-plugin directory
+	// stop ends the agent and returns what Run returned.
+	stop func() error
 }
 
 type stamped struct {
@@ -58,11 +65,14 @@ func (n *node) run(conf *config.NetConf, judge func(string) error) *node {
 	// An hour: only events can drive what the test sees.
 	a := &Agent{Conf: conf, HostNetns: n.env.Host.Path(), JudgeNetns: judge, Resync: time.Hour, Log: log, Publish: dp.Update}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { a.Run(ctx); done <- struct{}{} }()
+	done := make(chan error, 1)
 	srv := &Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: log}
-	go func() { srv.Run(ctx); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
+	go func() { done <- Run(ctx, a, srv) }()
+	var once sync.Once
+	var runErr error
+	n.stop = func() error { once.Do(func() { cancel(); runErr = <-done }); return runErr }
+	t.Cleanup(func() { n.stop() })
+	n.agent, n.kubelet, n.dir = a, kubelet, dir
 	reg := kubelet.registered(t)
 	c := dialPlugin(t, dir, reg.Endpoint)
 	stream, err := c.ListAndWatch(ctx, &pluginapi.Empty{}, grpc.WaitForReady(true))
@@ -236,6 +246,81 @@ func TestHealthFollowsTheKernelWithinASecond(t *testing.T) {
 		if _, ok := links[name]; !ok {
 			t.Errorf("%s not on the host under its name after the agent's release", name)
 		}
+	}
+	if recs, _ := filepath.Glob(filepath.Join(n.env.StateDir, "*.json")); len(recs) != 0 {
+		t.Errorf("records left: %v", recs)
+	}
+}
+
+// Stopping, the agent stops looking first, then serving, and removes its
+// socket last: when Run returns, nothing serves the socket and it is
+// gone, so the kubelet dials nothing and a process exiting right after
+// leaves nothing behind.
+func TestStopsInOrder(t *testing.T) {
+	n := startNode(t, CanSeeNetns)
+	pf := n.env.AddPF("ens1", 1)
+	n.await("PF appears", time.Now(), func(d devs) bool { return d[pf.PCI] == pluginapi.Healthy })
+	if n.agent.LastTurn().IsZero() {
+		t.Error("the loop ran without marking its turns: liveness would fail")
+	}
+	if err := n.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(n.dir, "sriov-passthrough*.sock"))
+	if len(left) != 0 {
+		t.Errorf("sockets left when Run returned: %v", left)
+	}
+	// The kubelet saw the stream end (as the server stopped): it drops
+	// the plugin and marks the device Unhealthy.
+	deadline := time.Now().Add(10 * time.Second)
+	for ok, _, _ := n.kubelet.healthy(pf.PCI); ok; ok, _, _ = n.kubelet.healthy(pf.PCI) {
+		if time.Now().After(deadline) {
+			t.Fatal("the kubelet is still connected to the stopped plugin")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// While a release waits for a device, only that device's return asks for
+// repair (a release attempt under the node lock); the links every pod
+// makes (veths) ask only for a look. 50 unrelated veths while a record is
+// pending cost at most a couple of repairs, and the device coming home
+// still finishes the release at once.
+func TestRepairsOnlyForTheDevicesAReleaseWaitsFor(t *testing.T) {
+	n := startNode(t, CanSeeNetns)
+	pf := n.env.AddPF("ens1", 1)
+	n.await("PF appears", time.Now(), func(d devs) bool { return d[pf.PCI] == pluginapi.Healthy })
+	pod, nested := n.env.NewPod(), n.env.NewPod()
+	if err := n.cni("ADD", pod, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.MoveLink(t, pod, nested, "net1")
+	if err := n.cni("DEL", pod, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	n.await("release pending", time.Now(), func(d devs) bool { return d[pf.PCI] == pluginapi.Unhealthy })
+
+	before := n.agent.repairs.Load()
+	for i := range 50 {
+		err := n.env.Host.Do(func(ns.NetNS) error {
+			return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("veth%d", i)}, PeerName: fmt.Sprintf("veth%dp", i)})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Paced like pods starting, so that an agent repairing on every
+		// new link has the time to do so; the count is what is checked.
+		time.Sleep(60 * time.Millisecond)
+	}
+	if got := n.agent.repairs.Load() - before; got > 2 {
+		t.Errorf("%d repairs while 50 unrelated veths appeared; want at most 2", got)
+	}
+
+	before = n.agent.repairs.Load()
+	kerneltest.MoveLink(t, nested, n.env.Host, "net1")
+	n.await("PF home and released", time.Now(), func(d devs) bool { return d[pf.PCI] == pluginapi.Healthy })
+	if n.agent.repairs.Load() == before {
+		t.Error("the PF came home and was released without a repair?")
 	}
 	if recs, _ := filepath.Glob(filepath.Join(n.env.StateDir, "*.json")); len(recs) != 0 {
 		t.Errorf("records left: %v", recs)

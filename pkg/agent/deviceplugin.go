@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,18 +30,31 @@ type DevicePlugin struct {
 	// changed is closed (and replaced) whenever what the kubelet sees
 	// changes, waking every ListAndWatch stream.
 	changed chan struct{}
+	// looked is closed by the first Update: until then the plugin knows
+	// nothing of the node, and must not be registered.
+	looked chan struct{}
+	// sends counts the lists sent on ListAndWatch streams.
+	sends atomic.Uint64
 }
 
 // NewDevicePlugin returns a plugin that advertises nothing yet.
 func NewDevicePlugin(resource string, log *slog.Logger) *DevicePlugin {
-	return &DevicePlugin{Resource: resource, Log: log, changed: make(chan struct{})}
+	return &DevicePlugin{Resource: resource, Log: log, changed: make(chan struct{}), looked: make(chan struct{})}
 }
+
+// Looked is closed once the plugin has its first look at the node.
+func (d *DevicePlugin) Looked() <-chan struct{} { return d.looked }
 
 // Update publishes a new look at the node. Streams are woken only when a
 // device was added, removed, or changed health.
 func (d *DevicePlugin) Update(pfs []PF) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	select {
+	case <-d.looked:
+	default:
+		close(d.looked)
+	}
 	before := devices(d.pfs)
 	d.pfs = pfs
 	if !slices.EqualFunc(before, devices(pfs), func(a, b *pluginapi.Device) bool {
@@ -86,6 +100,7 @@ func (d *DevicePlugin) ListAndWatch(_ *pluginapi.Empty, s grpc.ServerStreamingSe
 		if err := s.Send(&pluginapi.ListAndWatchResponse{Devices: devices(pfs)}); err != nil {
 			return err
 		}
+		d.sends.Add(1)
 		select {
 		case <-changed:
 		case <-s.Context().Done():
@@ -129,17 +144,28 @@ func (d *DevicePlugin) GetPreferredAllocation(_ context.Context, req *pluginapi.
 // environment variable, as the SR-IOV network device plugin does
 // (PCIDEVICE_<RESOURCE>); multus reads the allocation itself from the
 // kubelet's pod-resources API.
+//
+// It refuses any device that is not free on the node now, which the
+// kubelet's count cannot know: a PF held by an attachment the kubelet
+// does not know of, a release pending, a PF reserved, turned uplink or
+// gone since the last list. The kubelet then fails the pod at admission
+// (UnexpectedAdmissionError) at once; accepted, the pod's CNI ADD would
+// fail on the same PF and the pod sit in ContainerCreating until prow's
+// timeout. Nothing retries the failed pod: prow's job pods are bare pods
+// (no controller makes a new one), so prow sees the job fail and reports
+// it, with this message in the pod's status.
 func (d *DevicePlugin) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
 	pfs, _ := d.snapshot()
-	advertised := map[string]bool{}
+	byPCI := map[string]PF{}
 	for _, p := range pfs {
-		advertised[p.PCI] = p.Advertised()
+		byPCI[p.PCI] = p
 	}
 	resp := &pluginapi.AllocateResponse{}
 	for _, c := range req.ContainerRequests {
 		for _, id := range c.DevicesIds {
-			if !advertised[id] {
-				return nil, status.Errorf(codes.InvalidArgument, "%s is not a %s device of this node", id, d.Resource)
+			if err := d.notFree(id, byPCI); err != nil {
+				d.Log.Warn("allocation refused", "resource", d.Resource, "pfs", strings.Join(c.DevicesIds, ","), "error", err)
+				return nil, err
 			}
 		}
 		d.Log.Info("allocated", "resource", d.Resource, "pfs", strings.Join(c.DevicesIds, ","))
@@ -148,6 +174,29 @@ func (d *DevicePlugin) Allocate(_ context.Context, req *pluginapi.AllocateReques
 		})
 	}
 	return resp, nil
+}
+
+// notFree says why a device may not be allocated now, nil when it is free.
+func (d *DevicePlugin) notFree(id string, byPCI map[string]PF) error {
+	p, ok := byPCI[id]
+	if !ok {
+		return status.Errorf(codes.InvalidArgument, "%s is not a %s device of this node", id, d.Resource)
+	}
+	var why string
+	switch p.Phase {
+	case Free:
+		return nil
+	case Attached, Adding:
+		why = "held by an attachment"
+		if h := p.Holder; h != nil {
+			why = fmt.Sprintf("held by pod %s (container %s, %s)", h.Pod, short(h.ContainerID), h.IfName)
+		}
+	case Ineligible:
+		why = "never handed out: " + p.Why
+	default:
+		why = p.Why
+	}
+	return status.Errorf(codes.FailedPrecondition, "%s PF %s (%s) is not free on this node: %s", d.Resource, id, orDash(p.Name), why)
 }
 
 // EnvName is the variable Allocate sets: PCIDEVICE_ and the resource name

@@ -6,10 +6,12 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
@@ -138,6 +140,51 @@ func TestEnvName(t *testing.T) {
 	for in, want := range map[string]string{"prow/sriov": "PCIDEVICE_PROW_SRIOV", "intel.com/sriov-netdevice": "PCIDEVICE_INTEL_COM_SRIOV_NETDEVICE"} {
 		if got := EnvName(in); got != want {
 			t.Errorf("EnvName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The kubelet allocates from what it counts as free, which is not what the
+// node has free: a PF held by an attachment the kubelet does not know of,
+// one whose release is pending, one gone or reserved since the last list.
+// Allocate refuses those with the reason, so the pod fails at admission
+// instead of waiting in ContainerCreating for a CNI ADD that must fail.
+func TestAllocateRefusesDevicesThatAreNotFree(t *testing.T) {
+	dp := NewDevicePlugin("prow/sriov", testLogger(t))
+	dp.Update([]PF{
+		{PCI: "0000:3b:00.0", Name: "ens1", Phase: Free},
+		{PCI: "0000:3c:00.0", Name: "ens2", Phase: Attached, Holder: &Holder{Pod: "ci/job-a", ContainerID: "c1", IfName: "net1"}},
+		{PCI: "0000:3d:00.0", Name: "ens3", Phase: Adding, Holder: &Holder{Pod: "ci/job-b", ContainerID: "c2", IfName: "net1"}},
+		{PCI: "0000:3e:00.0", Name: "ens4", Phase: Releasing, Why: "release pending: not back on the host yet: ens4 (0000:3e:00.0)"},
+		{PCI: "0000:3f:00.0", Name: "ens5", Phase: Ineligible, Why: "ens5 is reserved"},
+		{PCI: "0000:40:00.0", Name: "eno1", Phase: Ineligible, Why: "uplink: eno1 has a default route"},
+		{PCI: "0000:41:00.0", Name: "ens6", Phase: Missing, Why: "no longer on the host, and no attachment holds it"},
+	})
+	ctx := context.Background()
+	alloc := func(ids ...string) error {
+		_, err := dp.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: ids}}})
+		return err
+	}
+	if err := alloc("0000:3b:00.0"); err != nil {
+		t.Fatalf("a free PF: %v", err)
+	}
+	for id, want := range map[string]string{
+		"0000:3c:00.0": "held by pod ci/job-a",
+		"0000:3d:00.0": "held by pod ci/job-b",
+		"0000:3e:00.0": "release pending",
+		"0000:3f:00.0": "ens5 is reserved",
+		"0000:40:00.0": "uplink",
+		"0000:41:00.0": "no longer on the host",
+		"0000:99:00.0": "not a prow/sriov device of this node",
+	} {
+		// With a free PF in the same request: nothing is handed out.
+		err := alloc("0000:3b:00.0", id)
+		if err == nil {
+			t.Errorf("%s: allocated; want refused (%s)", id, want)
+			continue
+		}
+		if s, _ := status.FromError(err); !strings.Contains(s.Message(), id) || !strings.Contains(s.Message(), want) {
+			t.Errorf("%s: refused with %q; want the PCI address and %q", id, s.Message(), want)
 		}
 	}
 }

@@ -74,6 +74,10 @@ type View struct {
 	// Gone reports whether an attached record's netns is gone, as far as
 	// this process can tell.
 	Gone func(*state.Record) bool
+	// Seen maps PCI address -> the PF's link as this process last saw it
+	// on the host (its name and altnames): a held PF's netdev is in a pod,
+	// and these are the names the pool and the reservations know it by.
+	Seen map[string]policy.Link
 }
 
 // Judge says, for every PF, where it stands; the list is sorted by PCI
@@ -121,9 +125,7 @@ func judgeHeld(pf sriov.PF, r *state.Record, v View) PF {
 	pf.Name = r.PF().OriginalName
 	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs,
 		Holder: &Holder{Pod: r.Pod.String(), ContainerID: r.ContainerID, IfName: r.IfName, Netns: r.Netns}}
-	// Only the pool and the reservations can be judged for a PF in a pod:
-	// uplink rules look at the host netns, where it is not.
-	if verdict := v.Rules.Judge(pf, &policy.Host{}); verdict.Fixed {
+	if verdict := judgeNames(pf, v); verdict.Fixed {
 		p.Phase, p.Why = Ineligible, verdict.Reason
 		return p
 	}
@@ -138,6 +140,27 @@ func judgeHeld(pf sriov.PF, r *state.Record, v View) PF {
 		p.Phase, p.Why = Releasing, pendingWhy(r)
 	}
 	return p
+}
+
+// judgeNames applies the pool and the reservations to a PF a pod holds.
+// Only those can be judged: the uplink rules look at the host netns, where
+// its netdev is not. They are judged by the names the PF had on the host:
+// its recorded name and the altnames this process saw it with (pfNames is
+// often a PF's altname, the predictable name systemd gives it). Without
+// the altnames (the agent started while the job held the PF) the pool
+// cannot be judged, and the record is the better witness: the plugin took
+// the PF under the pool's rules. The PF is judged in full once it is home.
+func judgeNames(pf sriov.PF, v View) policy.Verdict {
+	rules := v.Rules
+	link := policy.Link{Name: pf.Name}
+	if seen, ok := v.Seen[pf.PCIAddress]; ok {
+		// Altnames belong to the device and travel with it; its name at
+		// ADD is the recorded one.
+		link.AltNames = seen.AltNames
+	} else {
+		rules.PFNames = nil
+	}
+	return rules.Admits(pf, &policy.Host{Links: map[string]policy.Link{pf.Name: link}})
 }
 
 func pendingWhy(r *state.Record) string {

@@ -84,3 +84,44 @@ func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
 		t.Errorf("held PF: %+v holder %+v", got[3], h)
 	}
 }
+
+// A PF a job holds has its netdev in the pod's netns, so the host look
+// does not have it: the pool (pfNames, here the PF's altname, as systemd
+// names PFs) and the reservations are judged by the names the PF had on
+// the host, not against a host without it. Withdrawing it from the kubelet
+// while the job runs would be a lie about a healthy, allocated device.
+func TestAHeldPFIsJudgedByItsHostNames(t *testing.T) {
+	const pci = "0000:3b:00.0"
+	host := &policy.Host{Links: map[string]policy.Link{"eno1": {Index: 2, Name: "eno1"}}}
+	onHost := policy.Link{Index: 7, Name: "ens1f0", AltNames: []string{"enp59s0f0"}}
+	view := func(rules policy.Rules, seen map[string]policy.Link) View {
+		return View{PFs: []sriov.PF{{PCIAddress: pci}}, Host: host, Rules: rules,
+			Records: []*state.Record{record(pci, "ens1f0", state.Attached, false)},
+			Seen:    seen, Gone: func(*state.Record) bool { return false }}
+	}
+	pool := policy.Rules{PFNames: []string{"enp59s0f0"}}
+	for _, c := range []struct {
+		what  string
+		v     View
+		phase Phase
+	}{
+		{"pool by altname, seen on the host before", view(pool, map[string]policy.Link{pci: onHost}), Attached},
+		// The agent restarted while the job held the PF: it never saw the
+		// altnames. The plugin took the PF under the pool's rules; a miss
+		// by the recorded name alone proves nothing.
+		{"pool by altname, never seen", view(pool, nil), Attached},
+		{"pool by recorded name", view(policy.Rules{PFNames: []string{"ens1f0"}}, nil), Attached},
+		{"reserved by altname while held", view(policy.Rules{Reserved: map[string]bool{"enp59s0f0": true}}, map[string]policy.Link{pci: onHost}), Ineligible},
+		{"reserved by recorded name while held", view(policy.Rules{Reserved: map[string]bool{"ens1f0": true}}, nil), Ineligible},
+		{"outside the pool by every name it had", view(policy.Rules{PFNames: []string{"ens9"}}, map[string]policy.Link{pci: onHost}), Ineligible},
+	} {
+		got := Judge(c.v)
+		if len(got) != 1 || got[0].Phase != c.phase {
+			t.Errorf("%s: %+v, want phase %s", c.what, got, c.phase)
+			continue
+		}
+		if c.phase == Attached && (!got[0].Healthy() || !got[0].Advertised() || got[0].Holder == nil) {
+			t.Errorf("%s: %+v: want advertised, healthy, with its holder", c.what, got[0])
+		}
+	}
+}

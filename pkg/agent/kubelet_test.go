@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -37,6 +38,8 @@ type fakeKubelet struct {
 	refused   int
 	endpoints map[string]*grpc.ClientConn // socket path -> connection
 	devices   map[string]string           // device ID -> health
+	// firsts holds the first list each registration's stream brought.
+	firsts []map[string]string
 }
 
 func startKubelet(t *testing.T, dir string) *fakeKubelet {
@@ -101,7 +104,7 @@ func (k *fakeKubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) 
 }
 
 func (k *fakeKubelet) watch(path string, s grpc.ServerStreamingClient[pluginapi.ListAndWatchResponse]) {
-	for {
+	for first := true; ; first = false {
 		resp, err := s.Recv()
 		if err != nil {
 			k.drop(path)
@@ -111,6 +114,9 @@ func (k *fakeKubelet) watch(path string, s grpc.ServerStreamingClient[pluginapi.
 		k.devices = map[string]string{}
 		for _, d := range resp.Devices {
 			k.devices[d.ID] = d.Health
+		}
+		if first {
+			k.firsts = append(k.firsts, maps.Clone(k.devices))
 		}
 		k.mu.Unlock()
 	}
@@ -259,6 +265,7 @@ func TestRemovesItsSockets(t *testing.T) {
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close()
 	dp := NewDevicePlugin("prow/sriov", testLogger(t))
+	dp.Update(nil) // a look at a node without PFs: the agent registers only after one
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() {
@@ -274,5 +281,34 @@ func TestRemovesItsSockets(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sriov-passthrough.sock")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the agent's socket is left after it stopped: %v", err)
+	}
+}
+
+// The kubelet takes a plugin's first list as the truth: an empty one says
+// the node has no prow/sriov, a wrong one lets it admit pods on it. The
+// agent registers only once it has looked at the node.
+func TestRegistersOnlyAfterTheFirstLook(t *testing.T) {
+	dir := t.TempDir()
+	const pci = "0000:3b:00.0"
+	k := startKubelet(t, dir)
+	dp := NewDevicePlugin("prow/sriov", testLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		(&Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: dp.Log}).Run(ctx)
+		close(done)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	// Time for a server that does not wait to register with nothing to
+	// say; one that waits registers only after the Update, however slow
+	// the machine.
+	time.Sleep(300 * time.Millisecond)
+	dp.Update([]PF{{PCI: pci, Phase: Free}})
+	k.registered(t)
+	k.settled(t, pci)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.firsts) != 1 || k.firsts[0][pci] != pluginapi.Healthy {
+		t.Fatalf("first lists the kubelet got: %v; want one, with %s Healthy", k.firsts, pci)
 	}
 }

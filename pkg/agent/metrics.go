@@ -13,6 +13,7 @@ import (
 type Metrics struct {
 	mu          sync.Mutex
 	byPhase     map[Phase]int
+	healthy     int
 	pending     int
 	lastRelease time.Duration
 	released    int
@@ -23,9 +24,14 @@ func (m *Metrics) Set(pfs []PF) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.byPhase = map[Phase]int{}
-	m.pending = 0
+	m.pending, m.healthy = 0, 0
 	for _, p := range pfs {
 		m.byPhase[p.Phase]++
+		// What the kubelet is told (PF.Healthy, as ListAndWatch sends it),
+		// not a second reading of the phases.
+		if p.Advertised() && p.Healthy() {
+			m.healthy++
+		}
 		if p.Phase == Releasing {
 			m.pending++
 		}
@@ -45,7 +51,6 @@ func (m *Metrics) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	healthy := m.byPhase[Free] + m.byPhase[Attached] + m.byPhase[Adding]
 	fmt.Fprintf(w, "# HELP sriovpt_pfs SR-IOV PFs on this node by state (free on the host, held by an attachment, unhealthy, ineligible).\n")
 	fmt.Fprintf(w, "# TYPE sriovpt_pfs gauge\n")
 	fmt.Fprintf(w, "sriovpt_pfs{state=\"free\"} %d\n", m.byPhase[Free])
@@ -54,7 +59,7 @@ func (m *Metrics) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(w, "sriovpt_pfs{state=\"ineligible\"} %d\n", m.byPhase[Ineligible])
 	fmt.Fprintf(w, "# HELP sriovpt_pfs_healthy PFs advertised to the kubelet as Healthy.\n")
 	fmt.Fprintf(w, "# TYPE sriovpt_pfs_healthy gauge\n")
-	fmt.Fprintf(w, "sriovpt_pfs_healthy %d\n", healthy)
+	fmt.Fprintf(w, "sriovpt_pfs_healthy %d\n", m.healthy)
 	fmt.Fprintf(w, "# HELP sriovpt_releases_pending Attachments whose release waits for a device to come back.\n")
 	fmt.Fprintf(w, "# TYPE sriovpt_releases_pending gauge\n")
 	fmt.Fprintf(w, "sriovpt_releases_pending %d\n", m.pending)

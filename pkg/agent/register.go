@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -49,6 +50,12 @@ type Server struct {
 	Socket string
 	Plugin *DevicePlugin
 	Log    *slog.Logger
+
+	// The registration readiness is judged by: the kubelet.sock it went
+	// through, and how many lists the plugin had sent before it.
+	mu         sync.Mutex
+	regKubelet fileID
+	regSends   uint64
 }
 
 // endpoint is one socket the plugin is served on.
@@ -58,7 +65,8 @@ type endpoint struct {
 	srv  *grpc.Server
 }
 
-// Run serves and registers until ctx ends.
+// Run serves and registers until ctx ends, and returns once it has
+// stopped serving and removed its socket.
 func (s *Server) Run(ctx context.Context) error {
 	if err := validResource(s.Plugin.Resource); err != nil {
 		return err
@@ -67,9 +75,10 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer w.Close()
 	changed := make(chan struct{}, 1)
+	watching := make(chan struct{})
 	go func() {
+		defer close(watching)
 		defer close(changed)
 		for {
 			if _, err := w.Next(); err != nil {
@@ -82,8 +91,25 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	s.removeOwnSockets()
+	// The kubelet takes the first list on a registration as the node's
+	// truth: an empty one before the agent has looked would withdraw every
+	// device, a stale one admit pods on PFs that are not free.
+	select {
+	case <-ctx.Done():
+		w.Close()
+		<-watching
+		return nil
+	case <-s.Plugin.Looked():
+	}
 	var st registration
-	defer s.stopAll(&st)
+	// Stop in order: no more events (nothing serves or registers a socket
+	// any more), then the gRPC servers (their streams end; the kubelet
+	// drops the paths), then the socket, once nobody serves it.
+	defer func() {
+		w.Close()
+		<-watching
+		s.stopAll(&st)
+	}()
 	for {
 		var retry <-chan time.Time
 		if !s.converge(ctx, &st) {
@@ -131,12 +157,16 @@ func (s *Server) converge(ctx context.Context, st *registration) bool {
 	if now == (fileID{}) || (st.ep == st.registered && now == st.kubelet) {
 		return true
 	}
+	sends := s.Plugin.sends.Load()
 	if err := s.register(ctx, st.ep.name); err != nil {
 		s.Log.Error("device plugin", "error", err)
 		return false
 	}
 	s.Log.Info("registered with the kubelet", "resource", s.Plugin.Resource, "socket", st.ep.path(s.Dir))
 	st.registered, st.kubelet = st.ep, now
+	s.mu.Lock()
+	s.regKubelet, s.regSends = now, sends
+	s.mu.Unlock()
 	for _, e := range st.retired {
 		e.stop()
 	}
@@ -144,18 +174,27 @@ func (s *Server) converge(ctx context.Context, st *registration) bool {
 	return true
 }
 
-// stopAll stops serving when the agent stops, and removes its socket: the
-// kubelet must not dial a socket nobody serves.
+// stopAll stops serving when the agent stops, every server first, and
+// then removes its socket: the kubelet must not dial a socket nobody
+// serves, and a socket removed while still served would be a path the
+// kubelet is connected to but cannot see. Only a socket that is still
+// ours is removed (a new agent may already serve under the same name).
 func (s *Server) stopAll(st *registration) {
 	for _, e := range st.retired {
 		e.stop()
 	}
-	if st.ep != nil {
-		st.ep.stop()
-		if inode(st.ep.path(s.Dir)) == st.ep.id {
-			os.Remove(st.ep.path(s.Dir))
-		}
+	st.retired = nil
+	s.mu.Lock()
+	s.regKubelet = fileID{}
+	s.mu.Unlock()
+	if st.ep == nil {
+		return
 	}
+	st.ep.stop()
+	if inode(st.ep.path(s.Dir)) == st.ep.id {
+		os.Remove(st.ep.path(s.Dir))
+	}
+	st.ep = nil
 }
 
 // socketName is the name of the gen'th socket: Socket itself first, then

@@ -5,21 +5,56 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 )
 
 // watchLinks subscribes to link events in the host netns. A new link, or
 // a link changing name or netns, may be a device coming home (the kernel
 // hands a dying netns's physical devices back to init_net, a workload
-// moves them back): those ask for repair.
+// moves them back): those ask for repair when the link is one of the
+// devices a release waits for. Every other link event (every veth any pod
+// makes) asks only for a look, which takes no lock.
 func (a *Agent) watchLinks(ctx context.Context) error {
 	return keepSubscribed(ctx, a, "link", func(ch chan netlink.LinkUpdate, done chan struct{}, h *netns.NsHandle) error {
 		return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{Namespace: h, ErrorCallback: a.subscriptionError("link")})
-	}, func(u netlink.LinkUpdate) { a.signal(u.Header.Type == unix.RTM_NEWLINK) }, true)
+	}, func(u netlink.LinkUpdate) { a.signal(u.Header.Type == unix.RTM_NEWLINK && a.awaited(u.Link)) }, true)
+}
+
+// awaited reports whether a host link is a device some release waits for,
+// by PCI address: the link's parent device, the plugin's altname tag
+// (sriovpt.<pci>, on every device it holds), or sysfs.
+func (a *Agent) awaited(l netlink.Link) bool {
+	a.mu.Lock()
+	waiting := a.awaiting
+	a.mu.Unlock()
+	if len(waiting) == 0 {
+		return false
+	}
+	pci := netdev.PCIOf(l)
+	if pci == "" {
+		pci = a.pciOfName(l.Attrs().Name)
+	}
+	return pci != "" && waiting[pci]
+}
+
+// pciOfName reads the PCI address behind a host netdev from sysfs
+// (class/net/<name>/device), "" when it has none.
+func (a *Agent) pciOfName(name string) string {
+	if name == "" || strings.Contains(name, "/") {
+		return ""
+	}
+	dev, err := filepath.EvalSymlinks(filepath.Join(a.Conf.SysfsRoot, "class", "net", name, "device"))
+	if err != nil {
+		return ""
+	}
+	return filepath.Base(dev)
 }
 
 // watchUplinkSigns subscribes to address and route events in the host
@@ -65,7 +100,9 @@ func keepSubscribed[T any](ctx context.Context, a *Agent, what string,
 	if err != nil {
 		return err
 	}
+	a.watchers.Add(1)
 	go func() {
+		defer a.watchers.Done()
 		for {
 			select {
 			case <-ctx.Done():
@@ -122,11 +159,14 @@ func (a *Agent) watchDirs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.watchers.Add(2)
 	go func() {
+		defer a.watchers.Done()
 		<-ctx.Done()
 		w.Close()
 	}()
 	go func() {
+		defer a.watchers.Done()
 		for {
 			paths, err := w.Next()
 			if err != nil {

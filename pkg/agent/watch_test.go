@@ -4,11 +4,14 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
 
 // A subscription the library closes (its socket failed) is opened again,
@@ -44,5 +47,35 @@ func TestKeepSubscribedResubscribesWhenClosed(t *testing.T) {
 	a.mu.Unlock()
 	if !pending {
 		t.Error("a lost subscription did not ask for a look with repair")
+	}
+}
+
+// A record gets repairsPerWindow repairs per repairWindow, then backs off
+// until its oldest repair leaves the window; the back-off is logged once.
+func TestRepairBacksOffPerRecord(t *testing.T) {
+	var logs strings.Builder
+	a := &Agent{Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	stuck := []*state.Record{record("0000:3b:00.0", "ens1", state.Releasing, false)}
+	for range repairsPerWindow {
+		if wait := a.backOff(stuck, time.Now()); wait != 0 {
+			t.Fatalf("backs off after fewer than %d repairs: %v", repairsPerWindow, wait)
+		}
+		a.triedNow(stuck)
+	}
+	for range 3 {
+		if wait := a.backOff(stuck, time.Now()); wait <= 0 || wait > repairWindow {
+			t.Fatalf("after %d repairs: wait %v, want (0, %v]", repairsPerWindow, wait, repairWindow)
+		}
+	}
+	if n := strings.Count(logs.String(), "repair backs off"); n != 1 {
+		t.Errorf("back-off logged %d times, want once:\n%s", n, logs.String())
+	}
+	// Another record that needs repair is not held back by the first.
+	other := append(stuck, record("0000:3c:00.0", "ens2", state.Adding, false))
+	if wait := a.backOff(other, time.Now()); wait != 0 {
+		t.Errorf("a fresh record waits %v behind one that backs off", wait)
+	}
+	if wait := a.backOff(stuck, time.Now().Add(repairWindow)); wait != 0 {
+		t.Errorf("still backing off a window later: %v", wait)
 	}
 }

@@ -38,11 +38,8 @@ func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
 	if who, held := r.Holders[pf.PCIAddress]; held {
 		return Verdict{Reason: "in use by " + who}
 	}
-	if len(r.PFNames) > 0 && !slices.ContainsFunc(r.PFNames, func(n string) bool { return host.Named(pf.Name, n) }) {
-		return Verdict{Reason: fmt.Sprintf("%s is not in pfNames", pf.Name), Fixed: true}
-	}
-	if as := r.reservedAs(pf.Name, host); as != "" {
-		return Verdict{Reason: as + " is reserved", Fixed: true}
+	if v := r.Admits(pf, host); !v.OK() {
+		return v
 	}
 	if !host.Has(pf.Name) {
 		return Verdict{Reason: "its netdev is not in the host netns"}
@@ -60,6 +57,20 @@ func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
 		if why := host.UplinkReason(vf.Name); why != "" {
 			return Verdict{Reason: "uplink: its VF " + why, Fixed: true}
 		}
+	}
+	return Verdict{}
+}
+
+// Admits applies only the rules about the PF's names: the pool and the
+// reservations of the PF itself. They hold wherever its netdev is, so they
+// also judge a PF a pod holds, given a host that knows the PF by the
+// names it had there; the uplink rules need the PF in the host netns.
+func (r Rules) Admits(pf sriov.PF, host *Host) Verdict {
+	if len(r.PFNames) > 0 && !slices.ContainsFunc(r.PFNames, func(n string) bool { return host.Named(pf.Name, n) }) {
+		return Verdict{Reason: fmt.Sprintf("%s is not in pfNames", pf.Name), Fixed: true}
+	}
+	if as := r.reservedAs(pf.Name, host); as != "" {
+		return Verdict{Reason: as + " is reserved", Fixed: true}
 	}
 	return Verdict{}
 }

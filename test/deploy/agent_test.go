@@ -25,7 +25,8 @@ func container(t *testing.T, pod corev1.PodSpec, name string) corev1.Container {
 // The agent gets exactly what the issue lists and README explains: host
 // network and pid, the kubelet's device-plugin dir, sysfs writable,
 // /var/run/netns with HostToContainer propagation, the state dir, the
-// reserved file's directory (read-only), where node.json is installed, and
+// reserved file's directory (read-only), where node.json is installed, an
+// emptyDir of its own for the health socket its exec probes ask, and
 // CAP_NET_ADMIN + CAP_SYS_ADMIN, plus CAP_SYS_PTRACE for the SR-IOV
 // restore's vfio holder check; nothing else.
 func TestAgentHasExactlyItsGrants(t *testing.T) {
@@ -53,6 +54,9 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 		if v.ConfigMap != nil {
 			configMaps[v.Name] = v.ConfigMap.Name
 		}
+		if v.EmptyDir != nil {
+			hostPaths[v.Name] = "emptyDir"
+		}
 	}
 	type grant struct {
 		host     string
@@ -67,6 +71,9 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 		"/host/etc":                       {"/etc", true, ""},
 		"/host/etc/sriov-passthrough-cni": {"/etc/sriov-passthrough-cni", false, ""},
 		"/config":                         {"configmap:sriov-passthrough-cni-node", true, ""},
+		// The health socket (-health-socket's default directory): the
+		// probes need no port on the node's network.
+		"/run/sriov-passthrough-agent": {"emptyDir", false, ""},
 	}
 	got := map[string]grant{}
 	for _, vm := range c.VolumeMounts {
@@ -93,5 +100,28 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 	args := strings.Join(c.Args, " ")
 	if !strings.Contains(args, "-install-node-config=/config/node.json") || !strings.Contains(args, "-host-root=/host") {
 		t.Errorf("agent args %q: want it to install /config/node.json under /host", args)
+	}
+}
+
+// The agent's probes are exec probes of its own binary: ready while the
+// kubelet has its devices, live while its loop turns. An httpGet probe
+// would need a port on the node's network (hostNetwork); the probe
+// command asks over the health socket in the agent's emptyDir instead.
+func TestAgentProbesAskTheAgent(t *testing.T) {
+	m := loadManifests(t)
+	c := container(t, m.daemonSets[0].Spec.Template.Spec, "agent")
+	for what, p := range map[string]*corev1.Probe{"ready": c.ReadinessProbe, "live": c.LivenessProbe} {
+		want := []string{"/usr/local/bin/sriov-passthrough-agent", "probe", what}
+		if p == nil || p.Exec == nil || !slices.Equal(p.Exec.Command, want) {
+			t.Errorf("%s probe %+v: want exec %q", what, p, want)
+			continue
+		}
+		// The probe command gives up after 3 s itself.
+		if p.TimeoutSeconds < 4 {
+			t.Errorf("%s probe timeout %ds: want more than the command's own 3 s", what, p.TimeoutSeconds)
+		}
+	}
+	for _, port := range c.Ports {
+		t.Errorf("the agent opens port %d on the node's network", port.ContainerPort)
 	}
 }

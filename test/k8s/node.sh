@@ -313,7 +313,10 @@ scenarios() {
 	step "scenarios"
 	(
 		eval "$(scenario_env)"
-		"$SCENARIOS" -test.v -test.count=1 -test.timeout 20m ${K8S_E2E_RUN:+"-test.run=$K8S_E2E_RUN"}
+		# Shuffled: no scenario may depend on what an earlier one left. go
+		# test prints the seed first; K8S_E2E_SHUFFLE=SEED replays an order.
+		"$SCENARIOS" -test.v -test.count=1 -test.timeout 20m -test.shuffle="${K8S_E2E_SHUFFLE:-on}" \
+			${K8S_E2E_RUN:+"-test.run=$K8S_E2E_RUN"}
 	)
 }
 

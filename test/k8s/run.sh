@@ -8,6 +8,8 @@
 #
 # Environment:
 #   K8S_E2E_RUN=REGEXP   run only the scenarios whose test name matches
+#   K8S_E2E_SHUFFLE=SEED the scenarios' order (default "on": a new random
+#                        order each run, its seed printed first; "off": source order)
 #   K8S_E2E_SHELL=1      bring the cluster up, print how to enter it, and wait
 #                        (Ctrl-C tears it down)
 #   K8S_E2E_TMP=DIR      where the run's work dir is made (default /tmp)

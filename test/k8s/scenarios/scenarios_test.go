@@ -158,10 +158,17 @@ func readPid(t *testing.T, path string) int {
 // read of the file sees the old binary or the new one, never a mix.
 func TestDaemonSetUpgrade(t *testing.T) {
 	requireNodeWhole(t)
-	old, new := binaryHash(t, os.Getenv("PLUGIN_TAG_A")), binaryHash(t, os.Getenv("PLUGIN_TAG_B"))
-	if h := fileHash(t, cniBinary); h != old {
-		t.Fatalf("installed binary is not image %s's", os.Getenv("PLUGIN_TAG_A"))
+	// The scenarios run in any order (node.sh shuffles them): upgrade from
+	// whichever of the two images is installed to the other.
+	from, to := os.Getenv("PLUGIN_TAG_A"), os.Getenv("PLUGIN_TAG_B")
+	if fileHash(t, cniBinary) == binaryHash(t, to) {
+		from, to = to, from
 	}
+	old, new := binaryHash(t, from), binaryHash(t, to)
+	if h := fileHash(t, cniBinary); h != old {
+		t.Fatalf("installed binary is neither image %s's nor %s's", from, to)
+	}
+	t.Logf("upgrading the DaemonSet from image %s to %s", from, to)
 	held := runJob(t, 1, "long-job")
 
 	stop := make(chan struct{})
@@ -196,7 +203,7 @@ func TestDaemonSetUpgrade(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	kubectl(t, nil, "apply", "-k", filepath.Join(env.work, "overlay-"+os.Getenv("PLUGIN_TAG_B")))
+	kubectl(t, nil, "apply", "-k", filepath.Join(env.work, "overlay-"+to))
 	// Jobs come and go on the other PF while the new installer starts.
 	for i := range 3 {
 		name := fmt.Sprintf("churn-%d", i)
@@ -215,8 +222,8 @@ func TestDaemonSetUpgrade(t *testing.T) {
 		t.Fatalf("long job holds %v after the upgrade, had %v", got, held)
 	}
 	version := runBinaryVersion(t)
-	if !strings.Contains(version, os.Getenv("PLUGIN_TAG_B")) {
-		t.Fatalf("installed binary reports %q, want version %s", version, os.Getenv("PLUGIN_TAG_B"))
+	if !strings.Contains(version, to) {
+		t.Fatalf("installed binary reports %q, want version %s", version, to)
 	}
 	// The job that started under the old binary is released by the new one.
 	kubectl(t, nil, "delete", "pod", "long-job")
