@@ -65,12 +65,14 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 	}
 	want := map[string]grant{
 		"/var/lib/kubelet/device-plugins": {"/var/lib/kubelet/device-plugins", false, ""},
-		"/sys":                            {"/sys", false, ""},
+		"/sys":                            {"/sys", true, ""},
+		"/sys/devices":                    {"/sys/devices", false, ""},
+		"/sys/bus/pci":                    {"/sys/bus/pci", false, ""},
 		"/var/run/netns":                  {"/var/run/netns", false, corev1.MountPropagationHostToContainer},
 		config.DefaultStateDir:            {config.DefaultStateDir, false, ""},
-		"/host/etc":                       {"/etc", true, ""},
-		"/host/etc/sriov-passthrough-cni": {"/etc/sriov-passthrough-cni", false, ""},
-		"/config":                         {"configmap:sriov-passthrough-cni-node", true, ""},
+		"/host/etc/pfscni-system-reserved-interfaces": {config.DefaultReservedInterfacesFile, true, ""},
+		"/host/etc/sriov-passthrough-cni":             {"/etc/sriov-passthrough-cni", false, ""},
+		"/config":                                     {"configmap:sriov-passthrough-cni-node", true, ""},
 		// The health socket (-health-socket's default directory): the
 		// probes need no port on the node's network.
 		"/run/sriov-passthrough-agent": {"emptyDir", false, ""},
@@ -123,5 +125,55 @@ func TestAgentProbesAskTheAgent(t *testing.T) {
 	}
 	for _, port := range c.Ports {
 		t.Errorf("the agent opens port %d on the node's network", port.ContainerPort)
+	}
+}
+
+// Every grant the agent container gets in deploy/ has a row in the README's
+// grants table with a reason, and the table lists nothing the manifests do
+// not grant: the table is what an admin reviews.
+func TestGrantsTableMatchesTheManifests(t *testing.T) {
+	m := loadManifests(t)
+	pod := m.daemonSets[0].Spec.Template.Spec
+	c := container(t, pod, "agent")
+	granted := map[string]bool{}
+	if pod.HostNetwork {
+		granted["hostNetwork"] = true
+	}
+	if pod.HostPID {
+		granted["hostPID"] = true
+	}
+	for _, vm := range c.VolumeMounts {
+		granted[vm.MountPath] = true
+	}
+	for _, cp := range c.SecurityContext.Capabilities.Add {
+		granted["CAP_"+string(cp)] = true
+	}
+
+	readme := string(readRepoFile(t, "README.md"))
+	start := strings.Index(readme, "| grant | why |")
+	if start < 0 {
+		t.Fatal("README.md has no grants table (| grant | why |)")
+	}
+	table := map[string]bool{}
+	for _, line := range strings.Split(readme[start:], "\n")[2:] {
+		if !strings.HasPrefix(line, "| `") {
+			break
+		}
+		cells := strings.Split(line, "|")
+		key, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(cells[1]), "`"), "`")
+		if len(cells) < 4 || len(strings.TrimSpace(cells[2])) < 10 {
+			t.Errorf("grants table row %q gives no reason", line)
+		}
+		table[key] = true
+	}
+	for g := range granted {
+		if !table[g] {
+			t.Errorf("deploy/ grants the agent %s, but the README's grants table does not say why", g)
+		}
+	}
+	for g := range table {
+		if !granted[g] {
+			t.Errorf("the README's grants table lists %s, which deploy/ does not grant the agent", g)
+		}
 	}
 }
