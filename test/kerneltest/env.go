@@ -103,18 +103,22 @@ func (e *Env) SetNode(fields map[string]any) {
 // Exec runs plugins for libcni (NewCNIConfig's exec) as a runtime on this
 // world's node would: with the runtime's own environment plus the CNI_
 // variables, the runtime's environment here including NodeEnv.
-func (e *Env) Exec() invoke.Exec {
-	return &nodeExec{DefaultExec: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}},
-		env: e.NodeEnv()}
+func (e *Env) Exec() invoke.Exec { return ExecWith(e.NodeEnv()) }
+
+// ExecWith is libcni's default exec with env ("KEY=value") added to the
+// environment of every plugin it runs.
+func ExecWith(env ...string) invoke.Exec {
+	return &envExec{DefaultExec: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}},
+		env: env}
 }
 
-type nodeExec struct {
+type envExec struct {
 	*invoke.DefaultExec
-	env string
+	env []string
 }
 
-func (x *nodeExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData []byte, environ []string) ([]byte, error) {
-	return x.DefaultExec.ExecPlugin(ctx, pluginPath, stdinData, append(slices.Clip(environ), x.env))
+func (x *envExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData []byte, environ []string) ([]byte, error) {
+	return x.DefaultExec.ExecPlugin(ctx, pluginPath, stdinData, slices.Concat(environ, x.env))
 }
 
 // NodeEnv is the environment variable that points an exec'd plugin at the
