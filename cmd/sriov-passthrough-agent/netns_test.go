@@ -30,8 +30,8 @@ func TestAgentThatCannotSeeNetnsLeavesLivePodsAlone(t *testing.T) {
 	env.AddPF("ens1", 1)
 	pod := env.NewPod()
 	dir := t.TempDir()
-	conf := env.Conf(map[string]any{"nodeConfigFile": ""})
-	p := &plugin.Plugin{LockTimeout: 5 * time.Second, SettleTimeout: 100 * time.Millisecond, Stdout: io.Discard, Stderr: io.Discard}
+	conf := env.Conf(nil)
+	p := &plugin.Plugin{NodeConfigFile: env.NodeFile, LockTimeout: 5 * time.Second, SettleTimeout: 100 * time.Millisecond, Stdout: io.Discard, Stderr: io.Discard}
 	t.Setenv("CNI_COMMAND", "ADD")
 	err := env.Host.Do(func(ns.NetNS) error {
 		return p.Add(&skel.CmdArgs{ContainerID: "c1", IfName: "net1", Netns: pod.Path(), StdinData: conf,
@@ -40,11 +40,7 @@ func TestAgentThatCannotSeeNetnsLeavesLivePodsAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node := filepath.Join(dir, "node.json")
-	nodeConf := `{"sysfsRoot":"` + env.SysfsRoot + `","stateDir":"` + env.StateDir + `","reservedInterfacesFile":""}`
-	if err := os.WriteFile(node, []byte(nodeConf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	node := env.NodeFile
 	plugins := filepath.Join(dir, "device-plugins")
 	if err := os.Mkdir(plugins, 0o755); err != nil {
 		t.Fatal(err)

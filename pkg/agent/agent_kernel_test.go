@@ -48,8 +48,9 @@ type stamped struct {
 func startNode(t *testing.T, judge func(string) error) *node {
 	env := kerneltest.New(t)
 	n := &node{t: t, env: env, reserved: filepath.Join(t.TempDir(), "reserved"), lists: make(chan stamped, 64)}
-	n.conf = env.Conf(map[string]any{"reservedInterfacesFile": n.reserved, "nodeConfigFile": ""})
-	conf, err := config.Parse(n.conf)
+	env.SetNode(map[string]any{"reservedInterfacesFile": n.reserved})
+	n.conf = env.Conf(nil)
+	conf, err := config.NodeConf(env.NodeFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,8 @@ func withinASecond(t *testing.T, what string, took time.Duration) {
 func (n *node) cni(cmd string, pod ns.NetNS, cid string) error {
 	n.t.Helper()
 	var out, logs bytes.Buffer
-	p := &plugin.Plugin{LockTimeout: 10 * time.Second, SettleTimeout: 200 * time.Millisecond, Stdout: &out, Stderr: &logs}
+	p := &plugin.Plugin{NodeConfigFile: n.env.NodeFile, LockTimeout: 10 * time.Second, SettleTimeout: 200 * time.Millisecond,
+		Stdout: &out, Stderr: &logs}
 	f := map[string]func(*skel.CmdArgs) error{"ADD": p.Add, "DEL": p.Del}[cmd]
 	n.t.Setenv("CNI_COMMAND", cmd)
 	args := &skel.CmdArgs{ContainerID: cid, IfName: "net1", Netns: pod.Path(), StdinData: n.conf,

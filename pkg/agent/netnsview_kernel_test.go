@@ -30,8 +30,9 @@ import (
 func TestReleasesAStaleAttachmentOnlyWhenItCanSeeNetns(t *testing.T) {
 	env := kerneltest.New(t)
 	n := &node{t: t, env: env, reserved: filepath.Join(t.TempDir(), "reserved")}
-	n.conf = env.Conf(map[string]any{"reservedInterfacesFile": n.reserved, "nodeConfigFile": ""})
-	conf, err := config.Parse(n.conf)
+	env.SetNode(map[string]any{"reservedInterfacesFile": n.reserved})
+	n.conf = env.Conf(nil)
+	conf, err := config.NodeConf(env.NodeFile)
 	if err != nil {
 		t.Fatal(err)
 	}

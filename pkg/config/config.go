@@ -36,16 +36,26 @@ type NetConf struct {
 	// ReservedInterfaces are PF (or VF) names or altnames that are never
 	// handed out.
 	ReservedInterfaces []string `json:"reservedInterfaces,omitempty"`
+	// LogLevel is the verbosity of the plugin's log ("debug", "info",
+	// "warn", "error"). The node configuration gives the default; a
+	// network configuration may choose another, since it changes nothing
+	// but how much the plugin says.
+	LogLevel string `json:"logLevel,omitempty"`
+
+	// The node-only settings: they come from the node configuration file
+	// (see Node), never from the network configuration, which any
+	// namespace that can create a NetworkAttachmentDefinition writes.
+	// Parse refuses them there (NodeOnlyFields).
+
 	// ReservedInterfacesFile lists more reserved names, one per line. nil
 	// means the default path; an explicit "" means no file.
-	ReservedInterfacesFile *string `json:"reservedInterfacesFile,omitempty"`
-	StateDir               string  `json:"stateDir,omitempty"`
-	SysfsRoot              string  `json:"sysfsRoot,omitempty"`
-	LogFile                string  `json:"logFile,omitempty"`
-	LogLevel               string  `json:"logLevel,omitempty"`
-	// NodeConfigFile is the node-local configuration (see Node). nil means
-	// the default path; an explicit "" means none.
-	NodeConfigFile *string `json:"nodeConfigFile,omitempty"`
+	ReservedInterfacesFile *string `json:"-"`
+	StateDir               string  `json:"-"`
+	SysfsRoot              string  `json:"-"`
+	LogFile                string  `json:"-"`
+	// NodeConfigFile is the node configuration file Parse read (or would
+	// have read: a missing file is no node configuration), for messages.
+	NodeConfigFile string `json:"-"`
 	// DeviceID is where multus puts the PCI address the kubelet allocated
 	// when the plugin does not declare the deviceID capability.
 	DeviceID string `json:"deviceID,omitempty"`
@@ -97,11 +107,13 @@ func (c *NetConf) AllocatedPCI() string {
 	return c.DeviceID
 }
 
-// Parse decodes and validates a configuration, filling in defaults. Unknown
-// fields are ignored: runtimes add their own. The returned error is a
-// *types.Error with a code from the CNI spec.
-func Parse(data []byte) (*NetConf, error) {
-	conf := &NetConf{}
+// Parse decodes and validates a network configuration, filling in the node
+// configuration read from nodeFile ("" for none; the plugin passes
+// NodeConfigPath) and defaults. Unknown fields are ignored: runtimes add
+// their own. The node-only fields (NodeOnlyFields) are refused. The
+// returned error is a *types.Error with a code from the CNI spec.
+func Parse(data []byte, nodeFile string) (*NetConf, error) {
+	conf := &NetConf{NodeConfigFile: nodeFile}
 	if err := json.Unmarshal(data, conf); err != nil {
 		return nil, decodeError(err)
 	}
@@ -109,10 +121,16 @@ func Parse(data []byte) (*NetConf, error) {
 	if err != nil {
 		return nil, decodeError(err)
 	}
+	if err := refuseNodeOnly(set, nodeFile); err != nil {
+		return nil, err
+	}
 	if err := conf.applyNode(set); err != nil {
 		return nil, err
 	}
 	conf.setDefaults()
+	if err := conf.validateNode(); err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid node configuration", fmt.Sprintf("%s: %v", nodeFile, err))
+	}
 	if err := conf.validate(); err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
 	}
@@ -170,6 +188,8 @@ func (c *NetConf) setDefaults() {
 	c.DeviceID = NormalizePCI(c.DeviceID)
 }
 
+// validate checks what the network configuration may set; validateNode
+// what only the node configuration sets.
 func (c *NetConf) validate() error {
 	var errs []error
 	if c.Name == "" {
@@ -201,25 +221,23 @@ func (c *NetConf) validate() error {
 			errs = append(errs, fmt.Errorf(`field "reservedInterfaces[%d]" is empty`, i))
 		}
 	}
-	for field, path := range map[string]string{"stateDir": c.StateDir, "sysfsRoot": c.SysfsRoot} {
-		if !filepath.IsAbs(path) {
-			errs = append(errs, fmt.Errorf("field %q: %q is not an absolute path", field, path))
-		}
-	}
-	if f := c.ReservedFile(); f != "" && !filepath.IsAbs(f) {
-		errs = append(errs, fmt.Errorf(`field "reservedInterfacesFile": %q is not an absolute path`, f))
-	}
-	if f := c.NodeFile(); f != "" && !filepath.IsAbs(f) {
-		errs = append(errs, fmt.Errorf(`field "nodeConfigFile": %q is not an absolute path`, f))
-	}
 	if f := c.RuntimeConfig.CNIDeviceInfoFile; f != "" && !filepath.IsAbs(f) {
 		errs = append(errs, fmt.Errorf(`field "runtimeConfig.CNIDeviceInfoFile": %q is not an absolute path`, f))
 	}
-	if c.LogFile != "" && !filepath.IsAbs(c.LogFile) {
-		errs = append(errs, fmt.Errorf(`field "logFile": %q is not an absolute path`, c.LogFile))
-	}
 	if _, err := ParseLogLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *NetConf) validateNode() error {
+	var errs []error
+	for _, f := range []struct{ field, path string }{
+		{"stateDir", c.StateDir}, {"sysfsRoot", c.SysfsRoot}, {"reservedInterfacesFile", c.ReservedFile()}, {"logFile", c.LogFile},
+	} {
+		if f.path != "" && !filepath.IsAbs(f.path) {
+			errs = append(errs, fmt.Errorf("field %q: %q is not an absolute path", f.field, f.path))
+		}
 	}
 	return errors.Join(errs...)
 }

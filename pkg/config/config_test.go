@@ -21,7 +21,7 @@ func code(t *testing.T, err error) uint {
 }
 
 func TestParseDefaults(t *testing.T) {
-	c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"sriov-passthrough-cni","type":"sriov-passthrough-cni","someRuntimeField":{"x":1}}`))
+	c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"sriov-passthrough-cni","type":"sriov-passthrough-cni","someRuntimeField":{"x":1}}`), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,15 +32,15 @@ func TestParseDefaults(t *testing.T) {
 }
 
 func TestParseFullExample(t *testing.T) {
+	node := writeNode(t, `{"reservedInterfacesFile":"","stateDir":"/run/x","sysfsRoot":"/sys","logFile":"/var/log/x.log"}`)
 	c, err := Parse([]byte(`{ "cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "type": "sriov-passthrough-cni",
-	  "pciBusID": "", "pfNames": ["ens1f0"], "reservedInterfaces": ["eno1"],
-	  "reservedInterfacesFile": "", "stateDir": "/run/x", "sysfsRoot": "/sys",
-	  "logFile": "/var/log/x.log", "logLevel": "debug", "ipam": {},
-	  "capabilities": { "deviceID": true }, "runtimeConfig": {"deviceID": "3B:00.1"} }`))
+	  "pciBusID": "", "pfNames": ["ens1f0"], "reservedInterfaces": ["eno1"], "logLevel": "debug", "ipam": {},
+	  "capabilities": { "deviceID": true }, "runtimeConfig": {"deviceID": "3B:00.1"} }`), node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.PinnedPCI() != "0000:3b:00.1" || c.ReservedFile() != "" || !slices.Equal(c.PFNames, []string{"ens1f0"}) || c.LogFile != "/var/log/x.log" {
+	if c.PinnedPCI() != "0000:3b:00.1" || c.ReservedFile() != "" || !slices.Equal(c.PFNames, []string{"ens1f0"}) ||
+		c.LogFile != "/var/log/x.log" || c.StateDir != "/run/x" || c.LogLevel != "debug" {
 		t.Errorf("parsed %+v", c)
 	}
 }
@@ -51,19 +51,16 @@ func TestParseRejectsWithFieldName(t *testing.T) {
 		code        uint
 	}{
 		{`{"name":"n","pfNames":"ens1f0"}`, `"pfNames"`, types.ErrDecodingFailure},
-		{`{"name":"n","stateDir":5}`, `"stateDir"`, types.ErrDecodingFailure},
 		{`{"name":"n","pciBusID":"eth0"}`, `"pciBusID"`, types.ErrInvalidNetworkConfig},
 		{`{"name":"n","runtimeConfig":{"deviceID":"zz:00.0"}}`, `"runtimeConfig.deviceID"`, types.ErrInvalidNetworkConfig},
 		{`{"name":"n","pciBusID":"0000:3b:00.0","runtimeConfig":{"deviceID":"0000:3c:00.0"}}`, "name different PFs", types.ErrInvalidNetworkConfig},
 		{`{"name":"n","pfNames":["has space"]}`, `"pfNames[0]"`, types.ErrInvalidNetworkConfig},
-		{`{"name":"n","stateDir":"relative/dir"}`, `"stateDir"`, types.ErrInvalidNetworkConfig},
 		{`{"name":"n","logLevel":"loud"}`, `"logLevel"`, types.ErrInvalidNetworkConfig},
-		{`{"name":"n","reservedInterfacesFile":"etc/x"}`, `"reservedInterfacesFile"`, types.ErrInvalidNetworkConfig},
-		{`{"name":"n","logFile":"x.log"}`, `"logFile"`, types.ErrInvalidNetworkConfig},
+		{`{"name":"n","runtimeConfig":{"CNIDeviceInfoFile":"x.json"}}`, `"runtimeConfig.CNIDeviceInfoFile"`, types.ErrInvalidNetworkConfig},
 		{`{"type":"x"}`, `"name"`, types.ErrInvalidNetworkConfig},
 		{`{"name":`, "not valid JSON", types.ErrDecodingFailure},
 	} {
-		_, err := Parse([]byte(tc.conf))
+		_, err := Parse([]byte(tc.conf), "")
 		if err == nil {
 			t.Errorf("%s: accepted", tc.conf)
 			continue
@@ -103,7 +100,7 @@ func TestValidateLinkName(t *testing.T) {
 		}
 	}
 	long := strings.Repeat("p", 100)
-	if c, err := Parse([]byte(`{"name":"n","pfNames":["` + long + `"],"reservedInterfaces":["` + long + `"]}`)); err != nil || c.PFNames[0] != long {
+	if c, err := Parse([]byte(`{"name":"n","pfNames":["`+long+`"],"reservedInterfaces":["`+long+`"]}`), ""); err != nil || c.PFNames[0] != long {
 		t.Errorf("a 100-byte altname in pfNames and reservedInterfaces: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,13 +13,20 @@ import (
 // FuzzParse feeds the config loader anything a NetworkAttachmentDefinition
 // or a conf file could hold. It must never panic; every error is a CNI
 // error; a configuration it accepts has every field the plugin relies on
-// valid (absolute paths, a PCI address or nothing, a known log level).
+// valid (absolute paths, a PCI address or nothing, a known log level), and
+// its node-only settings from the node file, never from the data.
 func FuzzParse(f *testing.F) {
+	node := filepath.Join(f.TempDir(), "node.json")
+	if err := os.WriteFile(node, []byte(`{"stateDir":"/run/node-state","sysfsRoot":"/host/sys","logLevel":"warn"}`), 0o644); err != nil {
+		f.Fatal(err)
+	}
 	for _, s := range []string{
 		`{"cniVersion":"1.1.0","name":"n","type":"sriov-passthrough-cni"}`,
 		`{"cniVersion":"1.1.0","name":"n","type":"t","pciBusID":"0000:3B:00.0","pfNames":["ens1f0"],"reservedInterfaces":["eno1"],` +
 			`"reservedInterfacesFile":"","stateDir":"/var/lib/x","sysfsRoot":"/sys","logFile":"/tmp/l","logLevel":"debug","ipam":{"type":"host-local"},` +
 			`"capabilities":{"deviceID":true},"runtimeConfig":{"deviceID":"0000:3b:00.0"}}`,
+		`{"cniVersion":"1.1.0","name":"n","type":"t","pfNames":["ens1f0"],"logLevel":"debug","deviceID":"3b:00.0"}`,
+		`{"name":"n","nodeConfigFile":""}`, `{"name":"n","StateDir":"/tmp"}`,
 		`{"name":"n","cni.dev/valid-attachments":[{"containerID":"c","ifname":"net1"}]}`,
 		`{"name":"n","cni.dev/attachments":[{"containerID":"c","ifname":"net1"}]}`,
 		`{"name":"n","prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"eth0"}]}}`,
@@ -27,13 +35,16 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := Parse(data)
+		c, err := Parse(data, node)
 		if err != nil {
 			var e *types.Error
 			if !errors.As(err, &e) {
 				t.Fatalf("error is %T, not a CNI error: %v", err, err)
 			}
 			return
+		}
+		if c.StateDir != "/run/node-state" || c.SysfsRoot != "/host/sys" || c.LogFile != "" {
+			t.Fatalf("accepted a configuration whose node settings are not the node file's: %+v", c)
 		}
 		if c.Name == "" || !filepath.IsAbs(c.StateDir) || !filepath.IsAbs(c.SysfsRoot) {
 			t.Fatalf("accepted a configuration without name or with relative paths: %+v", c)

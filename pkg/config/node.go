@@ -9,25 +9,64 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 )
 
 // DefaultNodeConfigFile is the node-local configuration that the plugin and
-// the node agent both read. The DaemonSet installs it from its ConfigMap.
+// the node agent both read. The DaemonSet installs it from its ConfigMap
+// (deploy/node-config.yaml).
 const DefaultNodeConfigFile = "/etc/sriov-passthrough-cni/node.json"
 
-// Node is the node-local configuration: what a NetworkAttachmentDefinition
-// could say about the node's PFs, said once for the plugin and for the
-// agent (which has no API token and cannot read NADs). A NAD may repeat a
-// field only with the same value.
+// NodeConfigEnv names the environment variable that points the plugin at
+// another node configuration file: for tests, cnitool users and nodes that
+// keep it elsewhere. Only the node can set it: the runtime (libcni, multus)
+// execs a plugin with the runtime's own environment plus the CNI_
+// variables, and nothing a NetworkAttachmentDefinition says reaches it.
+const NodeConfigEnv = "SRIOVPT_NODE_CONFIG"
+
+// NodeConfigPath is the node configuration file of this process: the
+// environment's NodeConfigEnv if set, else DefaultNodeConfigFile.
+func NodeConfigPath() string {
+	if p := os.Getenv(NodeConfigEnv); p != "" {
+		return p
+	}
+	return DefaultNodeConfigFile
+}
+
+// NodeOnlyFields are the settings only the node configuration gives; Parse
+// refuses them in a network configuration, which any namespace that can
+// create a NetworkAttachmentDefinition writes. There, stateDir would make a
+// second lock domain the agent cannot see (one ADD could take a PF whose
+// restore is blocked in the other), nodeConfigFile "" would drop
+// requireDeviceID, the PF pool and the reservations, sysfsRoot would choose
+// what the plugin believes about PFs, logFile would append to any file as
+// root, and reservedInterfacesFile would un-reserve the node's uplinks.
+var NodeOnlyFields = []string{"stateDir", "nodeConfigFile", "sysfsRoot", "logFile", "reservedInterfacesFile"}
+
+// Node is the node-local configuration: what only the node may say about
+// its PFs, its state and its logs, said once for the plugin and for the
+// agent (which has no API token and cannot read NADs). A NAD may repeat
+// pfNames and reservedInterfaces only with the same value.
+//
+// A field added here cannot be read by a rollback: a release reads
+// node.json strictly (LoadNodeBytes), and the release before logFile and
+// logLevel existed refuses a node.json that sets either. deploy's
+// node-config.yaml therefore leaves them out.
 type Node struct {
 	PFNames                []string `json:"pfNames,omitempty"`
 	ReservedInterfaces     []string `json:"reservedInterfaces,omitempty"`
 	ReservedInterfacesFile *string  `json:"reservedInterfacesFile,omitempty"`
 	StateDir               string   `json:"stateDir,omitempty"`
 	SysfsRoot              string   `json:"sysfsRoot,omitempty"`
+	// LogFile is where the plugin appends its log; "" is stderr, which
+	// the runtime shows only on failure.
+	LogFile string `json:"logFile,omitempty"`
+	// LogLevel is the plugin's default verbosity; a network configuration
+	// may choose its own.
+	LogLevel string `json:"logLevel,omitempty"`
 	// RequireDeviceID makes ADD refuse an attachment that carries no
 	// deviceID from the kubelet's allocation. Multus passes nothing when a
 	// pod did not request the resource, and the plugin would then pick a PF
@@ -72,42 +111,69 @@ func LoadNodeBytes(data []byte) (*Node, error) {
 // with: the node file's fields over the defaults, validated as a network
 // configuration would be.
 func NodeConf(path string) (*NetConf, error) {
-	n, err := LoadNode(path)
-	if err != nil {
+	c := &NetConf{NodeConfigFile: path}
+	c.Name = "node"
+	if err := c.applyNode(nil); err != nil {
 		return nil, err
 	}
-	c := &NetConf{NodeConfigFile: &path}
-	c.Name = "node"
-	if n != nil {
-		c.PFNames, c.ReservedInterfaces, c.ReservedInterfacesFile = n.PFNames, n.ReservedInterfaces, n.ReservedInterfacesFile
-		c.StateDir, c.SysfsRoot, c.RequireDeviceID = n.StateDir, n.SysfsRoot, n.RequireDeviceID
-	}
 	c.setDefaults()
-	if err := c.validate(); err != nil {
+	if err := errors.Join(c.validateNode(), c.validate()); err != nil {
 		return nil, fmt.Errorf("node configuration %s: %w", path, err)
 	}
 	return c, nil
 }
 
-// NodeFile returns the node configuration file to read, "" for none.
-func (c *NetConf) NodeFile() string {
-	if c.NodeConfigFile == nil {
-		return DefaultNodeConfigFile
+// refuseNodeOnly refuses a network configuration that sets a node-only
+// field, by its top-level keys, before anything reads the node file.
+// encoding/json matches keys case-insensitively, so "StateDir" is refused
+// as well: an older release applied it.
+func refuseNodeOnly(set map[string]bool, nodeFile string) error {
+	var found []string
+	for key := range set {
+		for _, f := range NodeOnlyFields {
+			if strings.EqualFold(key, f) {
+				found = append(found, strconv.Quote(key))
+			}
+		}
 	}
-	return *c.NodeConfigFile
+	if len(found) == 0 {
+		return nil
+	}
+	slices.Sort(found)
+	if nodeFile == "" {
+		nodeFile = DefaultNodeConfigFile
+	}
+	return types.NewError(types.ErrInvalidNetworkConfig,
+		fmt.Sprintf("field %s is node-only: not allowed in the network configuration", strings.Join(found, ", ")),
+		fmt.Sprintf("remove it from the NetworkAttachmentDefinition (or conf file); stateDir, sysfsRoot, logFile and "+
+			"reservedInterfacesFile belong in the node configuration file %s (installed from the ConfigMap in "+
+			"deploy/node-config.yaml), and the node chooses that file itself (%s in the plugin's environment, default %s)",
+			nodeFile, NodeConfigEnv, DefaultNodeConfigFile))
 }
 
-// applyNode fills the fields the network configuration left out from the
-// node configuration, and refuses a field both set differently: the NAD
-// and the node would otherwise disagree about which PFs exist, and the
-// agent would advertise PFs the plugin refuses (or the other way round).
+// applyNode fills the configuration from the node configuration file: the
+// node-only fields, and the fields the network configuration left out
+// (set holds its top-level keys). It refuses a field both set differently:
+// the NAD and the node would otherwise disagree about which PFs exist, and
+// the agent would advertise PFs the plugin refuses (or the other way
+// round).
 func (c *NetConf) applyNode(set map[string]bool) error {
-	n, err := LoadNode(c.NodeFile())
+	path := c.NodeConfigFile
+	if path != "" && !filepath.IsAbs(path) {
+		return types.NewError(types.ErrInvalidNetworkConfig, "invalid node configuration",
+			fmt.Sprintf("node configuration file %q (%s) is not an absolute path", path, NodeConfigEnv))
+	}
+	n, err := LoadNode(path)
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, "invalid node configuration", err.Error())
 	}
 	if n == nil {
 		return nil
+	}
+	c.ReservedInterfacesFile, c.StateDir, c.SysfsRoot, c.LogFile = n.ReservedInterfacesFile, n.StateDir, n.SysfsRoot, n.LogFile
+	c.RequireDeviceID = n.RequireDeviceID
+	if !set["logLevel"] {
+		c.LogLevel = n.LogLevel
 	}
 	var errs []error
 	merge := func(field string, nad, node any, equal bool, apply func()) {
@@ -115,7 +181,7 @@ func (c *NetConf) applyNode(set map[string]bool) error {
 		case !set[field]:
 			apply()
 		case !equal:
-			errs = append(errs, fmt.Errorf("%q is %v in the network configuration but %v in %s", field, nad, node, c.NodeFile()))
+			errs = append(errs, fmt.Errorf("%q is %v in the network configuration but %v in %s", field, nad, node, path))
 		}
 	}
 	if n.PFNames != nil {
@@ -125,18 +191,6 @@ func (c *NetConf) applyNode(set map[string]bool) error {
 		merge("reservedInterfaces", c.ReservedInterfaces, n.ReservedInterfaces, sameSet(c.ReservedInterfaces, n.ReservedInterfaces),
 			func() { c.ReservedInterfaces = n.ReservedInterfaces })
 	}
-	if n.ReservedInterfacesFile != nil {
-		equal := c.ReservedInterfacesFile != nil && *c.ReservedInterfacesFile == *n.ReservedInterfacesFile
-		merge("reservedInterfacesFile", deref(c.ReservedInterfacesFile), *n.ReservedInterfacesFile, equal,
-			func() { c.ReservedInterfacesFile = n.ReservedInterfacesFile })
-	}
-	for field, f := range map[string][2]*string{"stateDir": {&c.StateDir, &n.StateDir}, "sysfsRoot": {&c.SysfsRoot, &n.SysfsRoot}} {
-		nad, node := f[0], f[1]
-		if *node != "" {
-			merge(field, *nad, *node, filepath.Clean(*nad) == filepath.Clean(*node), func() { *nad = *node })
-		}
-	}
-	c.RequireDeviceID = n.RequireDeviceID
 	if err := errors.Join(errs...); err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, "the network configuration disagrees with the node configuration",
 			err.Error()+": remove the field from the NetworkAttachmentDefinition or make both agree")
@@ -154,11 +208,4 @@ func sameSet(a, b []string) bool {
 		return slices.Compact(out)
 	}
 	return slices.Equal(trim(a), trim(b))
-}
-
-func deref(p *string) string {
-	if p == nil {
-		return "(default)"
-	}
-	return *p
 }

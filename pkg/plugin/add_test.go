@@ -149,7 +149,8 @@ func TestAddSkipsReservedAndUplinks(t *testing.T) {
 		a6, _ := netlink.ParseAddr("2001:db8::5/64")
 		return netlink.AddrAdd(v, a6)
 	}))
-	conf := e.Conf(map[string]any{"reservedInterfaces": []string{"resconf"}, "reservedInterfacesFile": reservedFile})
+	e.SetNode(map[string]any{"reservedInterfacesFile": reservedFile})
+	conf := e.Conf(map[string]any{"reservedInterfaces": []string{"resconf"}})
 
 	pod := e.NewPod()
 	res := add(t, e, pod, "c1", "net1", conf)

@@ -160,7 +160,7 @@ func (o *op) reportVFs(rec *state.Record, pod *netdev.NS) {
 // and the state dir writable. Busy PFs are not a failure: multus would mark
 // the node's network not ready.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
-	conf, err := config.Parse(args.StdinData)
+	conf, err := config.Parse(args.StdinData, p.NodeConfigFile)
 	if err != nil {
 		return err
 	}

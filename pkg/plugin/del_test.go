@@ -351,7 +351,8 @@ func TestStatus(t *testing.T) {
 	if _, err := call(t, e, "STATUS", args(nil, "", "", e.Conf(nil))); err != nil {
 		t.Fatalf("STATUS: %v", err)
 	}
-	_, err := call(t, e, "STATUS", args(nil, "", "", e.Conf(map[string]any{"sysfsRoot": "/nonexistent-sysfs"})))
+	e.SetNode(map[string]any{"sysfsRoot": "/nonexistent-sysfs"})
+	_, err := call(t, e, "STATUS", args(nil, "", "", e.Conf(nil)))
 	if cniCode(t, err) != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS with unreadable sysfs: want code 50, got %v", err)
 	}

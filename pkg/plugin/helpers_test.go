@@ -26,7 +26,7 @@ import (
 func call(t *testing.T, e *kerneltest.Env, cmd string, args *skel.CmdArgs) ([]byte, error) {
 	t.Helper()
 	var out, logs bytes.Buffer
-	p := &Plugin{LockTimeout: 10 * time.Second, SettleTimeout: 200 * time.Millisecond, ProcRoot: e.ProcRoot, Stdout: &out, Stderr: &logs}
+	p := &Plugin{NodeConfigFile: e.NodeFile, LockTimeout: 10 * time.Second, SettleTimeout: 200 * time.Millisecond, ProcRoot: e.ProcRoot, Stdout: &out, Stderr: &logs}
 	f := map[string]func(*skel.CmdArgs) error{"ADD": p.Add, "DEL": p.Del, "CHECK": p.Check, "GC": p.GC, "STATUS": p.Status}[cmd]
 	t.Setenv("CNI_COMMAND", cmd)
 	err := e.Host.Do(func(ns.NetNS) error { return f(args) })

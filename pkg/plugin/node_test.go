@@ -19,25 +19,69 @@ func TestRequireDeviceIDFailsClosed(t *testing.T) {
 	e := kerneltest.New(t)
 	e.AddPF("ens1f0", 1)
 	second := e.AddPF("ens2f0", 1)
-	node := filepath.Join(t.TempDir(), "node.json")
-	if err := os.WriteFile(node, []byte(`{"requireDeviceID":true,"stateDir":"`+e.StateDir+`"}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	none := e.Conf(map[string]any{"nodeConfigFile": node})
-	_, err := call(t, e, "ADD", args(e.NewPod(), "c1", "net1", none))
-	if cniCode(t, err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), "no deviceID") {
+	e.SetNode(map[string]any{"requireDeviceID": true})
+	_, err := call(t, e, "ADD", args(e.NewPod(), "c1", "net1", e.Conf(nil)))
+	if cniCode(t, err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), "no deviceID") || !strings.Contains(err.Error(), e.NodeFile) {
 		t.Fatalf("ADD without deviceID: %v", err)
 	}
 	assertHostIntact(t, e)
-	pinned := e.Conf(map[string]any{"nodeConfigFile": node, "deviceID": second.PCI})
+	pinned := e.Conf(map[string]any{"deviceID": second.PCI})
 	res := add(t, e, e.NewPod(), "c2", "net1", pinned)
 	if res.Interfaces[0].PciID != second.PCI {
 		t.Fatalf("took %s, want the allocated %s", res.Interfaces[0].PciID, second.PCI)
 	}
-	// A NAD that names another state dir than the node's is refused.
-	other := e.Conf(map[string]any{"nodeConfigFile": node, "deviceID": e.PFs[0].PCI, "stateDir": t.TempDir()})
-	_, err = call(t, e, "ADD", args(e.NewPod(), "c3", "net1", other))
-	if cniCode(t, err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), "disagrees with the node configuration") {
-		t.Fatalf("disagreeing NAD: %v", err)
+}
+
+// A NAD that sets a node-only field is refused before anything is touched:
+// not another state dir (a second lock domain), not "no node file" (which
+// would drop requireDeviceID), not a sysfs, log or reservations file.
+func TestNodeOnlyFieldsInTheNADTouchNothing(t *testing.T) {
+	e := kerneltest.New(t)
+	pf := e.AddPF("ens1f0", 1)
+	e.SetNode(map[string]any{"requireDeviceID": true})
+	elsewhere := t.TempDir()
+	for field, value := range map[string]any{
+		"stateDir": elsewhere, "nodeConfigFile": "", "sysfsRoot": e.SysfsRoot,
+		"logFile": filepath.Join(elsewhere, "log"), "reservedInterfacesFile": "",
+	} {
+		conf := e.Conf(map[string]any{"deviceID": pf.PCI, field: value})
+		_, err := call(t, e, "ADD", args(e.NewPod(), "c1", "net1", conf))
+		if cniCode(t, err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), `"`+field+`"`) {
+			t.Errorf("ADD with %s in the NAD: %v", field, err)
+		}
+		assertHostIntact(t, e)
+	}
+	if left, _ := os.ReadDir(elsewhere); len(left) != 0 {
+		t.Errorf("a refused ADD wrote %v", left)
+	}
+}
+
+// The node's logFile gets the plugin's log, at the node's logLevel unless
+// the NAD chooses another.
+func TestNodeLogFile(t *testing.T) {
+	e := kerneltest.New(t)
+	e.AddPF("ens1f0", 1)
+	logFile := filepath.Join(t.TempDir(), "plugin.log")
+	attach := func(cid string, conf []byte) string {
+		t.Helper()
+		pod := e.NewPod()
+		add(t, e, pod, cid, "net1", conf)
+		del(t, e, pod, cid, "net1", conf)
+		logs, err := os.ReadFile(logFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(logs)
+	}
+	e.SetNode(map[string]any{"logFile": logFile})
+	if logs := attach("c1", e.Conf(nil)); !strings.Contains(logs, "cmd=ADD container=c1") || !strings.Contains(logs, "cmd=DEL container=c1") {
+		t.Errorf("node logFile lacks c1's ADD and DEL:\n%s", logs)
+	}
+	e.SetNode(map[string]any{"logFile": logFile, "logLevel": "warn"})
+	if logs := attach("c2", e.Conf(nil)); strings.Contains(logs, "container=c2") {
+		t.Errorf("node logLevel warn logged c2's info lines:\n%s", logs)
+	}
+	if logs := attach("c3", e.Conf(map[string]any{"logLevel": "info"})); !strings.Contains(logs, "container=c3") {
+		t.Errorf("the NAD's logLevel info did not win over the node's warn:\n%s", logs)
 	}
 }

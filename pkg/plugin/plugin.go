@@ -26,6 +26,11 @@ var SupportedVersions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0
 
 // Plugin holds the knobs that are not part of the network configuration.
 type Plugin struct {
+	// NodeConfigFile is the node configuration to read (config.Node): the
+	// state dir, sysfs, log file, reservations and PF pool, which no
+	// network configuration may set. New takes it from the environment
+	// (config.NodeConfigPath); "" is none, all defaults.
+	NodeConfigFile string
 	// LockTimeout bounds the wait for the node-wide state lock.
 	LockTimeout time.Duration
 	// SettleTimeout bounds how long a release waits for devices that are
@@ -36,14 +41,16 @@ type Plugin struct {
 	// ProcRoot is where procfs is mounted ("" is /proc): the release looks
 	// there for processes holding a VF through vfio.
 	ProcRoot string
-	// Stdout receives the CNI result; Stderr the logs when the
+	// Stdout receives the CNI result; Stderr the logs when the node
 	// configuration names no logFile.
 	Stdout, Stderr io.Writer
 }
 
-// New returns a Plugin with production defaults.
+// New returns a Plugin with production defaults, reading the node
+// configuration this process's environment names.
 func New() *Plugin {
-	return &Plugin{LockTimeout: 60 * time.Second, SettleTimeout: 3 * time.Second, Stdout: os.Stdout, Stderr: os.Stderr}
+	return &Plugin{NodeConfigFile: config.NodeConfigPath(), LockTimeout: 60 * time.Second, SettleTimeout: 3 * time.Second,
+		Stdout: os.Stdout, Stderr: os.Stderr}
 }
 
 // Funcs wires the commands for skel.PluginMainFuncs.
@@ -78,7 +85,7 @@ type op struct {
 // begin parses the configuration and CNI_ARGS, opens the log and the host
 // netns. Everything it returns an error for happens before any change.
 func (p *Plugin) begin(args *skel.CmdArgs) (*op, error) {
-	conf, err := config.Parse(args.StdinData)
+	conf, err := config.Parse(args.StdinData, p.NodeConfigFile)
 	if err != nil {
 		return nil, err
 	}

@@ -124,7 +124,7 @@ func holderOf(r *state.Record) string {
 func (o *op) choosePF(recs []*state.Record, view *hostView) (sriov.PF, error) {
 	if o.conf.RequireDeviceID && o.conf.AllocatedPCI() == "" {
 		return sriov.PF{}, types.NewError(types.ErrInvalidNetworkConfig,
-			"no deviceID: this node hands out PFs only as the kubelet allocates them (requireDeviceID in "+o.conf.NodeFile()+")",
+			"no deviceID: this node hands out PFs only as the kubelet allocates them (requireDeviceID in "+o.conf.NodeConfigFile+")",
 			"request one prow/sriov (the network's resourceName) per attachment in the pod's resources, so the kubelet allocates a PF and multus passes its PCI address")
 	}
 	rules, err := o.rules(recs)

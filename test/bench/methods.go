@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/plugin"
 )
 
@@ -76,20 +77,23 @@ type pluginMethod struct {
 
 func newPluginMethod(label, bin string, w *world) (*pluginMethod, error) {
 	conf, err := json.Marshal(map[string]any{
-		"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "type": "sriov-passthrough-cni",
-		"sysfsRoot": w.sysfs, "stateDir": w.stateDir, "reservedInterfacesFile": "", "logLevel": "info",
+		"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "type": "sriov-passthrough-cni", "logLevel": "info",
 	})
 	return &pluginMethod{label: label, bin: bin, conf: conf}, err
 }
 
+// nodeEnv points the plugin at the world's node configuration, as the
+// runtime's environment would on a node that keeps it elsewhere.
+func nodeEnv(w *world) string { return config.NodeConfigEnv + "=" + w.nodeFile }
+
 func (m *pluginMethod) name() string { return m.label }
 
 func (m *pluginMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
-	return exe(w, m.bin, cniEnv("ADD", cid, pod, podIfName, filepath.Dir(m.bin)), m.conf)
+	return exe(w, m.bin, append(cniEnv("ADD", cid, pod, podIfName, filepath.Dir(m.bin)), nodeEnv(w)), m.conf)
 }
 
 func (m *pluginMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
-	return exe(w, m.bin, cniEnv("DEL", cid, pod, podIfName, filepath.Dir(m.bin)), m.conf)
+	return exe(w, m.bin, append(cniEnv("DEL", cid, pod, podIfName, filepath.Dir(m.bin)), nodeEnv(w)), m.conf)
 }
 
 // hostDeviceMethod is containernetworking's host-device, one exec per
@@ -245,7 +249,7 @@ func (inProcMethod) name() string { return "plugin-inproc" }
 func (m inProcMethod) call(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, int64, error) {
 	var out, logs bytes.Buffer
 	p := plugin.New()
-	p.Stdout, p.Stderr = &out, &logs
+	p.NodeConfigFile, p.Stdout, p.Stderr = w.nodeFile, &out, &logs
 	f := map[string]func(*skel.CmdArgs) error{"ADD": p.Add, "DEL": p.Del}[cmd]
 	args := &skel.CmdArgs{ContainerID: cid, Netns: pod.Path(), IfName: podIfName, StdinData: m.conf}
 	var took time.Duration

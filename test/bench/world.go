@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,6 +23,9 @@ type world struct {
 	dir      string
 	sysfs    string
 	stateDir string
+	// nodeFile is the node configuration that points the plugin at sysfs
+	// and stateDir, as a node's does.
+	nodeFile string
 	pf       device
 	vfs      []device
 }
@@ -40,10 +44,18 @@ func newWorld(name string, numVFs int) (*world, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &world{dir: dir, sysfs: filepath.Join(dir, "sys"), stateDir: filepath.Join(dir, "state")}
+	w := &world{dir: dir, sysfs: filepath.Join(dir, "sys"), stateDir: filepath.Join(dir, "state"), nodeFile: filepath.Join(dir, "node.json")}
 	if err := writeSysfs(w.sysfs, 0x3b, name, numVFs, w); err != nil {
 		w.close()
 		return nil, err
+	}
+	node, err := json.Marshal(map[string]any{"sysfsRoot": w.sysfs, "stateDir": w.stateDir, "reservedInterfacesFile": ""})
+	if err == nil {
+		err = os.WriteFile(w.nodeFile, node, 0o644)
+	}
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("write node configuration: %w", err)
 	}
 	if w.host, err = kerneltest.CreateNS(); err != nil {
 		w.close()

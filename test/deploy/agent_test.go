@@ -96,8 +96,14 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 	if len(m.configMaps) != 1 {
 		t.Fatalf("want one ConfigMap, got %d", len(m.configMaps))
 	}
-	if _, err := config.LoadNodeBytes([]byte(m.configMaps[0].Data["node.json"])); err != nil {
+	node, err := config.LoadNodeBytes([]byte(m.configMaps[0].Data["node.json"]))
+	if err != nil {
 		t.Errorf("node.json: %v", err)
+	}
+	// The release before logFile and logLevel reads node.json strictly: a
+	// default that set them would break a rollback.
+	if node != nil && (node.LogFile != "" || node.LogLevel != "") {
+		t.Errorf("node.json sets logFile or logLevel, which a rollback cannot read: %+v", node)
 	}
 	args := strings.Join(c.Args, " ")
 	if !strings.Contains(args, "-install-node-config=/config/node.json") || !strings.Contains(args, "-host-root=/host") {

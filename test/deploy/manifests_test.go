@@ -343,7 +343,7 @@ func TestDefaultConfFile(t *testing.T) {
 // strictly so a misspelt field is caught here rather than silently defaulted.
 func checkPluginConf(t *testing.T, what string, data []byte) *config.NetConf {
 	t.Helper()
-	conf, err := config.Parse(data)
+	conf, err := config.Parse(data, "")
 	if err != nil {
 		t.Errorf("%s: plugin config loader: %v", what, err)
 		return nil

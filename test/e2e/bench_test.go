@@ -67,10 +67,9 @@ func eachPod(b *testing.B, op func(path string) error) {
 
 func benchExec(b *testing.B, bin string, f pf) {
 	dir := b.TempDir()
-	conf, err := json.Marshal(map[string]any{
-		"cniVersion": "1.1.0", "name": netName, "type": "sriov-passthrough-cni",
-		"pciBusID": f.PCI, "stateDir": filepath.Join(dir, "state"), "logFile": filepath.Join(dir, "log"),
-	})
+	node := filepath.Join(dir, "node.json")
+	writeNode(b, node, map[string]any{"stateDir": filepath.Join(dir, "state"), "logFile": filepath.Join(dir, "log")})
+	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": netName, "type": "sriov-passthrough-cni", "pciBusID": f.PCI})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -78,7 +77,7 @@ func benchExec(b *testing.B, bin string, f pf) {
 		for _, cmd := range []string{"ADD", "DEL"} {
 			c := exec.Command(bin)
 			c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=bench", "CNI_NETNS=" + path,
-				"CNI_IFNAME=net1", "CNI_PATH=" + pluginDir, "PATH=/bin:/usr/bin"}
+				"CNI_IFNAME=net1", "CNI_PATH=" + pluginDir, "PATH=/bin:/usr/bin", nodeEnv(node)}
 			c.Stdin = bytes.NewReader(conf)
 			if out, err := c.CombinedOutput(); err != nil {
 				return fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), cmd, err, out)

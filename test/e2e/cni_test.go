@@ -17,16 +17,23 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
 )
 
 const netName = "sriovpt-e2e"
 
 // harness is one network configuration (written where cnitool finds it and
-// loaded for libcni) with its own state dir, log file and libcni cache.
+// loaded for libcni) with its own node configuration (state dir, log
+// file), which every plugin it runs gets through SRIOVPT_NODE_CONFIG, and
+// its own libcni cache.
 type harness struct {
 	t        *testing.T
 	confDir  string
+	nodeFile string
 	stateDir string
 	logFile  string
 	cacheDir string
@@ -43,14 +50,14 @@ func newHarness(t *testing.T, extra map[string]any) *harness {
 	h := &harness{
 		t:        t,
 		confDir:  filepath.Join(dir, "net.d"),
+		nodeFile: filepath.Join(dir, "node.json"),
 		stateDir: filepath.Join(dir, "state"),
 		logFile:  filepath.Join(dir, "plugin.log"),
 		cacheDir: filepath.Join(dir, "cache"),
 	}
+	h.setNode(nil)
 	plugin := map[string]any{
 		"type":     "sriov-passthrough-cni",
-		"stateDir": h.stateDir,
-		"logFile":  h.logFile,
 		"logLevel": "debug",
 	}
 	cniVersion := "1.1.0"
@@ -78,7 +85,7 @@ func newHarness(t *testing.T, extra map[string]any) *harness {
 	if h.list, err = libcni.NetworkConfFromBytes(conf); err != nil {
 		t.Fatal(err)
 	}
-	h.cni = libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, h.cacheDir, nil)
+	h.cni = libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, h.cacheDir, h.exec())
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(h.logFile); err == nil {
@@ -88,6 +95,38 @@ func newHarness(t *testing.T, extra map[string]any) *harness {
 	})
 	return h
 }
+
+// setNode writes the harness's node configuration: its state dir and log
+// file, and fields (node-only settings such as reservedInterfacesFile).
+// The guest's own reserved-interfaces file stays the default.
+func (h *harness) setNode(fields map[string]any) {
+	h.t.Helper()
+	n := map[string]any{"stateDir": h.stateDir, "logFile": h.logFile}
+	for k, v := range fields {
+		n[k] = v
+	}
+	writeNode(h.t, h.nodeFile, n)
+}
+
+// writeNode writes a node configuration file.
+func writeNode(t testing.TB, path string, fields map[string]any) {
+	t.Helper()
+	b, err := json.Marshal(fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nodeEnv is the environment variable that points a plugin at a node
+// configuration: what the runtime's environment carries on a node that
+// keeps it elsewhere than /etc/sriov-passthrough-cni/node.json.
+func nodeEnv(path string) string { return config.NodeConfigEnv + "=" + path }
+
+// exec runs plugins for libcni with the harness's node configuration.
+func (h *harness) exec() invoke.Exec { return kerneltest.ExecWith(nodeEnv(h.nodeFile)) }
 
 // pod is a network namespace made with ip netns, as a runtime would.
 type pod struct {
@@ -148,7 +187,7 @@ func decodeResult(t testing.TB, b []byte) *result {
 // cnitool runs the cnitool binary as a person would.
 func (h *harness) cnitool(args ...string) (stdout string, err error) {
 	cmd := exec.Command(cnitoolBin, args...)
-	cmd.Env = append(os.Environ(), "CNI_PATH="+pluginDir, "NETCONFPATH="+h.confDir)
+	cmd.Env = append(os.Environ(), "CNI_PATH="+pluginDir, "NETCONFPATH="+h.confDir, nodeEnv(h.nodeFile))
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {

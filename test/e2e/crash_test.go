@@ -26,7 +26,7 @@ func failpointHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	h := newHarness(t, nil)
-	h.cni = libcni.NewCNIConfigWithCacheDir([]string{dir}, h.cacheDir, nil)
+	h.cni = libcni.NewCNIConfigWithCacheDir([]string{dir}, h.cacheDir, h.exec())
 	return h
 }
 

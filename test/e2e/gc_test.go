@@ -24,7 +24,7 @@ func TestGCReleasesWhatIsNotValid(t *testing.T) {
 	assertAttached(t, a, ra)
 	assertAttached(t, b, rb)
 
-	fresh := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil)
+	fresh := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), h.exec())
 	gc := func(valid ...types.GCAttachment) {
 		t.Helper()
 		if valid == nil {

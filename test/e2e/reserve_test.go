@@ -55,16 +55,15 @@ func TestSystemReservedPFIsNeverTaken(t *testing.T) {
 	}
 }
 
-// reservedInterfacesFile and reservedInterfaces in the config reserve too.
+// The node configuration's reservedInterfacesFile and the network
+// configuration's reservedInterfaces reserve too.
 func TestConfigReservedPFsAreNeverTaken(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "reserved")
 	if err := os.WriteFile(file, []byte(pfs[0].Name+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	h := newHarness(t, map[string]any{
-		"reservedInterfacesFile": file,
-		"reservedInterfaces":     []string{pfs[1].Name},
-	})
+	h := newHarness(t, map[string]any{"reservedInterfaces": []string{pfs[1].Name}})
+	h.setNode(map[string]any{"reservedInterfacesFile": file})
 	p := h.newPod()
 	before := mustLinks(t, "")
 	res := h.toolAdd(p, "net1")

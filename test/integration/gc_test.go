@@ -40,7 +40,7 @@ func (w *world) named(name string, fields map[string]any) *libcni.NetworkConfigL
 // attachment it cached and the list leaves out, which would hide what the
 // plugin's GC does. This runtime cached nothing, as after a node reboot.
 func (w *world) gc(list *libcni.NetworkConfigList, valid ...types.GCAttachment) error {
-	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, w.t.TempDir(), nil)
+	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, w.t.TempDir(), w.Exec())
 	return w.inHost(func() error {
 		return cni.GCNetworkList(context.Background(), list, &libcni.GCArgs{ValidAttachments: valid})
 	})

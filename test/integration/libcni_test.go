@@ -39,13 +39,14 @@ type world struct {
 // cni returns a fresh libcni client per call: CNIConfig sets up its exec
 // lazily and is not safe to share between goroutines, and separate
 // runtimes would not share one either.
-func (w *world) cni() *libcni.CNIConfig { return libcni.NewCNIConfig([]string{binDir}, nil) }
+func (w *world) cni() *libcni.CNIConfig { return libcni.NewCNIConfig([]string{binDir}, w.Exec()) }
 
-// newWorld makes a test world whose plugin logs go to a file that is shown
-// only when the test fails.
+// newWorld makes a test world whose plugin logs go to a file (the node
+// configuration's logFile) that is shown only when the test fails.
 func newWorld(t *testing.T) *world {
 	e := kerneltest.New(t)
 	w := &world{Env: e, t: t, logFile: filepath.Join(t.TempDir(), "plugin.log")}
+	w.setNode(nil)
 	t.Cleanup(func() {
 		if t.Failed() {
 			logs, _ := os.ReadFile(w.logFile)
@@ -53,6 +54,16 @@ func newWorld(t *testing.T) *world {
 		}
 	})
 	return w
+}
+
+// setNode rewrites the node configuration: the world's, its log file, and
+// fields.
+func (w *world) setNode(fields map[string]any) {
+	n := map[string]any{"logFile": w.logFile}
+	for k, v := range fields {
+		n[k] = v
+	}
+	w.SetNode(n)
 }
 
 // list wraps the plugin conf in a conflist, as multus and cnitool load it.
@@ -64,9 +75,6 @@ func (w *world) list(fields map[string]any) *libcni.NetworkConfigList {
 	}
 	delete(plugin, "cniVersion")
 	delete(plugin, "name")
-	if _, set := plugin["logFile"]; !set {
-		plugin["logFile"] = w.logFile
-	}
 	b, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "plugins": []any{plugin}})
 	list, err := libcni.ConfListFromBytes(b)
 	if err != nil {
@@ -296,7 +304,7 @@ func (w *world) exec(env map[string]string, stdin string) (string, error) {
 // run runs cmd in the host netns with the CNI environment env (and
 // CNI_PATH) and stdin, and returns its stdout.
 func (w *world) run(cmd *exec.Cmd, env map[string]string, stdin string) (string, error) {
-	cmd.Env = append(cmd.Env, "CNI_PATH="+binDir)
+	cmd.Env = append(cmd.Env, "CNI_PATH="+binDir, w.NodeEnv())
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -315,7 +323,7 @@ func TestBadInputGetsCNIErrorAndChangesNothing(t *testing.T) {
 	w.AddPF("ens1f0", 2)
 	before := w.hostNames()
 	pod := w.NewPod()
-	good := string(w.Conf(map[string]any{"logFile": w.logFile}))
+	good := string(w.Conf(nil))
 	base := func() map[string]string {
 		return map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "job1", "CNI_NETNS": pod.Path(), "CNI_IFNAME": "net1"}
 	}
@@ -329,7 +337,8 @@ func TestBadInputGetsCNIErrorAndChangesNothing(t *testing.T) {
 		{"ifname too long", func(e map[string]string) { e["CNI_IFNAME"] = "a-very-long-ifname" }, good, types.ErrInvalidEnvironmentVariables, "interface name is too long"},
 		{"ifname with slash", func(e map[string]string) { e["CNI_IFNAME"] = "net/1" }, good, types.ErrInvalidEnvironmentVariables, "interface name contains /"},
 		{"not JSON", nil, "{", types.ErrDecodingFailure, "unmarshal"},
-		{"wrong type", nil, strings.Replace(good, `"reservedInterfacesFile":""`, `"reservedInterfacesFile":"","pfNames":"ens1f0"`, 1), types.ErrDecodingFailure, `"pfNames"`},
+		{"wrong type", nil, strings.Replace(good, `"type":`, `"pfNames":"ens1f0","type":`, 1), types.ErrDecodingFailure, `"pfNames"`},
+		{"node-only field", nil, strings.Replace(good, `"type":`, `"stateDir":"`+t.TempDir()+`","type":`, 1), types.ErrInvalidNetworkConfig, `"stateDir" is node-only`},
 		{"unknown CNI_ARGS", func(e map[string]string) { e["CNI_ARGS"] = "FOO=bar" }, good, types.ErrInvalidEnvironmentVariables, "CNI_ARGS"},
 		{"missing netns", func(e map[string]string) { e["CNI_NETNS"] = "/var/run/netns/nope-sriovpt" }, good, types.ErrInvalidNetNS, "does not exist"},
 		{"host netns", func(e map[string]string) { e["CNI_NETNS"] = w.Host.Path() }, good, types.ErrInvalidNetNS, "host"},

@@ -41,7 +41,7 @@ func TestIfNameNotUTF8IsRefused(t *testing.T) {
 	w.AddPF("ens1f0", 2)
 	before := w.hostNames()
 	pod := w.NewPod()
-	conf := string(w.Conf(map[string]any{"logFile": w.logFile}))
+	conf := string(w.Conf(nil))
 	for _, name := range []string{"net\xff", "n\xc3", "\xed\xa0\x80"} {
 		for _, cmd := range []string{"ADD", "CHECK"} {
 			env := map[string]string{"CNI_COMMAND": cmd, "CNI_CONTAINERID": "job1", "CNI_NETNS": pod.Path(), "CNI_IFNAME": name}
@@ -108,7 +108,7 @@ func TestCheckConsultsPrevResult(t *testing.T) {
 	list := w.list(nil)
 	pod := w.NewPod()
 	cache := t.TempDir()
-	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, cache, nil)
+	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, cache, w.Exec())
 	r := rt(pod, "job1", "net1")
 	check := func() error {
 		return w.inHost(func() error { return cni.CheckNetworkList(context.Background(), list, r) })
@@ -266,8 +266,11 @@ func TestDelWithUnusableStateDir(t *testing.T) {
 		return map[string]string{"CNI_COMMAND": cmd, "CNI_CONTAINERID": "job1", "CNI_NETNS": pod.Path(), "CNI_IFNAME": "net1"}
 	}
 	dir := t.TempDir()
+	// The state dir is the node's: each case points the node
+	// configuration at its own.
 	conf := func(stateDir string) string {
-		return string(w.Conf(map[string]any{"logFile": w.logFile, "stateDir": stateDir}))
+		w.setNode(map[string]any{"stateDir": stateDir})
+		return string(w.Conf(nil))
 	}
 	for _, tc := range []struct{ name, setup, stateDir string }{
 		{"read-only, state dir missing", "mount -t tmpfs -o ro tmpfs " + dir, filepath.Join(dir, "state")},
@@ -330,7 +333,7 @@ func TestCheckWithIPAMChecksAddressesAndRoutes(t *testing.T) {
 		"routes": []map[string]string{{"dst": "198.51.100.0/24", "gw": "192.0.2.1"}},
 	}})
 	pod := w.NewPod()
-	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), nil)
+	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), w.Exec())
 	r := rt(pod, "job1", "net1")
 	var res types.Result
 	if err := w.inHost(func() (err error) { res, err = cni.AddNetworkList(context.Background(), list, r); return err }); err != nil {

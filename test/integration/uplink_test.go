@@ -113,7 +113,8 @@ func TestNamesMatchAltNames(t *testing.T) {
 	if err := os.WriteFile(file, []byte("enp61s0f0np0 # by altname\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	list := w.list(map[string]any{"reservedInterfaces": []string{"enp59s0f0np0", long}, "reservedInterfacesFile": file})
+	w.setNode(map[string]any{"reservedInterfacesFile": file})
+	list := w.list(map[string]any{"reservedInterfaces": []string{"enp59s0f0np0", long}})
 	pod := w.NewPod()
 	res, err := w.add(list, rt(pod, "job1", "net1"))
 	if err != nil {
@@ -132,7 +133,8 @@ func TestNamesMatchAltNames(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// pfNames by altname, a long one too.
+	// pfNames by altname, a long one too, with the node reserving nothing.
+	w.setNode(nil)
 	for want, pfNames := range map[int][]string{1: {long}, 2: {"enp61s0f0np0"}} {
 		res, err := w.add(w.list(map[string]any{"pfNames": pfNames}), rt(pod, "job3", "net1"))
 		if err != nil || res.Interfaces[0].PciID != w.PFs[want].PCI {

@@ -6,18 +6,24 @@
 package kerneltest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 )
 
 // RequireRoot skips a test that needs root, with a clear message, except
@@ -39,6 +45,10 @@ type Env struct {
 	Host      ns.NetNS
 	SysfsRoot string
 	StateDir  string
+	// NodeFile is the node configuration (config.Node) that points the
+	// plugin at SysfsRoot and StateDir: in-process, a Plugin's
+	// NodeConfigFile; an exec'd plugin gets it through NodeEnv.
+	NodeFile string
 	// ProcRoot is the proc tree the plugin looks in for processes holding
 	// VFs through vfio; "" is the real /proc.
 	ProcRoot string
@@ -67,11 +77,54 @@ func New(t testing.TB) *Env {
 	RequireRoot(t)
 	host := NewNS(t, "host")
 	dir := t.TempDir()
-	e := &Env{t: t, Host: host, SysfsRoot: filepath.Join(dir, "sys"), StateDir: filepath.Join(dir, "state"), nextBus: 0x3b}
+	e := &Env{t: t, Host: host, SysfsRoot: filepath.Join(dir, "sys"), StateDir: filepath.Join(dir, "state"),
+		NodeFile: filepath.Join(dir, "node.json"), nextBus: 0x3b}
 	for _, d := range []string{"class/net", "bus/pci/devices", "devices/pci0000:00"} {
 		must(t, os.MkdirAll(filepath.Join(e.SysfsRoot, d), 0o755))
 	}
+	e.SetNode(nil)
 	return e
+}
+
+// SetNode writes the env's node configuration: its sysfs and state dir, a
+// reservedInterfacesFile of "" so the node's real file is never read, and
+// fields, which override or add (logFile, requireDeviceID, ...).
+func (e *Env) SetNode(fields map[string]any) {
+	e.t.Helper()
+	n := map[string]any{"sysfsRoot": e.SysfsRoot, "stateDir": e.StateDir, "reservedInterfacesFile": ""}
+	for k, v := range fields {
+		n[k] = v
+	}
+	b, err := json.Marshal(n)
+	must(e.t, err)
+	must(e.t, os.WriteFile(e.NodeFile, b, 0o644))
+}
+
+// Exec runs plugins for libcni (NewCNIConfig's exec) as a runtime on this
+// world's node would: with the runtime's own environment plus the CNI_
+// variables, the runtime's environment here including NodeEnv.
+func (e *Env) Exec() invoke.Exec { return ExecWith(e.NodeEnv()) }
+
+// ExecWith is libcni's default exec with env ("KEY=value") added to the
+// environment of every plugin it runs.
+func ExecWith(env ...string) invoke.Exec {
+	return &envExec{DefaultExec: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}},
+		env: env}
+}
+
+type envExec struct {
+	*invoke.DefaultExec
+	env []string
+}
+
+func (x *envExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData []byte, environ []string) ([]byte, error) {
+	return x.DefaultExec.ExecPlugin(ctx, pluginPath, stdinData, slices.Concat(environ, x.env))
+}
+
+// NodeEnv is the environment variable that points an exec'd plugin at the
+// env's node configuration, to append to its environment.
+func (e *Env) NodeEnv() string {
+	return config.NodeConfigEnv + "=" + e.NodeFile
 }
 
 // NewPod makes a pod netns, removed when the test ends unless the test
@@ -258,15 +311,12 @@ func (e *Env) writeFile(path, content string) {
 	must(e.t, os.WriteFile(path, []byte(content+"\n"), 0o644))
 }
 
-// Conf is a plugin configuration for this world; fields override or add
-// to the defaults (a reservedInterfacesFile of "" so the node's real file
-// is never read).
+// Conf is a network configuration for this world; fields override or add
+// to the defaults. What points the plugin at this world is the node
+// configuration (NodeFile), as on a node.
 func (e *Env) Conf(fields map[string]any) []byte {
 	e.t.Helper()
-	c := map[string]any{
-		"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "type": "sriov-passthrough-cni",
-		"sysfsRoot": e.SysfsRoot, "stateDir": e.StateDir, "reservedInterfacesFile": "",
-	}
+	c := map[string]any{"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "type": "sriov-passthrough-cni"}
 	for k, v := range fields {
 		c[k] = v
 	}

@@ -33,7 +33,7 @@ func TestMain(m *testing.M) { os.Exit(kerneltest.RunWithBinaries(m, "sriovpt-mul
 func attachment(t *testing.T, e *kerneltest.Env, cniVersion string) (types.Result, *nadv1.DeviceInfo, ns.NetNS) {
 	t.Helper()
 	plugin := map[string]any{
-		"type": "sriov-passthrough-cni", "sysfsRoot": e.SysfsRoot, "stateDir": e.StateDir, "reservedInterfacesFile": "",
+		"type":         "sriov-passthrough-cni",
 		"capabilities": map[string]bool{"CNIDeviceInfoFile": true},
 		"ipam":         map[string]any{"type": "host-local", "subnet": "192.0.2.0/28", "dataDir": filepath.Join(t.TempDir(), "ipam")},
 	}
@@ -49,7 +49,9 @@ func attachment(t *testing.T, e *kerneltest.Env, cniVersion string) (types.Resul
 		Args:           [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "kubevirt-prow"}, {"K8S_POD_NAME", "job1"}},
 		CapabilityArgs: map[string]any{"CNIDeviceInfoFile": infoFile},
 	}
-	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), nil)
+	// Multus execs delegates with its own environment: the node points the
+	// plugin at its node configuration there.
+	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), e.Exec())
 	var res types.Result
 	inHost(t, e, func() (err error) { res, err = cni.AddNetworkList(context.Background(), list, rt); return err })
 	t.Cleanup(func() {

@@ -138,7 +138,8 @@ func newWorld(t testing.TB) *world {
 	if err := os.MkdirAll(w.cniPath, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	w.conf = e.Conf(map[string]any{"logFile": w.logFile, "logLevel": "debug"})
+	e.SetNode(map[string]any{"logFile": w.logFile, "logLevel": "debug"})
+	w.conf = e.Conf(nil)
 	t.Cleanup(func() {
 		if t.Failed() {
 			logs, _ := os.ReadFile(w.logFile)
@@ -356,7 +357,7 @@ func (w *world) exec(cmdName string, a attachment, o opts) run {
 		"CNI_COMMAND=" + cmdName, "CNI_CONTAINERID=" + a.cid, "CNI_NETNS=" + netnsPath,
 		"CNI_IFNAME=" + a.ifname, "CNI_PATH=" + w.cniPath,
 		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=stress;K8S_POD_NAME=pod-" + a.cid,
-		"PATH=/usr/bin:/bin",
+		"PATH=/usr/bin:/bin", w.NodeEnv(),
 	}
 	var notifyR, traceR *os.File
 	var childEnds []*os.File
