@@ -113,28 +113,49 @@ func (c *NetConf) AllocatedPCI() string {
 // their own. The node-only fields (NodeOnlyFields) are refused. The
 // returned error is a *types.Error with a code from the CNI spec.
 func Parse(data []byte, nodeFile string) (*NetConf, error) {
+	conf, _, err := parse(data, nodeFile, false)
+	return conf, err
+}
+
+// ParseRelease is Parse for the commands that give devices back (DEL and
+// GC): a node-only field in the network configuration is ignored, not
+// refused, and named in ignored; the node's values are used. Multus runs
+// DEL with the delegate configuration it cached at ADD, so a NAD written
+// for a release that still took those fields would otherwise fail every
+// DEL of a pod attached before the upgrade, and its PF would stay in the
+// pod. (Where such a NAD named a stateDir of its own, the record is not
+// in the node's and DEL finds nothing to release; the refusal at ADD is
+// what keeps new attachments out of that state.)
+func ParseRelease(data []byte, nodeFile string) (conf *NetConf, ignored []string, err error) {
+	return parse(data, nodeFile, true)
+}
+
+func parse(data []byte, nodeFile string, release bool) (*NetConf, []string, error) {
 	conf := &NetConf{NodeConfigFile: nodeFile}
 	if err := json.Unmarshal(data, conf); err != nil {
-		return nil, decodeError(err)
+		return nil, nil, decodeError(err)
 	}
 	set, err := conf.readAttachmentList(data)
 	if err != nil {
-		return nil, decodeError(err)
+		return nil, nil, decodeError(err)
 	}
-	if err := refuseNodeOnly(set, nodeFile); err != nil {
-		return nil, err
+	ignored := nodeOnlyIn(set)
+	if !release {
+		if err := refuseNodeOnly(ignored, nodeFile); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := conf.applyNode(set); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	conf.setDefaults()
 	if err := conf.validateNode(); err != nil {
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid node configuration", fmt.Sprintf("%s: %v", nodeFile, err))
+		return nil, nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid node configuration", fmt.Sprintf("%s: %v", nodeFile, err))
 	}
 	if err := conf.validate(); err != nil {
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
+		return nil, nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
 	}
-	return conf, nil
+	return conf, ignored, nil
 }
 
 // readAttachmentList notes whether a GC list was sent, and accepts the

@@ -123,23 +123,33 @@ func NodeConf(path string) (*NetConf, error) {
 	return c, nil
 }
 
-// refuseNodeOnly refuses a network configuration that sets a node-only
-// field, by its top-level keys, before anything reads the node file.
-// encoding/json matches keys case-insensitively, so "StateDir" is refused
-// as well: an older release applied it.
-func refuseNodeOnly(set map[string]bool, nodeFile string) error {
+// nodeOnlyIn lists the node-only fields among a configuration's top-level
+// keys, as spelt there, sorted. encoding/json matches keys
+// case-insensitively, so "StateDir" counts as well: an older release
+// applied it.
+func nodeOnlyIn(set map[string]bool) []string {
 	var found []string
 	for key := range set {
 		for _, f := range NodeOnlyFields {
 			if strings.EqualFold(key, f) {
-				found = append(found, strconv.Quote(key))
+				found = append(found, key)
 			}
 		}
 	}
-	if len(found) == 0 {
+	slices.Sort(found)
+	return found
+}
+
+// refuseNodeOnly refuses a network configuration that sets node-only
+// fields, before anything reads the node file.
+func refuseNodeOnly(fields []string, nodeFile string) error {
+	if len(fields) == 0 {
 		return nil
 	}
-	slices.Sort(found)
+	var found []string
+	for _, f := range fields {
+		found = append(found, strconv.Quote(f))
+	}
 	if nodeFile == "" {
 		nodeFile = DefaultNodeConfigFile
 	}

@@ -127,3 +127,16 @@ func TestTopLevelDeviceIDPins(t *testing.T) {
 		t.Error("deviceID and pciBusID naming different PFs accepted")
 	}
 }
+
+// DEL and GC parse with ParseRelease: node-only fields are named, not
+// refused, and the node's values are used.
+func TestParseReleaseIgnoresNodeOnlyFields(t *testing.T) {
+	node := writeNode(t, `{"stateDir":"/var/lib/node-state"}`)
+	conf, ignored, err := ParseRelease([]byte(`{"name":"n","stateDir":"/tmp/nad","logFile":"/etc/shadow"}`), node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ignored, []string{"logFile", "stateDir"}) || conf.StateDir != "/var/lib/node-state" || conf.LogFile != "" {
+		t.Errorf("ParseRelease: ignored %v, stateDir %q, logFile %q; want both ignored and the node's state dir", ignored, conf.StateDir, conf.LogFile)
+	}
+}

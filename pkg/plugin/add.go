@@ -26,7 +26,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err := config.ValidateIfName(args.IfName); err != nil {
 		return err
 	}
-	o, err := p.begin(args)
+	o, err := p.begin(args, false)
 	if err != nil {
 		return err
 	}

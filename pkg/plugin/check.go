@@ -28,7 +28,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	if err := config.ValidateIfName(args.IfName); err != nil {
 		return err
 	}
-	o, err := p.begin(args)
+	o, err := p.begin(args, false)
 	if err != nil {
 		return err
 	}

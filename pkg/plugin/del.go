@@ -15,7 +15,7 @@ import (
 // attachment, and fails only when it could have restored a device and did
 // not, so the runtime retries.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
-	o, err := p.begin(args)
+	o, err := p.begin(args, true)
 	if err != nil {
 		return err
 	}

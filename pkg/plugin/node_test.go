@@ -85,3 +85,21 @@ func TestNodeLogFile(t *testing.T) {
 		t.Errorf("the NAD's logLevel info did not win over the node's warn:\n%s", logs)
 	}
 }
+
+// A pod attached before node-only fields were refused may be released with
+// a configuration that still sets them: multus replays DEL from the
+// configuration it cached at ADD. DEL ignores them (the node's values are
+// used) and gives the PF back; refusing would fail every DEL and leave the
+// PF in the pod.
+func TestDelIgnoresNodeOnlyFieldsAndGivesThePFBack(t *testing.T) {
+	e := kerneltest.New(t)
+	e.AddPF("ens1f0", 2)
+	pod := e.NewPod()
+	add(t, e, pod, "c1", "net1", e.Conf(nil))
+	cached := e.Conf(map[string]any{"stateDir": t.TempDir(), "nodeConfigFile": "", "logFile": filepath.Join(t.TempDir(), "log")})
+	del(t, e, pod, "c1", "net1", cached)
+	assertHostIntact(t, e)
+	if recs, _ := os.ReadDir(e.StateDir); len(recs) > 1 {
+		t.Errorf("records left in the node's state dir after DEL: %v", recs)
+	}
+}

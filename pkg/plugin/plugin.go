@@ -84,8 +84,17 @@ type op struct {
 
 // begin parses the configuration and CNI_ARGS, opens the log and the host
 // netns. Everything it returns an error for happens before any change.
-func (p *Plugin) begin(args *skel.CmdArgs) (*op, error) {
-	conf, err := config.Parse(args.StdinData, p.NodeConfigFile)
+// A release (DEL, GC) ignores node-only fields in the configuration, which
+// multus may replay from before they were refused (config.ParseRelease).
+func (p *Plugin) begin(args *skel.CmdArgs, release bool) (*op, error) {
+	parse := func(data []byte, nodeFile string) (*config.NetConf, []string, error) {
+		conf, err := config.Parse(data, nodeFile)
+		return conf, nil, err
+	}
+	if release {
+		parse = config.ParseRelease
+	}
+	conf, ignored, err := parse(args.StdinData, p.NodeConfigFile)
 	if err != nil {
 		return nil, err
 	}
@@ -98,6 +107,10 @@ func (p *Plugin) begin(args *skel.CmdArgs) (*op, error) {
 		return nil, types.NewError(types.ErrIOFailure, "open log file", err.Error())
 	}
 	logger = logger.With("container", args.ContainerID, "ifname", args.IfName, "pod", owner.String())
+	if len(ignored) > 0 {
+		logger.Warn("node-only fields in the network configuration ignored; the node configuration's values are used",
+			"fields", ignored, "nodeConfig", conf.NodeConfigFile)
+	}
 	host, err := netdev.Current()
 	if err != nil {
 		closeLog()

@@ -122,7 +122,7 @@ func (o *op) netnsGone(r *state.Record) bool {
 // an earlier release names no network and is released only by repair, once
 // its netns is gone.
 func (p *Plugin) GC(args *skel.CmdArgs) error {
-	o, err := p.begin(args)
+	o, err := p.begin(args, true)
 	if err != nil {
 		return err
 	}
