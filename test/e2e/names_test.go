@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -145,4 +146,49 @@ func TestReleaseWhenAnotherJobsVFsHoldTheNames(t *testing.T) {
 	}
 	gc(t, h)
 	assertNodeAsBefore(t, h, before, "both DELs and a GC")
+}
+
+// A VF without a netdev at ADD (bound to vfio-pci) for which its PF
+// reports the zero MAC gets a MAC through the PF from the job, as
+// sriov-cni does for a VM's VF: DEL gives the zero MAC back, which on igb
+// also lifts the lock a MAC set through the PF puts on the VF.
+func TestZeroVFMACRecordedAtAddIsRestored(t *testing.T) {
+	f := pfs[0]
+	vf := vfsOf[f.PCI][6]
+	h := newHarness(t, map[string]any{"pciBusID": f.PCI})
+	if err := bindVFIO(vf); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unbindVFIO(vf); err != nil {
+			t.Errorf("rebind %s: %v", vf, err)
+		}
+		if err := poll(20*time.Second, func() error {
+			_, err := os.Stat(filepath.Join(pciDevices, vf, "net"))
+			return err
+		}); err != nil {
+			t.Errorf("VF %s has no netdev after rebinding: %v", vf, err)
+		}
+		refreshBaseline(t, vf)
+	})
+	saved := baseline[vf]
+	delete(baseline, vf)
+	t.Cleanup(func() { baseline[vf] = saved })
+	run(t, "ip", "link", "set", f.Name, "vf", "6", "mac", "00:00:00:00:00:00")
+	before := mustSnapshot(t)
+
+	p := h.newPod()
+	if _, err := h.libAdd(p, "net1"); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	kind := h.newPod()
+	run(t, "ip", "-n", p.name, "link", "set", "net1", "netns", kind.name)
+	run(t, "ip", "-n", kind.name, "link", "set", "net1", "vf", "6", "mac", "02:00:00:00:06:06")
+	run(t, "ip", "-n", kind.name, "link", "set", "net1", "netns", p.name)
+	kind.remove()
+
+	if err := h.libDel(p, "net1"); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	assertNodeAsBefore(t, h, before, "DEL")
 }
