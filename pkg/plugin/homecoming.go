@@ -121,6 +121,10 @@ func (h *homecoming) bringHome() error {
 		if loc == nil || loc.route != unmoved {
 			continue
 		}
+		if h.stillParked(loc, d) {
+			loc.route = parked
+			continue
+		}
 		if loc.link.Attrs().Name == d.OriginalName {
 			if loc.from == h.o.host {
 				loc.route = home
@@ -139,6 +143,28 @@ func (h *homecoming) bringHome() error {
 		}
 	}
 	return nil
+}
+
+// stillParked reports whether a device parked on the host by an earlier
+// run must stay parked: a device that is not one of this record's pending
+// ones (those go through transit with it) still holds its name. Leaving it
+// be spares a move in and out of transit on every run, and the link events
+// that would wake the node agent into another run.
+func (h *homecoming) stillParked(loc *location, d *state.Device) bool {
+	if loc.from != h.o.host || !netdev.IsParked(loc.link.Attrs().Name) {
+		return false
+	}
+	holder, err := h.o.host.LinkByName(d.OriginalName)
+	if err != nil {
+		return false // free (or unknown: transit finds out)
+	}
+	pci := netdev.PCIOf(holder)
+	for _, p := range h.rec.Pending() {
+		if pci != "" && p.PCIAddress == pci {
+			return false
+		}
+	}
+	return true
 }
 
 // sendHome moves a device that already has its original name straight to
