@@ -131,22 +131,32 @@ func (n *NS) SetMTU(l netlink.Link, mtu int) error {
 	return nil
 }
 
+// IsParked reports whether name is one Park hands out.
+func IsParked(name string) bool { return strings.HasPrefix(name, tempPrefix) }
+
 // tempPrefix starts the names of links parked aside while others take
 // their names. It is no kernel name pattern (ethN, devN, enp...), so udev
 // and the kernel never hand it out.
 const tempPrefix = "sptmp"
 
-// Park renames l to a temporary name that is free in n, and returns it.
-// The netns is looked at for every call: a name an earlier, killed run
-// left on a device is skipped, not reused.
-func (n *NS) Park(l netlink.Link) (string, error) {
-	byName, err := n.ByName()
-	if err != nil {
-		return "", err
+// Park renames l to a temporary name that is free in n and in every netns
+// of also (where l is to go next), and returns it. The netns are looked at
+// for every call: a name an earlier, killed run left on a device is
+// skipped, not reused.
+func (n *NS) Park(l netlink.Link, also ...*NS) (string, error) {
+	taken := map[string]bool{}
+	for _, x := range append([]*NS{n}, also...) {
+		byName, err := x.ByName()
+		if err != nil {
+			return "", err
+		}
+		for name := range byName {
+			taken[name] = true
+		}
 	}
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("%s%d", tempPrefix, i)
-		if _, taken := byName[name]; taken {
+		if taken[name] {
 			continue
 		}
 		if err := n.Rename(l, name); err != nil {

@@ -32,11 +32,13 @@ type VFConfig struct {
 	MaxTxRate  uint32 `json:"maxTxRate,omitempty"`
 }
 
-// VFConfigs reads the PF's view of its VFs, by VF index.
-func (n *NS) VFConfigs(pfName string) (map[int]VFConfig, error) {
-	l, err := n.LinkByName(pfName)
+// VFConfigs reads the PF's view of its VFs, by VF index. The PF is named
+// by its link (its ifindex), never by name: a name can have passed to
+// another device since the caller found it.
+func (n *NS) VFConfigs(pf netlink.Link) (map[int]VFConfig, error) {
+	l, err := n.nl.LinkByIndex(pf.Attrs().Index)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read VFs of PF %q (ifindex %d) in %s netns: %w", pf.Attrs().Name, pf.Attrs().Index, n, err)
 	}
 	out := map[int]VFConfig{}
 	for _, v := range l.Attrs().Vfs {
@@ -51,21 +53,15 @@ func (n *NS) VFConfigs(pfName string) (map[int]VFConfig, error) {
 // SetVFConfig gives VF vf of the PF the settings want where they differ
 // from have. The VF MAC is set only with setMAC: setting it through the PF
 // marks it administratively set, and the VF may then no longer change it.
-func (n *NS) SetVFConfig(pfName string, vf int, have, want VFConfig, setMAC bool) error {
-	pf, err := n.LinkByName(pfName)
-	if err != nil {
-		return err
-	}
+// Every write addresses the PF by its link's ifindex.
+func (n *NS) SetVFConfig(pf netlink.Link, vf int, have, want VFConfig, setMAC bool) error {
+	pfName := pf.Attrs().Name
 	fail := func(what string, err error) error {
 		return fmt.Errorf("set %s of VF %d on PF %q: %w", what, vf, pfName, err)
 	}
 	if setMAC && have.MAC != want.MAC {
-		hw, err := net.ParseMAC(want.MAC)
-		if err != nil {
-			return fail("MAC", err)
-		}
-		if err := n.nl.LinkSetVfHardwareAddr(pf, vf, hw); err != nil {
-			return fail("MAC", err)
+		if err := n.SetVFMAC(pf, vf, want.MAC); err != nil {
+			return err
 		}
 	}
 	if have.VLAN != want.VLAN || have.QoS != want.QoS {
@@ -92,6 +88,19 @@ func (n *NS) SetVFConfig(pfName string, vf int, have, want VFConfig, setMAC bool
 		if err := n.nl.LinkSetVfRate(pf, vf, int(want.MinTxRate), int(want.MaxTxRate)); err != nil {
 			return fail("rate", err)
 		}
+	}
+	return nil
+}
+
+// SetVFMAC sets VF vf's MAC through the PF. The zero MAC lifts an
+// administratively set one on igb, ixgbe and i40e; some drivers refuse it.
+func (n *NS) SetVFMAC(pf netlink.Link, vf int, mac string) error {
+	hw, err := net.ParseMAC(mac)
+	if err == nil {
+		err = n.nl.LinkSetVfHardwareAddr(pf, vf, hw)
+	}
+	if err != nil {
+		return fmt.Errorf("set MAC of VF %d on PF %q to %s: %w", vf, pf.Attrs().Name, mac, err)
 	}
 	return nil
 }

@@ -27,6 +27,9 @@ const (
 	direct
 	// viaTransit: parked in the transit netns, to be renamed there.
 	viaTransit
+	// parked: on the host under a temporary name, because another device
+	// holds its original name there; it stays pending.
+	parked
 )
 
 // location is where a device of the record was found, and how it is
@@ -118,6 +121,10 @@ func (h *homecoming) bringHome() error {
 		if loc == nil || loc.route != unmoved {
 			continue
 		}
+		if h.stillParked(loc, d) {
+			loc.route = parked
+			continue
+		}
 		if loc.link.Attrs().Name == d.OriginalName {
 			if loc.from == h.o.host {
 				loc.route = home
@@ -136,6 +143,28 @@ func (h *homecoming) bringHome() error {
 		}
 	}
 	return nil
+}
+
+// stillParked reports whether a device parked on the host by an earlier
+// run must stay parked: a device that is not one of this record's pending
+// ones (those go through transit with it) still holds its name. Leaving it
+// be spares a move in and out of transit on every run, and the link events
+// that would wake the node agent into another run.
+func (h *homecoming) stillParked(loc *location, d *state.Device) bool {
+	if loc.from != h.o.host || !netdev.IsParked(loc.link.Attrs().Name) {
+		return false
+	}
+	holder, err := h.o.host.LinkByName(d.OriginalName)
+	if err != nil {
+		return false // free (or unknown: transit finds out)
+	}
+	pci := netdev.PCIOf(holder)
+	for _, p := range h.rec.Pending() {
+		if pci != "" && p.PCIAddress == pci {
+			return false
+		}
+	}
+	return true
 }
 
 // sendHome moves a device that already has its original name straight to
@@ -185,10 +214,12 @@ func (h *homecoming) admit(loc *location, addr string) error {
 }
 
 // leaveTransit renames the devices in transit to their original names and
-// moves them to the host. A device that cannot go home goes back where it
-// came from rather than stay in transit, where a virtual link would die
-// with the netns and a physical one would return as devN; it then counts
-// as not found, and a later run retries it.
+// moves them to the host. A device whose name the host has given to
+// another device comes home parked under a temporary name (park). A device
+// that cannot go home otherwise goes back where it came from rather than
+// stay in transit, where a virtual link would die with the netns and a
+// physical one would return as devN; it then counts as not found, and a
+// later run retries it.
 func (h *homecoming) leaveTransit() error {
 	if h.transit == nil {
 		return nil
@@ -213,7 +244,13 @@ func (h *homecoming) leaveTransit() error {
 		if !ok {
 			continue
 		}
-		if err := h.transit.Move(l, h.o.host); err != nil {
+		err := h.transit.Move(l, h.o.host)
+		if errors.Is(err, unix.EEXIST) {
+			if err = h.park(l, d); err == nil {
+				continue
+			}
+		}
+		if err != nil {
 			errs = append(errs, err)
 			if src := h.found[d.PCIAddress].from; src != h.o.host {
 				if berr := h.transit.Move(l, src); berr != nil {
@@ -223,9 +260,37 @@ func (h *homecoming) leaveTransit() error {
 			delete(h.found, d.PCIAddress)
 			continue
 		}
+		d.ParkedAs = ""
 		failpoint.Hit(failpoint.ReleaseToHost)
 	}
 	return errors.Join(errs...)
+}
+
+// park brings a device home under a temporary name, free on the host, when
+// the host has given its original name to another device: a VF that a job
+// created while this device was away, or another PF. That is no failure
+// and no reason to keep the device away: on the host it is out of every
+// netns that can die, the record keeps it pending, and the next run that
+// finds its name free (after the SR-IOV restore has removed the job's VFs,
+// or when the other job ends) renames it.
+func (h *homecoming) park(l netlink.Link, d *state.Device) error {
+	holder := "?"
+	if hl, err := h.o.host.LinkByName(d.OriginalName); err == nil {
+		holder = netdev.PCIOf(hl)
+	}
+	tmp, err := h.transit.Park(l, h.o.host)
+	if err != nil {
+		return err
+	}
+	if err := h.transit.Move(l, h.o.host); err != nil {
+		return err
+	}
+	failpoint.Hit(failpoint.ReleaseToHost)
+	h.found[d.PCIAddress].route = parked
+	d.ParkedAs = tmp
+	h.o.log.Warn("device home under a temporary name: another device holds its name on the host; it gets its name once that is free",
+		"pci", d.PCIAddress, "originalName", d.OriginalName, "parkedAs", tmp, "nameHeldBy", holder)
+	return nil
 }
 
 // reportMissing logs each device found nowhere: it stays pending, and the
@@ -256,7 +321,7 @@ func (o *op) restoreHostState(rec *state.Record, h *homecoming, log *slog.Logger
 	var errs []error
 	for _, d := range rec.Pending() {
 		loc, found := h.found[d.PCIAddress]
-		if !found {
+		if !found || loc.route == parked {
 			continue
 		}
 		l, ok := hostLinks[d.PCIAddress]
@@ -272,7 +337,7 @@ func (o *op) restoreHostState(rec *state.Record, h *homecoming, log *slog.Logger
 			continue
 		}
 		failpoint.Hit(failpoint.ReleaseRestored)
-		d.Released = true
+		d.Released, d.ParkedAs = true, ""
 		log.Info("device back on the host", "pci", d.PCIAddress, "name", d.OriginalName, "vf", d.VFIndex)
 	}
 	return errors.Join(errs...)
@@ -283,8 +348,10 @@ func (o *op) restoreDevice(l netlink.Link, d *state.Device) error {
 	// fresh MAC (igb hands re-created VFs random ones); set its own on the
 	// netdev, which the VF driver asks the PF for.
 	if d.MAC != "" && l.Attrs().HardwareAddr.String() != d.MAC {
-		if err := o.host.SetMAC(l, d.MAC); err != nil {
+		if err := o.host.SetMAC(l, d.MAC); err != nil && !o.macLocked()[d.PCIAddress] {
 			return err
+		} else if err != nil {
+			o.log.Warn("VF keeps the MAC its PF holds for it: the PF's driver refuses to lift it", "pci", d.PCIAddress, "name", d.OriginalName, "error", err)
 		}
 	}
 	if err := o.host.SetMTU(l, d.MTU); err != nil {

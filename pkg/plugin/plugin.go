@@ -80,6 +80,17 @@ type op struct {
 	// container has neither the IPAM plugins nor the host files they keep
 	// their leases in.
 	ipamToRuntime bool
+	// lockedMACs holds the VFs (by PCI address) whose PF driver refused to
+	// lift a MAC set through the PF: their netdev's MAC cannot be set, and
+	// a refusal there is no reason to fail the release.
+	lockedMACs map[string]bool
+}
+
+func (o *op) macLocked() map[string]bool {
+	if o.lockedMACs == nil {
+		o.lockedMACs = map[string]bool{}
+	}
+	return o.lockedMACs
 }
 
 // begin parses the configuration and CNI_ARGS, opens the log and the host

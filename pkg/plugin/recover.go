@@ -20,7 +20,12 @@ import (
 // are: its own netns, if that still exists, and the host. trusted is false
 // when the record was set aside instead.
 func (o *op) releaseRecord(rec *state.Record, settle time.Duration) (trusted bool, err error) {
-	if err := o.vet(rec); err != nil {
+	if err := o.vet(rec); errors.Is(err, errCannotVet) {
+		// Kept whole, it still holds its devices and the PF stays out of
+		// the pool: a later DEL, GC or ADD tries again.
+		o.log.Warn("record kept for a later run: sysfs could not be read to vet it", "record", rec.Key(), "error", err)
+		return false, err
+	} else if err != nil {
 		o.setAside(rec.Key(), err)
 		// Set aside, it holds nothing for this run: its PF may be chosen.
 		for i := range rec.Devices {
@@ -163,23 +168,42 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	return nil
 }
 
+// errCannotVet marks a vet that could not read sysfs (EIO, EAGAIN, a
+// timeout, ...): that proves nothing about the record, which is kept as it
+// is for a later run, with the devices' original names and the PF's
+// SR-IOV state.
+var errCannotVet = errors.New("cannot read sysfs to vet the record")
+
 // vet refuses a record whose devices are not this node's SR-IOV PF and its
 // VFs, so a tampered or foreign state file cannot make the plugin move
-// arbitrary devices.
+// arbitrary devices. It refuses only on proof, read from sysfs: a failed
+// read returns errCannotVet.
 func (o *op) vet(rec *state.Record) error {
+	cannot := func(err error) error { return fmt.Errorf("%w: %w", errCannotVet, err) }
 	pf, err := o.sys.PF(rec.PF().PCIAddress)
-	if errors.Is(err, sriov.ErrNotPF) && !o.sys.DeviceExists(rec.PF().PCIAddress) {
+	if errors.Is(err, sriov.ErrNotPF) {
+		exists, serr := o.sys.Exists(rec.PF().PCIAddress)
+		if serr != nil {
+			return cannot(serr)
+		}
+		if exists {
+			return err // a device that is no SR-IOV PF
+		}
 		// The PF is gone (hot-unplugged), and its VFs went with it: a
 		// device of the record that still exists is not one of them.
 		for _, d := range rec.Devices[1:] {
-			if o.sys.DeviceExists(d.PCIAddress) {
+			exists, serr := o.sys.Exists(d.PCIAddress)
+			if serr != nil {
+				return cannot(serr)
+			}
+			if exists {
 				return fmt.Errorf("PF %s is gone but device %s still exists, so it is not its VF", rec.PF().PCIAddress, d.PCIAddress)
 			}
 		}
 		return nil // nothing to move
 	}
 	if err != nil {
-		return err
+		return cannot(err)
 	}
 	vfs := map[string]bool{}
 	for _, vf := range pf.VFs {
@@ -195,7 +219,14 @@ func (o *op) vet(rec *state.Record) error {
 		}
 	}
 	for _, a := range addrs {
-		if !vfs[a] && o.sys.DeviceExists(a) {
+		if vfs[a] {
+			continue
+		}
+		exists, serr := o.sys.Exists(a)
+		if serr != nil {
+			return cannot(serr)
+		}
+		if exists {
 			return fmt.Errorf("device %s is not a VF of PF %s", a, pf.PCIAddress)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -31,7 +32,11 @@ func (o *op) recordSRIOV(pf sriov.PF) (*state.SRIOV, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := o.host.VFConfigs(pf.Name)
+	pfl, err := o.pfLink(pf.PCIAddress)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := o.host.VFConfigs(pfl)
 	if err != nil {
 		return nil, err
 	}
@@ -87,17 +92,23 @@ func (o *op) detachNetdevless(rec *state.Record, log *slog.Logger) {
 	}
 }
 
-// restoreSRIOV gives the PF back its SR-IOV configuration once the PF and
-// every netdev still to come are home, then brings the VF netdevs back.
-// A VF held through vfio stops it before any write (the kernel would block
-// in the unbind or in sriov_numvfs, with the node's lock held): the reason
-// stays in the record, the PF out of the pool, and a later run retries.
+// restoreSRIOV gives the PF back its SR-IOV configuration as soon as the
+// PF is on the host, under its name or parked under a temporary one, then
+// brings the VF netdevs back. It does not wait for the VF netdevs still
+// pending: the job's own VFs (sriov_numvfs raised) can hold their kernel
+// names, and only this restore removes them. A VF held through vfio stops
+// it before any write (the kernel would block in the unbind or in
+// sriov_numvfs, with the node's lock held): the reason stays in the
+// record, the PF out of the pool, and a later run retries.
 func (o *op) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 	s := rec.SRIOV
-	if s == nil || s.Restored || len(rec.Pending()) > 0 {
+	if s == nil || s.Restored {
 		return nil
 	}
 	pf := rec.PF().PCIAddress
+	if l, err := o.pfLink(pf); err != nil || l == nil {
+		return err // not home yet: a later run restores
+	}
 	cur, err := o.sys.State(pf)
 	if err != nil {
 		return err
@@ -118,7 +129,7 @@ func (o *op) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 	if err := o.bringBackVFs(rec, log); err != nil {
 		return err
 	}
-	if err := o.restorePFSide(rec); err != nil {
+	if err := o.restorePFSide(rec, log); err != nil {
 		return err
 	}
 	if len(rec.Pending()) > 0 || anyDetached(rec) {
@@ -195,7 +206,8 @@ func (o *op) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger) er
 		failpoint.Hit(failpoint.ReleaseSRIOVNumVFs)
 		// Every VF netdev went with the old VFs; new ones come.
 		for i := range rec.Devices[1:] {
-			rec.Devices[1+i].Released, rec.Devices[1+i].Detached = true, true
+			d := &rec.Devices[1+i]
+			d.Released, d.Detached, d.ParkedAs = true, true, ""
 		}
 		var err error
 		if cur, err = o.sys.State(pf); err != nil {
@@ -218,7 +230,7 @@ func (o *op) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger) er
 		failpoint.Hit(failpoint.ReleaseSRIOVRebind)
 		for i := range rec.Devices[1:] {
 			if d := &rec.Devices[1+i]; d.PCIAddress == v.PCIAddress {
-				d.Released, d.Detached = true, true
+				d.Released, d.Detached, d.ParkedAs = true, true, ""
 			}
 		}
 		log.Info("VF back on its driver", "pci", v.PCIAddress, "driver", orNone(v.Driver))
@@ -277,18 +289,45 @@ func (o *op) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 }
 
 // zeroMAC, set through the PF, lifts the lock an administratively set VF
-// MAC puts on the VF (igb, ixgbe and i40e treat it so).
+// MAC puts on the VF (igb, ixgbe and i40e treat it so; some drivers refuse
+// it).
 const zeroMAC = "00:00:00:00:00:00"
+
+// pfLink finds the PF's netdev in the host netns by its PCI address, nil
+// when it is not there. Every netlink write of the restore goes to this
+// link: after a blocked restore another device can carry the PF's
+// recorded name. Host sysfs lists the host netdev under the PCI function;
+// netlink's parent device (or the plugin's tag) must not contradict it,
+// and answers alone where sysfs names nothing.
+func (o *op) pfLink(pci string) (netlink.Link, error) {
+	if name := o.sys.Netdev(pci); name != "" {
+		if l, err := o.host.LinkByName(name); err == nil {
+			if p := netdev.PCIOf(l); p == pci || p == "" {
+				return l, nil
+			}
+		}
+	}
+	host, err := o.host.ByPCI()
+	if err != nil {
+		return nil, err
+	}
+	return host[pci], nil
+}
 
 // unlockVFMACs undoes a VF MAC the job set through the PF (ip link set PF
 // vf N mac ...) on a VF that had a netdev: the PF then refuses the VF
 // driver's own MAC, so the netdev's MAC could not be given back. It sets
 // the zero MAC through the PF to lift that, and gives the netdev a
 // passing MAC so that the homecoming sets its recorded one again, which
-// the VF driver hands to the PF and the PF reports as before.
+// the VF driver hands to the PF and the PF reports as before. A PF driver
+// that refuses the zero MAC gets the VF's recorded MAC through the PF
+// instead: the right MAC, administratively set, is the best it allows.
 func (o *op) unlockVFMACs(rec *state.Record, host map[string]netlink.Link, log *slog.Logger) error {
-	pfName := rec.PF().OriginalName
-	have, err := o.host.VFConfigs(pfName)
+	pfl, err := o.pfLink(rec.PF().PCIAddress)
+	if err != nil || pfl == nil {
+		return err
+	}
+	have, err := o.host.VFConfigs(pfl)
 	if err != nil {
 		return err
 	}
@@ -301,10 +340,15 @@ func (o *op) unlockVFMACs(rec *state.Record, host map[string]netlink.Link, log *
 		if d == nil || v.PFSide == nil || h.MAC == v.PFSide.MAC || h.MAC == zeroMAC || h.MAC == "" {
 			continue
 		}
-		unlocked := h
-		unlocked.MAC = zeroMAC
-		if err := o.host.SetVFConfig(pfName, v.Index, h, unlocked, true); err != nil {
-			return err
+		if err := o.host.SetVFMAC(pfl, v.Index, zeroMAC); err != nil {
+			log.Warn("the PF's driver refuses the zero MAC that lifts a VF MAC the job set through the PF; setting the VF's own MAC through the PF instead (it stays administratively set)",
+				"pci", v.PCIAddress, "was", h.MAC, "mac", d.MAC, "error", err)
+			if err := o.host.SetVFMAC(pfl, v.Index, d.MAC); err != nil {
+				log.Warn("the PF's driver refuses the VF's own MAC too; the VF keeps the MAC the job set", "pci", v.PCIAddress, "mac", h.MAC, "error", err)
+			}
+			o.macLocked()[d.PCIAddress] = true
+			d.Released = false
+			continue
 		}
 		log.Info("VF MAC set through the PF by the job lifted", "pci", v.PCIAddress, "was", h.MAC)
 		if l, ok := host[d.PCIAddress]; ok && l.Attrs().HardwareAddr.String() == d.MAC {
@@ -357,10 +401,15 @@ func anyDetached(rec *state.Record) bool {
 
 // restorePFSide gives each VF back the settings its PF reported at ADD.
 // A VF's MAC came back on its netdev; through the PF it is set only for a
-// VF that had no netdev and a MAC set before.
-func (o *op) restorePFSide(rec *state.Record) error {
-	pfName := rec.PF().OriginalName
-	have, err := o.host.VFConfigs(pfName)
+// VF that had no netdev: a zero MAC recorded is given back as the zero MAC
+// (lifting one the job set; a driver that refuses it leaves the job's, and
+// says so), any other as recorded.
+func (o *op) restorePFSide(rec *state.Record, log *slog.Logger) error {
+	pfl, err := o.pfLink(rec.PF().PCIAddress)
+	if err != nil || pfl == nil {
+		return err
+	}
+	have, err := o.host.VFConfigs(pfl)
 	if err != nil {
 		return err
 	}
@@ -374,8 +423,15 @@ func (o *op) restorePFSide(rec *state.Record) error {
 		if v.PFSide == nil || !ok {
 			continue // the PF driver reports nothing for it
 		}
-		setMAC := !hasNetdev[v.PCIAddress] && v.PFSide.MAC != "00:00:00:00:00:00" && v.PFSide.MAC != ""
-		if err := o.host.SetVFConfig(pfName, v.Index, h, *v.PFSide, setMAC); err != nil {
+		want, setMAC := *v.PFSide, false
+		if !hasNetdev[v.PCIAddress] && want.MAC != "" && h.MAC != "" && h.MAC != want.MAC {
+			if want.MAC != zeroMAC {
+				setMAC = true
+			} else if err := o.host.SetVFMAC(pfl, v.Index, zeroMAC); err != nil {
+				log.Warn("the PF's driver refuses the zero MAC: the VF keeps the MAC the job set through the PF", "pci", v.PCIAddress, "mac", h.MAC, "error", err)
+			}
+		}
+		if err := o.host.SetVFConfig(pfl, v.Index, h, want, setMAC); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -395,6 +451,10 @@ func blockedReason(r *state.Record) string {
 	var out string
 	if r.Phase == state.Releasing {
 		for _, d := range r.Pending() {
+			if d.ParkedAs != "" {
+				out += fmt.Sprintf("; %s (%s) is on the host as %s until another device lets go of its name", d.OriginalName, d.PCIAddress, d.ParkedAs)
+				continue
+			}
 			out += fmt.Sprintf("; waiting for %s (%s), last seen as %s in pod netns %s or one nested in it", d.OriginalName, d.PCIAddress, d.PodName, r.Netns)
 		}
 	}

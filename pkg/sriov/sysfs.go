@@ -11,6 +11,7 @@ package sriov
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -80,8 +81,14 @@ func (s Sysfs) PFs() ([]PF, error) {
 func (s Sysfs) PF(addr string) (PF, error) {
 	dev := s.DevicePath(addr)
 	total, err := readInt(filepath.Join(dev, "sriov_totalvfs"))
-	if err != nil || total <= 0 {
+	var garbage *strconv.NumError
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.As(err, &garbage) || err == nil && total <= 0:
 		return PF{}, fmt.Errorf("%s: %w", addr, ErrNotPF)
+	case err != nil:
+		// A read that failed (EIO, EAGAIN, ...) says nothing about what
+		// the device is: the caller may try again.
+		return PF{}, fmt.Errorf("read sriov_totalvfs of %s: %w", addr, err)
 	}
 	pf, err := s.pf(addr, dev)
 	if err != nil {
@@ -101,9 +108,30 @@ func (s Sysfs) DevicePath(addr string) string {
 
 // DeviceExists reports whether a PCI device is present. A VF's device goes
 // away when sriov_numvfs is lowered; its netdev is then gone for good.
+// Only sysfs saying so (ENOENT) makes a device gone: callers drop gone
+// devices from records, and a failed look is no proof.
 func (s Sysfs) DeviceExists(addr string) bool {
+	exists, err := s.Exists(addr)
+	return exists || err != nil
+}
+
+// Exists reports whether a PCI device is present, and the error of a look
+// that could not tell.
+func (s Sysfs) Exists(addr string) (bool, error) {
 	_, err := os.Stat(s.DevicePath(addr))
-	return err == nil
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("look for PCI device %s: %w", addr, err)
+}
+
+// Netdev is the name of the PCI function's netdev in the netns sysfs was
+// mounted for, "" when it has none there.
+func (s Sysfs) Netdev(addr string) string {
+	return firstNetdev(s.DevicePath(addr))
 }
 
 func (s Sysfs) pf(addr, dev string) (PF, error) {

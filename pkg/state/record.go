@@ -60,6 +60,11 @@ type Device struct {
 	// Released is set too so that a release without SR-IOV state (the
 	// previous binary, after a rollback) does not wait for it forever.
 	Detached bool `json:"detached,omitempty"`
+	// ParkedAs is the temporary name a pending device has on the host
+	// while another device (a VF a job created, another PF) holds its
+	// original name; a later run gives it its name. Only said to people:
+	// the plugin finds the device by its PCI address.
+	ParkedAs string `json:"parkedAs,omitempty"`
 }
 
 // IsPF reports whether the device is the physical function.

@@ -1,0 +1,154 @@
+package plugin
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
+)
+
+// squat makes a link called name on the host, as a VF that another job
+// created while the plugin's device was away takes the lowest free kernel
+// name; it returns a func that deletes it (the other job ends).
+func squat(t *testing.T, e *kerneltest.Env, name string) (leave func()) {
+	t.Helper()
+	if err := e.Host.Do(func(ns.NetNS) error {
+		return netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name}})
+	}); err != nil {
+		t.Fatalf("squat %s: %v", name, err)
+	}
+	return func() {
+		t.Helper()
+		if err := e.Host.Do(func(ns.NetNS) error {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			return netlink.LinkDel(l)
+		}); err != nil {
+			t.Fatalf("delete squatter %s: %v", name, err)
+		}
+	}
+}
+
+// Another job's VF holds the PF's kernel name when DEL comes: DEL brings
+// the PF home anyway, under a temporary name, succeeds and keeps the
+// record, saying why; ADD finds the PF busy. Once the name is free, the
+// next DEL gives the PF its name and removes the record.
+func TestDelParksADeviceWhoseNameIsTaken(t *testing.T) {
+	e := kerneltest.New(t)
+	pf := e.AddPF("ens1f0", 2)
+	pod := e.NewPod()
+	conf := e.Conf(nil)
+	add(t, e, pod, "c1", "net1", conf)
+	leave := squat(t, e, pf.Name)
+
+	for try := 0; try < 2; try++ {
+		if _, err := call(t, e, "DEL", args(pod, "c1", "net1", conf)); err != nil {
+			t.Fatalf("DEL %d while another device holds the PF's name: %v", try, err)
+		}
+	}
+	host := pciIn(t, e.Host)
+	if name, ok := host[pf.PCI]; !ok || !netdev.IsParked(name) {
+		t.Fatalf("PF %s is on the host as %q (present %v), want it home under a temporary name", pf.PCI, name, ok)
+	}
+	assertOnHost(t, e, pf.VFs[0].Name, pf.VFs[1].Name)
+	rec := readRecord(t, e, "c1", "net1")
+	if rec == nil || rec.PF().Released || rec.PF().ParkedAs != host[pf.PCI] {
+		t.Fatalf("record after DEL: %+v, want it kept with the PF parked as %s", rec, host[pf.PCI])
+	}
+	_, err := call(t, e, "ADD", args(e.NewPod(), "c2", "net1", conf))
+	if err == nil || cniCode(t, err) != types.ErrTryAgainLater {
+		t.Fatalf("ADD while the only PF is parked: %v, want code 11", err)
+	}
+	if !strings.Contains(err.Error(), "until another device lets go of its name") {
+		t.Errorf("code 11 does not say the PF waits for its name: %v", err)
+	}
+
+	leave()
+	del(t, e, pod, "c1", "net1", conf)
+	assertHostIntact(t, e)
+}
+
+// The job's own extra VF (sriov_numvfs raised while the PF was away) holds
+// a recorded VF's name: only the SR-IOV restore, which writes
+// sriov_numvfs, removes it. The restore must run once the PF is home,
+// without waiting for that VF.
+func TestSRIOVRestoreRunsWhileAVFWaitsForItsName(t *testing.T) {
+	e := kerneltest.New(t)
+	pf := e.AddPF("ens1f0", 2)
+	pod := e.NewPod()
+	conf := e.Conf(nil)
+	add(t, e, pod, "c1", "net1", conf)
+	// The job raised the VF count; the fake kernel keeps the two VFs.
+	numvfs := filepath.Join(e.SysfsRoot, "bus", "pci", "devices", pf.PCI, "sriov_numvfs")
+	writeFile(t, numvfs, "3\n")
+	leave := squat(t, e, pf.VFs[1].Name)
+	defer leave()
+
+	if _, err := call(t, e, "DEL", args(pod, "c1", "net1", conf)); err != nil {
+		t.Fatalf("DEL while an extra VF holds a recorded VF's name: %v", err)
+	}
+	assertOnHost(t, e, pf.Name, pf.VFs[0].Name)
+	if b, _ := os.ReadFile(numvfs); strings.TrimSpace(string(b)) != "2" {
+		t.Errorf("sriov_numvfs = %q after DEL, want the recorded 2 written while a VF waits for its name", b)
+	}
+	if _, ok := pciIn(t, e.Host)[pf.VFs[1].PCI]; !ok {
+		t.Errorf("VF %s is not on the host under any name", pf.VFs[1].PCI)
+	}
+}
+
+// The restore's netlink writes find the PF by PCI address: after a blocked
+// restore another PF can carry this PF's recorded name, and must not get
+// its VF settings.
+func TestPFLinkIsFoundByPCIAddressNotByName(t *testing.T) {
+	e := kerneltest.New(t)
+	a := e.AddPF("ens1f0", 1)
+	b := e.AddPF("ens2f0", 1)
+	// A is home parked (tagged, as the plugin leaves it) and B took A's
+	// name; sysfs says so, as the kernel's does.
+	rename := func(pf kerneltest.PF, to string, tag bool) {
+		t.Helper()
+		if err := e.Host.Do(func(ns.NetNS) error {
+			l, err := netlink.LinkByName(pf.Name)
+			if err != nil {
+				return err
+			}
+			if tag {
+				if err := netlink.LinkAddAltName(l, netdev.Tag(pf.PCI)); err != nil {
+					return err
+				}
+			}
+			return netlink.LinkSetName(l, to)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(e.SysfsRoot, "devices", "pci0000:00", pf.PCI, "net")
+		if err := os.Rename(filepath.Join(dir, pf.Name), filepath.Join(dir, to)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rename(a, "sptmp0", true)
+	rename(b, a.Name, false)
+
+	host, err := netdev.Open(e.Host.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	o := &op{host: host, sys: sriov.Sysfs{Root: e.SysfsRoot}}
+	for pci, want := range map[string]string{a.PCI: "sptmp0", b.PCI: a.Name} {
+		l, err := o.pfLink(pci)
+		if err != nil || l == nil || l.Attrs().Name != want {
+			t.Errorf("pfLink(%s) = %v, %v; want the link now called %s", pci, l, err, want)
+		}
+	}
+}
