@@ -41,6 +41,9 @@ type Plugin struct {
 	// ProcRoot is where procfs is mounted ("" is /proc): the release looks
 	// there for processes holding a VF through vfio.
 	ProcRoot string
+	// DevRoot is where devtmpfs is mounted ("" is /dev): the restore holds
+	// the VFs' vfio groups open there while it writes.
+	DevRoot string
 	// Stdout receives the CNI result; Stderr the logs when the node
 	// configuration names no logFile.
 	Stdout, Stderr io.Writer

@@ -114,7 +114,8 @@ func (o *op) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 		return err
 	}
 	if sriovDiffers(s, cur) {
-		if held := o.vfioHeld(s, cur); held != "" {
+		letGo, held := o.holdVFs(s, cur)
+		if held != "" {
 			if s.Blocked != held {
 				log.Warn("VF held through vfio: the PF's SR-IOV state is restored once it is free; the PF stays out of the pool", "blocked", held)
 			}
@@ -122,7 +123,9 @@ func (o *op) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 			return nil
 		}
 		s.Blocked = ""
-		if err := o.applySRIOV(rec, cur, log); err != nil {
+		err := o.applySRIOV(rec, cur, log)
+		letGo()
+		if err != nil {
 			return err
 		}
 	}
@@ -157,11 +160,17 @@ func sriovDiffers(s *state.SRIOV, cur sriov.State) bool {
 	return false
 }
 
-// vfioHeld names the VFs the restore would unbind from vfio-pci (all of
-// them when the VF count changes, else those whose driver changes) that a
-// process holds, "" when none is. A VF that was on vfio-pci at ADD and
-// stays there may be held: the restore does not touch it.
-func (o *op) vfioHeld(s *state.SRIOV, cur sriov.State) string {
+// holdVFs makes sure no process holds, or can take, a VF the restore
+// touches (all of them when the VF count changes, else those whose driver
+// changes), whatever driver it is on: it opens their vfio groups (a group
+// opens once at a time, so a holder of the group shows as busy, and
+// nobody can open it or the VF's cdev until letGo), then looks through
+// every process's open files for the rest (a device descriptor kept after
+// its group was closed). It names the holders, or what it could not
+// make sure of, in held; "" means the writes cannot block. A VF that was
+// on vfio-pci at ADD and stays there may be held: the restore does not
+// touch it.
+func (o *op) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held string) {
 	recorded := map[string]state.VF{}
 	for _, v := range s.VFs {
 		recorded[v.PCIAddress] = v
@@ -169,23 +178,32 @@ func (o *op) vfioHeld(s *state.SRIOV, cur sriov.State) string {
 	var vfs []string
 	for _, v := range cur.VFs {
 		r, ok := recorded[v.PCIAddress]
-		touched := cur.NumVFs != s.NumVFs || !ok || r.Driver != v.Driver || r.DriverOverride != v.Override
-		if v.Driver == "vfio-pci" && touched {
+		if cur.NumVFs != s.NumVFs || !ok || r.Driver != v.Driver || r.DriverOverride != v.Override {
 			vfs = append(vfs, v.PCIAddress)
 		}
 	}
+	letGo = func() {}
 	if len(vfs) == 0 {
-		return ""
+		return letGo, ""
+	}
+	letGo, err := o.sys.HoldGroups(o.devRoot(), vfs)
+	if err != nil {
+		return func() {}, "cannot hold its VFs' vfio groups: " + err.Error()
 	}
 	hs, err := o.sys.VFIOHolders(o.procRoot(), vfs)
 	if err != nil {
-		return "cannot look for processes holding its VFs through vfio: " + err.Error()
+		letGo()
+		return func() {}, "cannot look for processes holding its VFs through vfio: " + err.Error()
 	}
 	var out []string
 	for _, h := range hs {
 		out = append(out, h.String())
 	}
-	return strings.Join(out, "; ")
+	if len(out) > 0 {
+		letGo()
+		return func() {}, strings.Join(out, "; ")
+	}
+	return letGo, ""
 }
 
 // applySRIOV writes the recorded configuration: autoprobe first (new VFs
@@ -436,6 +454,13 @@ func (o *op) restorePFSide(rec *state.Record, log *slog.Logger) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (o *op) devRoot() string {
+	if o.DevRoot == "" {
+		return "/dev"
+	}
+	return o.DevRoot
 }
 
 func (o *op) procRoot() string {

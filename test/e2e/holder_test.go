@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -57,6 +58,13 @@ func holdVF(vf string) error {
 	if e != 0 {
 		return fmt.Errorf("VFIO_GROUP_GET_DEVICE_FD %s: %w", vf, e)
 	}
+	if os.Getenv("E2E_HOLD_VF_DEVICE_ONLY") != "" {
+		// What a VM monitor may keep: the device fd alone. Its link names
+		// no device (anon_inode:[vfio-device]); it keeps the group's file
+		// alive inside the kernel, but no fd of this process names it.
+		unix.Close(g)
+		unix.Close(container)
+	}
 	fmt.Printf("holding %s (device fd %d)\n", vf, dev)
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	return nil
@@ -66,8 +74,16 @@ func holdVF(vf string) error {
 // VF; the returned func makes it exit and waits for it.
 func startHolder(t *testing.T, vf string) func() {
 	t.Helper()
+	return startHolderIn(t, vf, nil)
+}
+
+// startHolderIn is startHolder with the holder's own environment added and
+// its process attributes (namespaces) set.
+func startHolderIn(t *testing.T, vf string, attr *syscall.SysProcAttr, env ...string) func() {
+	t.Helper()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "E2E_HOLD_VF="+vf)
+	cmd.Env = append(append(os.Environ(), "E2E_HOLD_VF="+vf), env...)
+	cmd.SysProcAttr = attr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -126,6 +142,61 @@ func TestDelWhileAVFIsHeldThroughVFIO(t *testing.T) {
 	if cniCode(err) != int(types.ErrTryAgainLater) || !strings.Contains(err.Error(), vfsOf[j.pf][0]) {
 		t.Errorf("ADD of the PF whose VF is held: %v, want code 11 naming %s", err, vfsOf[j.pf][0])
 	}
+	stop()
+	held = false
+	j.pod.remove()
+	gc(t, h)
+	assertNodeAsBefore(t, h, before, "the holder exited and GC ran")
+}
+
+// Holders the old check missed (issue 17): a VM monitor in a pid
+// namespace of its own (a container) that keeps only the device fd, whose
+// link in /proc names no device. DEL returns with every netdev home and
+// writes nothing the kernel would block on; the PF stays out of the pool
+// with the holder named; the node keeps serving its other PF; once the
+// holder is gone GC restores the rest.
+func TestDelWhileAVFIsHeldByADeviceFDInAnotherPIDNamespace(t *testing.T) {
+	h := newHarness(t, map[string]any{"pciBusID": pfs[0].PCI})
+	other := newHarness(t, map[string]any{"pciBusID": pfs[1].PCI})
+	before := mustSnapshot(t)
+	j := startJob(t, h, pfs[0].PCI)
+	vf := vfsOf[j.pf][0]
+	stop := startHolderIn(t, vf, &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL},
+		"E2E_HOLD_VF_DEVICE_ONLY=1")
+	held := true
+	t.Cleanup(func() {
+		if held {
+			stop()
+		}
+	})
+	run(t, "ip", "-n", j.kind.name, "link", "set", "net1", "netns", j.pod.name)
+	j.kind.remove()
+	done := make(chan error, 1)
+	go func() { done <- h.libDel(j.pod, "net1") }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("DEL with a VF held by a device fd: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("DEL with a VF held by a device fd did not return: the plugin blocks in the kernel")
+	}
+	if _, ok := mustLinks(t, "")[j.pf]; !ok {
+		t.Errorf("PF %s is not on the host after DEL", j.pf)
+	}
+	_, err := h.libAdd(h.newPod(), "net1")
+	if cniCode(err) != int(types.ErrTryAgainLater) || !strings.Contains(err.Error(), vf) {
+		t.Errorf("ADD of the PF whose VF is held: %v, want code 11 naming %s", err, vf)
+	}
+	// The node keeps serving: the other PF is handed out and given back.
+	p := other.newPod()
+	if _, err := other.libAdd(p, "net1"); err != nil {
+		t.Fatalf("ADD of the other PF while a VF of the first is held: %v", err)
+	}
+	if err := other.libDel(p, "net1"); err != nil {
+		t.Fatalf("DEL of the other PF: %v", err)
+	}
+	p.remove()
 	stop()
 	held = false
 	j.pod.remove()
