@@ -162,11 +162,11 @@ func sriovDiffers(s *state.SRIOV, cur sriov.State) bool {
 
 // holdVFs makes sure no process holds, or can take, a VF the restore
 // touches (all of them when the VF count changes, else those whose driver
-// changes), whatever driver it is on: it opens their vfio groups (a group
-// opens once at a time, so a holder of the group shows as busy, and
-// nobody can open it or the VF's cdev until letGo), then looks through
-// every process's open files for the rest (a device descriptor kept after
-// its group was closed). It names the holders, or what it could not
+// changes), whatever driver it is on: it looks through every process's
+// open files (pkg/sriov VFIOHolders), then opens the VFs' vfio groups and
+// keeps them open until letGo (a group opens once at a time, so one taken
+// since the look shows as busy, and nobody can open it or the VF's cdev
+// until letGo). It names the holders, or what it could not
 // make sure of, in held; "" means the writes cannot block. A VF that was
 // on vfio-pci at ADD and stays there may be held: the restore does not
 // touch it.
@@ -186,22 +186,23 @@ func (o *op) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held string
 	if len(vfs) == 0 {
 		return letGo, ""
 	}
-	letGo, err := o.sys.HoldGroups(o.devRoot(), vfs)
-	if err != nil {
-		return func() {}, "cannot hold its VFs' vfio groups: " + err.Error()
-	}
+	// Look first, then hold: the groups held here would show up as ours.
+	// A process that opens a group in between makes the hold fail (a
+	// group opens once; its device descriptors keep it open).
 	hs, err := o.sys.VFIOHolders(o.procRoot(), vfs)
 	if err != nil {
-		letGo()
-		return func() {}, "cannot look for processes holding its VFs through vfio: " + err.Error()
+		return letGo, "cannot look for processes holding its VFs through vfio: " + err.Error()
 	}
 	var out []string
 	for _, h := range hs {
 		out = append(out, h.String())
 	}
 	if len(out) > 0 {
-		letGo()
-		return func() {}, strings.Join(out, "; ")
+		return letGo, strings.Join(out, "; ")
+	}
+	letGo, err = o.sys.HoldGroups(o.devRoot(), vfs)
+	if err != nil {
+		return func() {}, "cannot hold its VFs' vfio groups: " + err.Error()
 	}
 	return letGo, ""
 }
