@@ -72,9 +72,7 @@ func TestAllocateRefusesAPFThatIsNotFree(t *testing.T) {
 	requireNoneCreating(t)
 	t.Logf("refused: %s: %s", st.Reason, st.Message)
 	fmt.Printf("k8s-e2e: a one-PF job offered %s (held by hand) -> Failed at admission (%s) %.1fs after its creation\n", pci, st.Reason, took.Seconds())
-	if !strings.Contains(kubectl(t, nil, "-n", "sriov-passthrough-cni", "logs", agentPod(t), "-c", "agent"), "allocation refused") {
-		t.Fatal("the agent did not log the refusal")
-	}
+	waitAgentLogged(t, `msg="allocation refused" .*pfs=`+regexp.QuoteMeta(pci), created)
 
 	detach()
 	deleteJobs(t)
