@@ -60,7 +60,7 @@ func TestAgentKeepsAPFInAPoolNamedByAltname(t *testing.T) {
 		if p := agentStatus(t)[pci]; p.Phase != "free" {
 			t.Fatalf("agent status of %s after %s: %+v, want free", pf, job, p)
 		}
-		t.Logf("agent restarted while %s held %s: %v; the PF stayed advertised and came back free", job, pf, restartAgent)
+		t.Logf("%s held %s (agent pod deleted meanwhile: %v): the PF stayed advertised and came back free", job, pf, restartAgent)
 	}
 }
 
