@@ -19,6 +19,10 @@ type agentPF struct {
 	Name  string `json:"name"`
 	Phase string `json:"phase"`
 	Why   string `json:"why"`
+	// Holder is the attachment holding the PF, nil when none does.
+	Holder *struct {
+		Pod string `json:"pod"`
+	} `json:"holder"`
 }
 
 func agentStatus(t *testing.T) map[string]agentPF {

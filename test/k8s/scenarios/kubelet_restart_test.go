@@ -38,10 +38,24 @@ const (
 // its PF, and a job created then is admitted and gets the other PF. The
 // time from the kill to the agent's registration and to the kubelet listing
 // the devices is printed.
+//
+// The agent's readiness (registered with the kubelet listening now) says
+// ready again through the new kubelet, and its pod never turns unready: a
+// restarted kubelet keeps a container that was Ready so until its first
+// probe, which it runs at a random point of the period (10s), and a
+// failing readiness probe counts only from the third failure in a row
+// (failureThreshold 3), while the agent registers within milliseconds of
+// the new socket. A pod that went unready here would mean the agent did
+// not register for some 20s.
 func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
 	requireNodeWhole(t)
 	want := len(pfNames())
 	held := runJob(t, 1, "kubelet-restart-held")
+	var readyBefore string
+	waitFor(t, "the agent pod Ready", 2*time.Minute, func() (bool, error) {
+		readyBefore = agentPodReady(t)
+		return strings.HasPrefix(readyBefore, "True "), nil
+	})
 	killed := time.Now()
 	restart(t, "kubelet")
 	waitFor(t, "the kubelet's pod-resources API lists every prow/sriov device", 2*time.Minute, func() (bool, error) {
@@ -64,6 +78,13 @@ func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
 	fmt.Printf("k8s-e2e: kubelet SIGKILLed -> its new socket after %s; the agent registered %s after that; the kubelet listed %d devices %.1fs after the kill\n",
 		sock.ModTime().Sub(killed).Round(time.Millisecond), killed.Add(registered).Sub(sock.ModTime()).Round(time.Millisecond), want, listed.Seconds())
 
+	pod := agentPod(t)
+	waitFor(t, "the agent's readiness probe through the new kubelet", 2*time.Minute, func() (bool, error) {
+		_, err := kubectlErr(nil, "-n", "sriov-passthrough-cni", "exec", pod, "-c", "agent", "--",
+			"sriov-passthrough-agent", "probe", "ready")
+		return err == nil, err
+	})
+
 	next := runJob(t, 1, "kubelet-restart-new")
 	if slices.Equal(next, held) {
 		t.Fatalf("the job created after the restart got %v, which the first job holds", next)
@@ -75,8 +96,19 @@ func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
 	if got := checkJob(t, "kubelet-restart-held", 1); !slices.Equal(got, held) {
 		t.Fatalf("after the kubelet restart the job holds %v, had %v", got, held)
 	}
+	if after := agentPodReady(t); after != readyBefore {
+		t.Errorf("the agent pod's Ready condition was %q before the kubelet restart and %q after: it turned unready", readyBefore, after)
+	}
 	deleteJobs(t)
 	waitAllocatable(t, want, "after the jobs")
+}
+
+// agentPodReady is the agent pod's Ready condition: its status and when it
+// last changed.
+func agentPodReady(t *testing.T) string {
+	t.Helper()
+	return kubectl(t, nil, "-n", "sriov-passthrough-cni", "get", "pod", agentPod(t), "-o",
+		`jsonpath={.status.conditions[?(@.type=="Ready")].status} since {.status.conditions[?(@.type=="Ready")].lastTransitionTime}`)
 }
 
 // kubeletDevices asks the kubelet's pod-resources API which prow/sriov
