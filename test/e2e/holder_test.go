@@ -188,6 +188,7 @@ func TestDelWhileAVFIsHeldByADeviceFDInAnotherPIDNamespace(t *testing.T) {
 	if cniCode(err) != int(types.ErrTryAgainLater) || !strings.Contains(err.Error(), vf) {
 		t.Errorf("ADD of the PF whose VF is held: %v, want code 11 naming %s", err, vf)
 	}
+	t.Logf("ADD of the held PF: %v", err)
 	// The node keeps serving: the other PF is handed out and given back.
 	p := other.newPod()
 	if _, err := other.libAdd(p, "net1"); err != nil {
