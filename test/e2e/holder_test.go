@@ -123,25 +123,7 @@ func TestDelWhileAVFIsHeldThroughVFIO(t *testing.T) {
 			stop()
 		}
 	})
-	run(t, "ip", "-n", j.kind.name, "link", "set", "net1", "netns", j.pod.name)
-	j.kind.remove()
-	done := make(chan error, 1)
-	go func() { done <- h.libDel(j.pod, "net1") }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("DEL with a held VF: %v", err)
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatal("DEL with a VF held through vfio did not return: the plugin blocks in the kernel")
-	}
-	if _, ok := mustLinks(t, "")[j.pf]; !ok {
-		t.Errorf("PF %s is not on the host after DEL", j.pf)
-	}
-	_, err := h.libAdd(h.newPod(), "net1")
-	if cniCode(err) != int(types.ErrTryAgainLater) || !strings.Contains(err.Error(), vfsOf[j.pf][0]) {
-		t.Errorf("ADD of the PF whose VF is held: %v, want code 11 naming %s", err, vfsOf[j.pf][0])
-	}
+	delWhileHeld(t, h, j, vfsOf[j.pf][0])
 	stop()
 	held = false
 	j.pod.remove()
@@ -169,26 +151,7 @@ func TestDelWhileAVFIsHeldByADeviceFDInAnotherPIDNamespace(t *testing.T) {
 			stop()
 		}
 	})
-	run(t, "ip", "-n", j.kind.name, "link", "set", "net1", "netns", j.pod.name)
-	j.kind.remove()
-	done := make(chan error, 1)
-	go func() { done <- h.libDel(j.pod, "net1") }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("DEL with a VF held by a device fd: %v", err)
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatal("DEL with a VF held by a device fd did not return: the plugin blocks in the kernel")
-	}
-	if _, ok := mustLinks(t, "")[j.pf]; !ok {
-		t.Errorf("PF %s is not on the host after DEL", j.pf)
-	}
-	_, err := h.libAdd(h.newPod(), "net1")
-	if cniCode(err) != int(types.ErrTryAgainLater) || !strings.Contains(err.Error(), vf) {
-		t.Errorf("ADD of the PF whose VF is held: %v, want code 11 naming %s", err, vf)
-	}
-	t.Logf("ADD of the held PF: %v", err)
+	delWhileHeld(t, h, j, vf)
 	// The node keeps serving: the other PF is handed out and given back.
 	p := other.newPod()
 	if _, err := other.libAdd(p, "net1"); err != nil {
@@ -203,4 +166,32 @@ func TestDelWhileAVFIsHeldByADeviceFDInAnotherPIDNamespace(t *testing.T) {
 	j.pod.remove()
 	gc(t, h)
 	assertNodeAsBefore(t, h, before, "the holder exited and GC ran")
+}
+
+// delWhileHeld ends a job whose VF vf a process holds through vfio (its PF
+// moved back into the pod's netns, the kind node gone) and runs DEL: it
+// must return (never block in the kernel) with the PF home, and an ADD of
+// that PF must then say code 11, naming the VF.
+func delWhileHeld(t *testing.T, h *harness, j *job, vf string) {
+	t.Helper()
+	run(t, "ip", "-n", j.kind.name, "link", "set", "net1", "netns", j.pod.name)
+	j.kind.remove()
+	done := make(chan error, 1)
+	go func() { done <- h.libDel(j.pod, "net1") }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("DEL with a held VF: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("DEL with a VF held through vfio did not return: the plugin blocks in the kernel")
+	}
+	if _, ok := mustLinks(t, "")[j.pf]; !ok {
+		t.Errorf("PF %s is not on the host after DEL", j.pf)
+	}
+	_, err := h.libAdd(h.newPod(), "net1")
+	if cniCode(err) != int(types.ErrTryAgainLater) || !strings.Contains(err.Error(), vf) {
+		t.Errorf("ADD of the PF whose VF is held: %v, want code 11 naming %s", err, vf)
+	}
+	t.Logf("ADD of the held PF: %v", err)
 }
