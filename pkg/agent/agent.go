@@ -14,7 +14,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"golang.org/x/sys/unix"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
@@ -428,36 +427,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		if repair {
 			lastRepair = time.Now()
 		}
-		if err := a.reservedFileReplaced(); err != nil {
-			return err
-		}
 		if wait := a.step(repair); wait > 0 {
 			retry.Reset(wait)
 		}
 	}
-}
-
-// ErrReservedFileReplaced ends the agent when the reserved-interfaces file
-// it reads through a file mount was replaced on the host.
-var ErrReservedFileReplaced = errors.New("the reserved-interfaces file was replaced on the host; this container still sees the old one")
-
-// reservedFileReplaced tells whether the reserved-interfaces file was
-// replaced on the host. The DaemonSet mounts that one file, not the
-// host's /etc: a bind mount pins the inode it was made from, so when an
-// admin replaces the file by rename the container keeps the old inode,
-// whose link count drops to 0, and never sees the new file. Only a new
-// container mounts the new file: the agent exits and the kubelet starts
-// it again. An edit in place keeps the inode and is seen as it is.
-func (a *Agent) reservedFileReplaced() error {
-	f := a.reservedFile()
-	if f == "" {
-		return nil
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(f, &st); err != nil || st.Nlink > 0 {
-		return nil
-	}
-	return fmt.Errorf("%s: %w (exiting so that the restarted container mounts the new file)", f, ErrReservedFileReplaced)
 }
 
 // LastTurn is when the agent's loop last turned (zero before it ran).

@@ -149,12 +149,6 @@ func (a *Agent) watchDirs(ctx context.Context) error {
 		} else {
 			a.Log.Warn("the reserved-interfaces file's directory does not exist; changes to it will be seen at the next resync", "dir", d)
 		}
-		// The file itself too: mounted as a file (the DaemonSet does), its
-		// directory shows nothing of the host's, but the file's own
-		// events do (a write in place; a replace drops its link count).
-		if exists(f) {
-			dirs = append(dirs, f)
-		}
 	}
 	netnsIdx := -1
 	if a.NetnsDir != "" && exists(a.NetnsDir) {

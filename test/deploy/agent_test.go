@@ -70,9 +70,9 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 		"/sys/bus/pci":                    {"/sys/bus/pci", false, ""},
 		"/var/run/netns":                  {"/var/run/netns", false, corev1.MountPropagationHostToContainer},
 		config.DefaultStateDir:            {config.DefaultStateDir, false, ""},
-		"/host/etc/pfscni-system-reserved-interfaces": {config.DefaultReservedInterfacesFile, true, ""},
-		"/host/etc/sriov-passthrough-cni":             {"/etc/sriov-passthrough-cni", false, ""},
-		"/config":                                     {"configmap:sriov-passthrough-cni-node", true, ""},
+		"/host/etc":                       {"/etc", true, ""},
+		"/host/etc/sriov-passthrough-cni": {"/etc/sriov-passthrough-cni", false, ""},
+		"/config":                         {"configmap:sriov-passthrough-cni-node", true, ""},
 		// The health socket (-health-socket's default directory): the
 		// probes need no port on the node's network.
 		"/run/sriov-passthrough-agent": {"emptyDir", false, ""},
