@@ -113,12 +113,29 @@ func phase(name string) (string, error) {
 	return strings.TrimSpace(out), err
 }
 
+// waitRunning waits for a job pod to run. A pod that failed (at admission,
+// say) never will: that ends the wait at once. Either way a pod that is
+// not Running is described, with the node's allocatable and the agent's
+// last words, so the failure says why.
 func waitRunning(t *testing.T, name string) {
 	t.Helper()
-	waitFor(t, "pod "+name+" Running", 3*time.Minute, func() (bool, error) {
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
 		p, err := phase(name)
-		return p == "Running", err
-	})
+		if p == "Running" {
+			return
+		}
+		if p == "Failed" || time.Now().After(deadline) {
+			why, _ := kubectlErr(nil, "describe", "pod", name)
+			alloc, _ := kubectlErr(nil, "get", "node", env.node, "-o", "jsonpath={.status.allocatable}")
+			agents, _ := kubectlErr(nil, "-n", "sriov-passthrough-cni", "get", "pod", "-o", "wide")
+			logs, _ := kubectlErr(nil, "-n", "sriov-passthrough-cni", "logs", "-l", "app.kubernetes.io/name=sriov-passthrough-cni",
+				"-c", "agent", "--tail", "40")
+			t.Fatalf("pod %s is %q, not Running (last error: %v)\n%s\nnode allocatable: %s\n%s\nagent log:\n%s",
+				name, p, err, why, alloc, agents, logs)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // link is one netdev as `ip -o link` shows it inside a pod.
