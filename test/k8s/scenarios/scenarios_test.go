@@ -204,12 +204,19 @@ func TestDaemonSetUpgrade(t *testing.T) {
 		}
 	}()
 	kubectl(t, nil, "apply", "-k", filepath.Join(env.work, "overlay-"+to))
-	// Jobs come and go on the other PF while the new installer starts.
+	// Jobs come and go on the other PF while the new installer and agent
+	// start. A pod the kubelet admits while the agent's pod is being
+	// replaced finds no device plugin for prow/sriov and is failed at
+	// admission (UnexpectedAdmissionError): the kubelet's own rule for any
+	// device plugin's restart. A bare pod is never retried, so the job's
+	// owner (prow, here the test) creates it again; the count is printed.
+	refused := 0
 	for i := range 3 {
 		name := fmt.Sprintf("churn-%d", i)
-		runJob(t, 1, name)
+		refused += runJobThroughHandover(t, 1, name)
 		kubectl(t, nil, "delete", "pod", name)
 	}
+	fmt.Printf("k8s-e2e: %d job pods refused at admission while the agent was replaced, created again\n", refused)
 	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
 	waitFor(t, "new binary installed", time.Minute, func() (bool, error) { return fileHash(t, cniBinary) == new, nil })
 	close(stop)
@@ -253,4 +260,31 @@ func runBinaryVersion(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(out.String())
+}
+
+// runJobThroughHandover runs a job as runJob does, but creates it again
+// when the kubelet refused it at admission for want of a prow/sriov device
+// plugin (the agent being replaced); any other failure fails the test. It
+// returns how many times the pod was refused.
+func runJobThroughHandover(t *testing.T, pfs int, name string) int {
+	t.Helper()
+	for refused := 0; ; refused++ {
+		createJob(t, pfs, name)
+		var p string
+		waitFor(t, "pod "+name+" Running or refused at admission", 3*time.Minute, func() (bool, error) {
+			var err error
+			p, err = phase(name)
+			return p == "Running" || p == "Failed", err
+		})
+		if p == "Running" {
+			checkJob(t, name, pfs)
+			return refused
+		}
+		why, _ := kubectlErr(nil, "get", "pod", name, "-o", "jsonpath={.status.reason}: {.status.message}")
+		if !strings.HasPrefix(why, "UnexpectedAdmissionError") || !strings.Contains(why, "prow/sriov") || refused == 4 {
+			waitRunning(t, name) // describes the pod and fails
+		}
+		t.Logf("%s refused at admission while the agent was replaced (%s); created again", name, why)
+		kubectl(t, nil, "delete", "pod", name)
+	}
 }
