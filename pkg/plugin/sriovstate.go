@@ -182,27 +182,27 @@ func (o *op) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held string
 			vfs = append(vfs, v.PCIAddress)
 		}
 	}
-	letGo = func() {}
+	nothing := func() {}
 	if len(vfs) == 0 {
-		return letGo, ""
+		return nothing, ""
 	}
 	// Look first, then hold: the groups held here would show up as ours.
 	// A process that opens a group in between makes the hold fail (a
 	// group opens once; its device descriptors keep it open).
 	hs, err := o.sys.VFIOHolders(o.procRoot(), vfs)
 	if err != nil {
-		return letGo, "cannot look for processes holding its VFs through vfio: " + err.Error()
+		return nothing, "cannot look for processes holding its VFs through vfio: " + err.Error()
 	}
-	var out []string
-	for _, h := range hs {
-		out = append(out, h.String())
-	}
-	if len(out) > 0 {
-		return letGo, strings.Join(out, "; ")
+	if len(hs) > 0 {
+		out := make([]string, len(hs))
+		for i, h := range hs {
+			out[i] = h.String()
+		}
+		return nothing, strings.Join(out, "; ")
 	}
 	letGo, err = o.sys.HoldGroups(o.devRoot(), vfs)
 	if err != nil {
-		return func() {}, "cannot hold its VFs' vfio groups: " + err.Error()
+		return nothing, "cannot hold its VFs' vfio groups: " + err.Error()
 	}
 	return letGo, ""
 }

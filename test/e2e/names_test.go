@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -88,13 +87,7 @@ func TestReleaseWhenExtraVFsHoldRecordedNames(t *testing.T) {
 		}
 	}
 	t.Logf("host netns while the job runs: %v", mustLinks(t, ""))
-	// cluster-down: the PF goes back to the pod, the kind node ends.
-	run(t, "ip", "-n", kind.name, "link", "set", "net1", "netns", p.name)
-	kind.remove()
-
-	if err := h.libDel(p, "net1"); err != nil {
-		t.Fatalf("DEL: %v", err)
-	}
+	(&job{pod: p, kind: kind, pf: f.PCI}).end(t, h, clusterDown)
 	assertNodeAsBefore(t, h, before, "DEL")
 }
 
@@ -159,21 +152,7 @@ func TestZeroVFMACRecordedAtAddIsRestored(t *testing.T) {
 	if err := bindVFIO(vf); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := unbindVFIO(vf); err != nil {
-			t.Errorf("rebind %s: %v", vf, err)
-		}
-		if err := poll(20*time.Second, func() error {
-			_, err := os.Stat(filepath.Join(pciDevices, vf, "net"))
-			return err
-		}); err != nil {
-			t.Errorf("VF %s has no netdev after rebinding: %v", vf, err)
-		}
-		refreshBaseline(t, vf)
-	})
-	saved := baseline[vf]
-	delete(baseline, vf)
-	t.Cleanup(func() { baseline[vf] = saved })
+	netdevBackOnCleanup(t, vf, func() error { return unbindVFIO(vf) })
 	run(t, "ip", "link", "set", f.Name, "vf", "6", "mac", "00:00:00:00:00:00")
 	before := mustSnapshot(t)
 
@@ -184,11 +163,6 @@ func TestZeroVFMACRecordedAtAddIsRestored(t *testing.T) {
 	kind := h.newPod()
 	run(t, "ip", "-n", p.name, "link", "set", "net1", "netns", kind.name)
 	run(t, "ip", "-n", kind.name, "link", "set", "net1", "vf", "6", "mac", "02:00:00:00:06:06")
-	run(t, "ip", "-n", kind.name, "link", "set", "net1", "netns", p.name)
-	kind.remove()
-
-	if err := h.libDel(p, "net1"); err != nil {
-		t.Fatalf("DEL: %v", err)
-	}
+	(&job{pod: p, kind: kind, pf: f.PCI}).end(t, h, clusterDown)
 	assertNodeAsBefore(t, h, before, "DEL")
 }

@@ -82,21 +82,7 @@ func TestVFWithoutNetdevIsSkipped(t *testing.T) {
 	if err := writeSysfs("/sys/bus/pci/drivers/igbvf/unbind", vf); err != nil {
 		t.Fatalf("unbind %s from igbvf: %v", vf, err)
 	}
-	t.Cleanup(func() {
-		if err := writeSysfs("/sys/bus/pci/drivers/igbvf/bind", vf); err != nil {
-			t.Errorf("bind %s to igbvf: %v", vf, err)
-		}
-		if err := poll(20*time.Second, func() error {
-			_, err := os.Stat(filepath.Join(pciDevices, vf, "net"))
-			return err
-		}); err != nil {
-			t.Errorf("VF %s has no netdev after rebinding: %v", vf, err)
-		}
-		refreshBaseline(t, vf)
-	})
-	saved := baseline[vf]
-	delete(baseline, vf)
-	t.Cleanup(func() { baseline[vf] = saved })
+	netdevBackOnCleanup(t, vf, func() error { return writeSysfs("/sys/bus/pci/drivers/igbvf/bind", vf) })
 
 	p := h.newPod()
 	before := mustLinks(t, "")
@@ -119,4 +105,27 @@ func TestVFWithoutNetdevIsSkipped(t *testing.T) {
 
 	h.toolDel(p, "net1")
 	assertRestored(t, a.pcis()...)
+}
+
+// netdevBackOnCleanup is for a test that takes VF vf off its netdev
+// driver: the VF leaves the baseline while the test runs, and at cleanup
+// rebind gives it back its driver, its netdev must appear, and the
+// baseline learns it again.
+func netdevBackOnCleanup(t *testing.T, vf string, rebind func() error) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := rebind(); err != nil {
+			t.Errorf("rebind %s: %v", vf, err)
+		}
+		if err := poll(20*time.Second, func() error {
+			_, err := os.Stat(filepath.Join(pciDevices, vf, "net"))
+			return err
+		}); err != nil {
+			t.Errorf("VF %s has no netdev after rebinding: %v", vf, err)
+		}
+		refreshBaseline(t, vf)
+	})
+	saved := baseline[vf]
+	delete(baseline, vf)
+	t.Cleanup(func() { baseline[vf] = saved })
 }
