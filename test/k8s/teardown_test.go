@@ -84,7 +84,7 @@ func TestTeardown(t *testing.T) {
 			base := t.TempDir()
 			before := look(t, base)
 			cmd := exec.Command("bash", "run.sh")
-			cmd.Env = append(append(os.Environ(), "K8S_E2E_TMP="+base), c.env...)
+			cmd.Env = append(append(ownEnv(), "K8S_E2E_TMP="+base), c.env...)
 			out, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -127,4 +127,18 @@ func TestTeardown(t *testing.T) {
 			}
 		})
 	}
+}
+
+// ownEnv is this process's environment without the knobs a person may have
+// set for a run of their own (K8S_E2E_SHELL would park every case's cluster
+// until the test times out; K8S_E2E_RUN and the others change what a case
+// runs): each case sets the ones it needs.
+func ownEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "K8S_E2E_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
