@@ -54,7 +54,7 @@ func main() {
 	fs.StringVar(&o.hostRoot, "host-root", "", "where the host's files are mounted: prefixes -node-config and the reserved-interfaces file")
 	fs.StringVar(&o.resource, "resource-name", agent.DefaultResourceName, "the extended resource to advertise")
 	fs.StringVar(&o.pluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
-	fs.StringVar(&o.socket, "socket", "sriov-passthrough.sock", "the plugin's socket file name in -device-plugin-dir")
+	fs.StringVar(&o.socket, "socket", "sriov-passthrough.sock", "the stem of the plugin's socket names in -device-plugin-dir (each socket adds a run token and a number: <stem>.<token>-<n>.sock)")
 	fs.StringVar(&o.netnsDir, "netns-dir", "/var/run/netns", "the host's netns directory, watched for pods going away")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9809); off when empty")
 	// The kubelet's probes are exec probes (`probe ready`, `probe live`)

@@ -95,12 +95,18 @@ func (d *DevicePlugin) GetDevicePluginOptions(context.Context, *pluginapi.Empty)
 
 // ListAndWatch sends the device list now and again on every change.
 func (d *DevicePlugin) ListAndWatch(_ *pluginapi.Empty, s grpc.ServerStreamingServer[pluginapi.ListAndWatchResponse]) error {
+	return d.listAndWatch(s, func() {})
+}
+
+// listAndWatch is ListAndWatch; sent is called after each list sent.
+func (d *DevicePlugin) listAndWatch(s grpc.ServerStreamingServer[pluginapi.ListAndWatchResponse], sent func()) error {
 	for {
 		pfs, changed := d.snapshot()
 		if err := s.Send(&pluginapi.ListAndWatchResponse{Devices: devices(pfs)}); err != nil {
 			return err
 		}
 		d.sends.Add(1)
+		sent()
 		select {
 		case <-changed:
 		case <-s.Context().Done():

@@ -71,15 +71,17 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // ready is Health.Ready: see there.
 func (s *Server) ready() error {
 	s.mu.Lock()
-	kubelet, sendsBefore := s.regKubelet, s.regSends
+	kubelet, ep, sendsBefore := s.regKubelet, s.regEP, s.regSends
 	s.mu.Unlock()
 	switch {
-	case kubelet == (fileID{}):
+	case ep == nil:
 		return errors.New("not registered with the kubelet")
 	case inode(filepath.Join(s.Dir, kubeletSocket)) != kubelet:
 		return errors.New("the kubelet restarted; not registered with the new one yet")
-	case s.Plugin.sends.Load() == sendsBefore:
+	case ep.sends.Load() == sendsBefore:
 		return errors.New("registered, but no device list sent on ListAndWatch yet")
+	case ep.streams.Load() == 0:
+		return errors.New("registered, but the kubelet holds no ListAndWatch stream open")
 	}
 	return nil
 }

@@ -27,7 +27,14 @@ import (
 //   - when a stream ends it drops that path, and with the resource's last
 //     path it marks every device Unhealthy;
 //   - killed, it leaves kubelet.sock behind and its streams end.
+//
+// With byResource set it behaves as v1.36 and older do instead: it keeps
+// one client per resource, a registration replaces it without closing the
+// one before, and when any stream of the resource ends it disconnects the
+// client it has now.
 type fakeKubelet struct {
+	byResource bool
+	current    string // byResource: the path of the client it has
 	pluginapi.UnimplementedRegistrationServer
 	dir  string
 	srv  *grpc.Server
@@ -78,7 +85,7 @@ func startKubeletAfter(t *testing.T, dir string, delay time.Duration) *fakeKubel
 func (k *fakeKubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
 	path := filepath.Join(k.dir, r.Endpoint)
 	k.mu.Lock()
-	if _, ok := k.endpoints[path]; ok {
+	if _, ok := k.endpoints[path]; ok && !k.byResource {
 		k.refused++
 		k.mu.Unlock()
 		return nil, fmt.Errorf("device plugin already connected: %s", path)
@@ -89,6 +96,7 @@ func (k *fakeKubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) 
 		return nil, err
 	}
 	k.endpoints[path] = conn
+	k.current = path
 	k.mu.Unlock()
 	stream, err := pluginapi.NewDevicePluginClient(conn).ListAndWatch(context.Background(), &pluginapi.Empty{})
 	if err != nil {
@@ -107,6 +115,11 @@ func (k *fakeKubelet) watch(path string, s grpc.ServerStreamingClient[pluginapi.
 	for first := true; ; first = false {
 		resp, err := s.Recv()
 		if err != nil {
+			k.mu.Lock()
+			if k.byResource {
+				path = k.current
+			}
+			k.mu.Unlock()
 			k.drop(path)
 			return
 		}
@@ -166,7 +179,11 @@ func (k *fakeKubelet) registered(t *testing.T) *pluginapi.RegisterRequest {
 func (k *fakeKubelet) healthy(id string) (ok bool, accepted, refused int) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return len(k.endpoints) > 0 && k.devices[id] == pluginapi.Healthy, k.accepted, k.refused
+	connected := len(k.endpoints) > 0
+	if k.byResource {
+		_, connected = k.endpoints[k.current]
+	}
+	return connected && k.devices[id] == pluginapi.Healthy, k.accepted, k.refused
 }
 
 // settled waits until the kubelet has the device Healthy, then watches for
@@ -217,29 +234,86 @@ func TestRegistersOnceWithEachKubelet(t *testing.T) {
 // A plugin socket removed while the kubelet runs (by hand, or by a
 // cleanup that raced a restart): the agent serves on a new socket and
 // registers it, and the kubelet keeps the device through the switch. The
-// same socket path again would be refused while the kubelet is still
-// connected to it.
+// old socket is served on until that kubelet goes: ending its stream
+// would make a kubelet of v1.36 or older drop the new registration. The
+// next kubelet finds only the new one.
 func TestServesANewSocketWhenItsOwnIsRemoved(t *testing.T) {
+	for _, byResource := range []bool{false, true} {
+		// (Short names: the socket path has at most 107 bytes.)
+		name := map[bool]string{false: "v1.37", true: "v1.36"}[byResource]
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			const pci = "0000:3b:00.0"
+			k := startKubelet(t, dir)
+			k.byResource = byResource
+			startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
+			first := k.registered(t)
+			if err := os.Remove(filepath.Join(dir, first.Endpoint)); err != nil {
+				t.Fatal(err)
+			}
+			second := k.registered(t)
+			if second.Endpoint == first.Endpoint {
+				t.Fatalf("registered %s again", first.Endpoint)
+			}
+			if a, r := k.settled(t, pci); a != 2 || r != 0 {
+				t.Fatalf("%d registrations accepted, %d refused; want 2, 0", a, r)
+			}
+			k.kill()
+			k = startKubelet(t, dir)
+			k.byResource = byResource
+			if a, r := k.settled(t, pci); a != 1 || r != 0 {
+				t.Fatalf("next kubelet: %d registrations accepted, %d refused; want 1, 0", a, r)
+			}
+			if _, err := os.Stat(filepath.Join(dir, first.Endpoint)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the replaced socket is still there: %v", err)
+			}
+		})
+	}
+}
+
+// A kubelet that ends the stream of our registration while it still runs
+// has dropped us (a v1.36 kubelet does when an older stream of ours ends
+// after the new registration, as at an agent restart): the agent
+// registers again, once.
+func TestRegistersAgainWhenTheKubeletDropsIt(t *testing.T) {
 	dir := t.TempDir()
 	const pci = "0000:3b:00.0"
 	k := startKubelet(t, dir)
 	startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
 	first := k.registered(t)
-	if err := os.Remove(filepath.Join(dir, first.Endpoint)); err != nil {
-		t.Fatal(err)
-	}
-	second := k.registered(t)
-	if second.Endpoint == first.Endpoint {
-		t.Fatalf("registered %s again", first.Endpoint)
-	}
+	k.settled(t, pci)
+	k.drop(filepath.Join(dir, first.Endpoint))
+	again := k.registered(t)
 	if a, r := k.settled(t, pci); a != 2 || r != 0 {
 		t.Fatalf("%d registrations accepted, %d refused; want 2, 0", a, r)
 	}
-	k.mu.Lock()
-	n := len(k.endpoints)
-	k.mu.Unlock()
-	if n != 1 {
-		t.Errorf("the kubelet is connected to %d sockets, want 1 (the old one stopped)", n)
+	t.Logf("dropped on %s, registered again on %s", first.Endpoint, again.Endpoint)
+}
+
+// A restarted agent never registers a socket path its predecessor used:
+// a v1.37 kubelet that handles the end of the old stream after the new
+// registration on the same path disconnects both.
+func TestARestartedAgentUsesNewSocketNames(t *testing.T) {
+	dir := t.TempDir()
+	const pci = "0000:3b:00.0"
+	k := startKubelet(t, dir)
+	dp := NewDevicePlugin("prow/sriov", testLogger(t))
+	dp.Update([]PF{{PCI: pci, Phase: Free}})
+	var names []string
+	for range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() {
+			done <- (&Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: dp.Log}).Run(ctx)
+		}()
+		names = append(names, k.registered(t).Endpoint)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if names[0] == names[1] {
+		t.Fatalf("two runs of the agent registered the same socket %s", names[0])
 	}
 }
 
@@ -247,7 +321,7 @@ func TestServesANewSocketWhenItsOwnIsRemoved(t *testing.T) {
 // the current one when the agent stops.
 func TestRemovesItsSockets(t *testing.T) {
 	dir := t.TempDir()
-	for _, name := range []string{"sriov-passthrough.sock", "sriov-passthrough.7.sock"} {
+	for _, name := range []string{"sriov-passthrough.sock", "sriov-passthrough.7.sock", "sriov-passthrough.dnc0-3.sock"} {
 		l, err := net.Listen("unix", filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -279,8 +353,8 @@ func TestRemovesItsSockets(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "sriov-passthrough.sock")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the agent's socket is left after it stopped: %v", err)
+	if left, _ := filepath.Glob(filepath.Join(dir, "sriov-passthrough*")); len(left) > 0 {
+		t.Errorf("the agent's sockets are left after it stopped: %v", left)
 	}
 }
 

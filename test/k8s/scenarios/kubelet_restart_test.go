@@ -57,6 +57,11 @@ func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
 		return strings.HasPrefix(readyBefore, "True "), nil
 	})
 	killed := time.Now()
+	t.Cleanup(func() {
+		if t.Failed() {
+			registrationStory(t)
+		}
+	})
 	restart(t, "kubelet")
 	waitFor(t, "the kubelet's pod-resources API lists every prow/sriov device", 2*time.Minute, func() (bool, error) {
 		ids, err := kubeletDevices()
@@ -158,6 +163,31 @@ func grepLines(s, sub string) string {
 	for _, l := range strings.Split(s, "\n") {
 		if strings.Contains(l, sub) {
 			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// registrationStory prints, when a registration went wrong, what the agent
+// and the kubelet logged about it: each side's account of the handshake.
+func registrationStory(t *testing.T) {
+	t.Helper()
+	if out, err := kubectlErr(nil, "-n", "sriov-passthrough-cni", "logs", agentPod(t), "-c", "agent"); err == nil {
+		t.Logf("the agent's log on its sockets and registrations:\n%s", grepAny(out, "regist", "socket", "device plugin", "kubelet"))
+	}
+	if data, err := os.ReadFile(filepath.Join(env.work, "logs", "kubelet.log")); err == nil {
+		t.Logf("the kubelet's log on device plugins:\n%s", grepAny(string(data), "registration", "device plugin", "Connected to new client", "endpoint", "prow/sriov"))
+	}
+}
+
+func grepAny(s string, subs ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, sub := range subs {
+			if strings.Contains(l, sub) {
+				out = append(out, l)
+				break
+			}
 		}
 	}
 	return strings.Join(out, "\n")
