@@ -100,15 +100,17 @@ func (o *op) macLocked() map[string]bool {
 // netns. Everything it returns an error for happens before any change.
 // A release (DEL, GC) ignores node-only fields in the configuration, which
 // multus may replay from before they were refused (config.ParseRelease).
-func (p *Plugin) begin(args *skel.CmdArgs, release bool) (*op, error) {
-	parse := func(data []byte, nodeFile string) (*config.NetConf, []string, error) {
-		conf, err := config.Parse(data, nodeFile)
-		return conf, nil, err
+func (p *Plugin) begin(args *skel.CmdArgs, releasing bool) (*op, error) {
+	var (
+		conf    *config.NetConf
+		ignored []string
+		err     error
+	)
+	if releasing {
+		conf, ignored, err = config.ParseRelease(args.StdinData, p.NodeConfigFile)
+	} else {
+		conf, err = config.Parse(args.StdinData, p.NodeConfigFile)
 	}
-	if release {
-		parse = config.ParseRelease
-	}
-	conf, ignored, err := parse(args.StdinData, p.NodeConfigFile)
 	if err != nil {
 		return nil, err
 	}
