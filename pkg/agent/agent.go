@@ -12,13 +12,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/plugin"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/release"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -53,7 +53,7 @@ type Agent struct {
 	// unjudged holds the records whose netns this process cannot judge,
 	// already logged.
 	unjudged map[string]bool
-	// repairLog is the log the plugin's repair writes to, quiet about
+	// repairLog is the log the release engine's repair writes to, quiet about
 	// repeats.
 	repairLog *slog.Logger
 
@@ -310,27 +310,40 @@ func (a *Agent) triedNow(need []*state.Record) {
 
 var errLockBusy = errors.New("state lock busy")
 
-// reconcile runs the plugin's repair under the node lock, without waiting
-// for it: a busy lock means an ADD, DEL or GC is at work, and the agent
-// tries again shortly.
+// nodeEngine is the release engine for the node conf describes, as the
+// agent runs it: it does not wait for the lock (LockTimeout 0), judges a
+// netns gone only through judgeNetns, and leaves the IPAM addresses of
+// what it releases to the runtime (no ReleaseIPAM), whose DEL (or GC) for
+// the gone pod still comes and runs IPAM where it lives.
+func nodeEngine(conf *config.NetConf, host *netdev.NS, log *slog.Logger, judgeNetns func(path string) error) *release.Engine {
+	return &release.Engine{
+		Store: state.Store{Dir: conf.StateDir}, Sys: sriov.Sysfs{Root: conf.SysfsRoot},
+		Host: host, Log: log, JudgeNetns: judgeNetns,
+	}
+}
+
+// reconcile runs the release engine's repair under the node lock, without
+// waiting for it: a busy lock means an ADD, DEL or GC is at work, and the
+// agent tries again shortly.
 func (a *Agent) reconcile(before []*state.Record) ([]*state.Record, error) {
-	p := &plugin.Plugin{LockTimeout: 0, SettleTimeout: 0, Stdout: os.Stdout, Stderr: os.Stderr}
 	if a.repairLog == nil {
 		a.repairLog = slog.New(newQuietRepeats(a.Log.Handler(), repeatWindow)).With("cmd", "reconcile")
 	}
 	start := time.Now()
 	var live []*state.Record
 	err := a.inHost(func() error {
-		var err error
-		live, err = p.Reconcile(a.Conf, a.repairLog, a.JudgeNetns)
+		host, err := netdev.Current()
+		if err != nil {
+			return err
+		}
+		defer host.Close()
+		live, err = nodeEngine(a.Conf, host, a.repairLog, a.JudgeNetns).Reconcile()
 		return err
 	})
+	if errors.Is(err, state.ErrLockTimeout) {
+		return nil, errLockBusy
+	}
 	if err != nil {
-		// The plugin reports a busy lock as "try again later" (code 11).
-		var cniErr *types.Error
-		if errors.As(err, &cniErr) && cniErr.Code == types.ErrTryAgainLater {
-			return nil, errLockBusy
-		}
 		return nil, err
 	}
 	if finished := len(before) - len(live); finished > 0 {

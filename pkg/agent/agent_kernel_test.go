@@ -237,7 +237,7 @@ func TestHealthFollowsTheKernelWithinASecond(t *testing.T) {
 
 	// The PF comes home (as the kernel hands a dying netns's physical
 	// devices back to init_net): the agent finishes the release through
-	// the plugin's release path and reports it Healthy.
+	// the release engine (pkg/release, DEL's path) and reports it Healthy.
 	start = time.Now()
 	kerneltest.MoveLink(t, nested, n.env.Host, "net1")
 	took := n.await("ens1 home", start, func(d devs) bool { return d[pfA.PCI] == pluginapi.Healthy })

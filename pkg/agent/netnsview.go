@@ -10,7 +10,7 @@ import (
 	"regexp"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 )
 
 var procNetns = regexp.MustCompile(`^/proc/[0-9]+/ns/net$`)
@@ -30,33 +30,12 @@ func CanSeeNetns(path string) error {
 		return fmt.Errorf("cannot look at %s: %w", path, err)
 	}
 	if procNetns.MatchString(path) {
-		if !inHostPIDNamespace() {
+		if sriov.SeesEveryProcess("/proc") != nil {
 			return errors.New("not in the host's pid namespace (hostPID), so /proc/<pid> paths name other processes")
 		}
 		return nil
 	}
 	return mountPropagatesFromHost(filepath.Dir(path))
-}
-
-// initPIDNamespaceIno is the inode number the kernel gives the initial
-// pid namespace's nsfs file (PROC_PID_INIT_INO): every other pid
-// namespace gets a number of its own.
-const initPIDNamespaceIno = 0xEFFFFFFC
-
-// inHostPIDNamespace reports whether /proc shows the node's pids: the
-// process /proc calls "self" (this one, unless /proc belongs to a pid
-// namespace this process is not in) is in the initial pid namespace.
-//
-// Looking for kernel threads is not enough: in a pid namespace of its
-// own, a multi-threaded pid 1 (the agent as its container's entrypoint)
-// has threads 2, 3, ... whose /proc/<tid>/status read like kthreadd's
-// (parent 0).
-func inHostPIDNamespace() bool {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
-		return false
-	}
-	return st.Ino == initPIDNamespaceIno
 }
 
 // mountPropagatesFromHost checks that dir lies on a mount (other than the

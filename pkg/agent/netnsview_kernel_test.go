@@ -18,7 +18,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
-	"github.com/kubevirt/sriov-passthrough-cni/pkg/plugin"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
 )
@@ -105,12 +105,17 @@ func reconcile(t *testing.T, env *kerneltest.Env, conf *config.NetConf) []*state
 // reconcileLogging is reconcile with the log also written to logs.
 func reconcileLogging(t *testing.T, env *kerneltest.Env, conf *config.NetConf, logs io.Writer) []*state.Record {
 	t.Helper()
-	p := &plugin.Plugin{LockTimeout: time.Second}
 	var live []*state.Record
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, logs), nil))
 	err := env.Host.Do(func(ns.NetNS) error {
-		var err error
-		live, err = p.Reconcile(conf, log, CanSeeNetns)
+		host, err := netdev.Current()
+		if err != nil {
+			return err
+		}
+		defer host.Close()
+		eng := nodeEngine(conf, host, log, CanSeeNetns)
+		eng.LockTimeout = time.Second
+		live, err = eng.Reconcile()
 		return err
 	})
 	if err != nil {

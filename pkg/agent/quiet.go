@@ -11,7 +11,7 @@ import (
 
 // quietRepeats passes a warning or an error on once per window and drops
 // its repeats, the same message with the same attributes. The agent runs
-// the plugin's repair on every link event: while a release waits for a
+// the release engine's repair on every link event: while a release waits for a
 // device still in a workload's netns (a kind node that outlives its job
 // pod), each repair would log the same "device not found" warning per
 // device, for every veth any pod on the node makes. Info and debug lines

@@ -42,7 +42,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return err
 	}
 	defer unlock()
-	recs := o.repair()
+	recs := o.eng.Repair()
 	if err := o.refuseExisting(recs); err != nil {
 		return err
 	}
@@ -105,7 +105,7 @@ func (o *op) plan(pf sriov.PF, view *hostView, pod *netdev.NS) (*state.Record, [
 		Netns: o.args.Netns, NetnsID: id, Pod: o.owner, Phase: state.Adding, Created: time.Now().UTC(),
 		Network: o.conf.Name, IPAMConf: o.ipamConf(),
 	}
-	if rec.SRIOV, err = o.recordSRIOV(pf); err != nil {
+	if rec.SRIOV, err = o.eng.RecordSRIOV(pf); err != nil {
 		return nil, nil, types.NewError(types.ErrInternal, "read the SR-IOV state of PF "+pf.PCIAddress, err.Error())
 	}
 	podHas := map[string]bool{}
@@ -166,7 +166,7 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 		return nil, err
 	}
 	failpoint.Hit(failpoint.AddRecordAdding)
-	undo.push(func() error { return o.release(rec, []*netdev.NS{pod, transit}, 0) })
+	undo.push(func() error { return o.eng.Release(rec, []*netdev.NS{pod, transit}, 0) })
 
 	if err := o.moveToPod(rec, links, transit, pod); err != nil {
 		return nil, err

@@ -36,14 +36,14 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 
 	rec, err := o.store.Get(key)
 	if err != nil {
-		o.setAside(key, err)
+		o.eng.SetAside(key, err)
 		return o.ipamDel()
 	}
 	if rec == nil {
 		o.log.Info("no record for this attachment; nothing to release")
 		return o.ipamDel()
 	}
-	if _, err := o.releaseRecord(rec, o.SettleTimeout); err != nil {
+	if _, err := o.eng.ReleaseRecord(rec, o.SettleTimeout); err != nil {
 		return asCNIError(err, "release PF "+rec.PF().PCIAddress)
 	}
 	return o.ipamDel()

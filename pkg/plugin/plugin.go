@@ -1,5 +1,7 @@
 // Package plugin implements the CNI commands: ADD hands a free SR-IOV PF
-// and all its VF netdevs to the pod, DEL gives them back whole.
+// and all its VF netdevs to the pod, DEL gives them back whole. Giving
+// back is the release engine's (pkg/release), shared with the node agent;
+// this package turns its Go errors into CNI errors.
 package plugin
 
 import (
@@ -17,6 +19,7 @@ import (
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/release"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -73,42 +76,27 @@ type op struct {
 	sys   sriov.Sysfs
 	store state.Store
 	host  *netdev.NS
+	// eng gives devices back to the host: DEL, GC, repair, ADD's
+	// rollback. It works on the same sysfs, records and host netns.
+	eng   *release.Engine
 	close func()
-	// judgeNetns, when set, says whether this process can tell that a
-	// netns path is gone (see netnsGone); nil for the plugin, which runs in
-	// the host's namespaces.
-	judgeNetns func(path string) error
-	// ipamToRuntime leaves the IPAM DEL of an attachment released for a
-	// gone pod to the runtime's own DEL or GC: set for the agent, whose
-	// container has neither the IPAM plugins nor the host files they keep
-	// their leases in.
-	ipamToRuntime bool
-	// lockedMACs holds the VFs (by PCI address) whose PF driver refused to
-	// lift a MAC set through the PF: their netdev's MAC cannot be set, and
-	// a refusal there is no reason to fail the release.
-	lockedMACs map[string]bool
-}
-
-func (o *op) macLocked() map[string]bool {
-	if o.lockedMACs == nil {
-		o.lockedMACs = map[string]bool{}
-	}
-	return o.lockedMACs
 }
 
 // begin parses the configuration and CNI_ARGS, opens the log and the host
 // netns. Everything it returns an error for happens before any change.
 // A release (DEL, GC) ignores node-only fields in the configuration, which
 // multus may replay from before they were refused (config.ParseRelease).
-func (p *Plugin) begin(args *skel.CmdArgs, release bool) (*op, error) {
-	parse := func(data []byte, nodeFile string) (*config.NetConf, []string, error) {
-		conf, err := config.Parse(data, nodeFile)
-		return conf, nil, err
+func (p *Plugin) begin(args *skel.CmdArgs, releasing bool) (*op, error) {
+	var (
+		conf    *config.NetConf
+		ignored []string
+		err     error
+	)
+	if releasing {
+		conf, ignored, err = config.ParseRelease(args.StdinData, p.NodeConfigFile)
+	} else {
+		conf, err = config.Parse(args.StdinData, p.NodeConfigFile)
 	}
-	if release {
-		parse = config.ParseRelease
-	}
-	conf, ignored, err := parse(args.StdinData, p.NodeConfigFile)
 	if err != nil {
 		return nil, err
 	}
@@ -130,26 +118,23 @@ func (p *Plugin) begin(args *skel.CmdArgs, release bool) (*op, error) {
 		closeLog()
 		return nil, types.NewError(types.ErrInternal, "open host netns", err.Error())
 	}
-	o := p.newOp(conf, logger, host)
-	o.args, o.owner = args, owner
-	o.close = func() { host.Close(); closeLog() }
-	return o, nil
-}
-
-// newOp is an operation on the node conf describes: its sysfs, its
-// records, its host netns. begin (the CNI commands) and Reconcile (the
-// agent) both start here.
-func (p *Plugin) newOp(conf *config.NetConf, log *slog.Logger, host *netdev.NS) *op {
-	return &op{
-		Plugin: p, conf: conf, log: log, host: host,
+	o := &op{
+		Plugin: p, args: args, conf: conf, owner: owner, log: logger, host: host,
 		sys:   sriov.Sysfs{Root: conf.SysfsRoot},
 		store: state.Store{Dir: conf.StateDir},
+		close: func() { host.Close(); closeLog() },
 	}
+	o.eng = &release.Engine{
+		Store: o.store, Sys: o.sys, Host: host, Log: logger,
+		LockTimeout: p.LockTimeout, ProcRoot: p.ProcRoot, DevRoot: p.DevRoot,
+		ReleaseIPAM: o.ipamDelRecord,
+	}
+	return o, nil
 }
 
 // lock takes the node-wide lock; busy for too long is "try again later".
 func (o *op) lock() (func(), error) {
-	unlock, err := o.store.Lock(o.LockTimeout)
+	unlock, err := o.eng.Lock()
 	if errors.Is(err, state.ErrLockTimeout) {
 		return nil, types.NewError(types.ErrTryAgainLater, "state lock busy", err.Error())
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/release"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -115,7 +116,7 @@ func (o *op) rules(recs []*state.Record) (policy.Rules, error) {
 }
 
 func holderOf(r *state.Record) string {
-	return fmt.Sprintf("pod %s (container %s, %s, %s%s)", r.Pod, r.ContainerID, r.IfName, r.Phase, blockedReason(r))
+	return fmt.Sprintf("pod %s (container %s, %s, %s%s)", r.Pod, r.ContainerID, r.IfName, r.Phase, release.BlockedReason(r))
 }
 
 // choosePF picks the PF for this attachment: the pinned one, or the free

@@ -104,7 +104,7 @@ func (s Sysfs) VFIOHolders(procRoot string, vfs []string) ([]Holder, error) {
 	if len(nodes) == 0 && len(onVFIO) == 0 {
 		return nil, nil // nothing of vfio's: no process can hold them
 	}
-	if err := seesEveryProcess(procRoot); err != nil {
+	if err := SeesEveryProcess(procRoot); err != nil {
 		return nil, err
 	}
 	byPath, byRdev := map[string]string{}, map[uint64]string{}
@@ -219,10 +219,17 @@ const initPIDNamespaceIno = 0xEFFFFFFC
 // ErrNotNodeProc says a proc tree does not show every process of the node.
 var ErrNotNodeProc = errors.New("this process is not in the node's initial pid namespace, so /proc does not show every process that may hold a VF")
 
-// seesEveryProcess checks that the proc tree shows the whole machine: the
-// reader's pid namespace is the initial one. A proc tree without a "self"
-// entry is a test's fake one and is taken as it is.
-func seesEveryProcess(procRoot string) error {
+// SeesEveryProcess checks that the proc tree shows the whole machine: the
+// process it calls "self" (this one, unless the proc tree belongs to a pid
+// namespace this process is not in) is in the initial pid namespace. A
+// proc tree other than /proc without a "self" entry is a test's fake one
+// and is taken as it is.
+//
+// Looking for kernel threads is not enough: in a pid namespace of its
+// own, a multi-threaded pid 1 (the agent as its container's entrypoint)
+// has threads 2, 3, ... whose /proc/<tid>/status read like kthreadd's
+// (parent 0).
+func SeesEveryProcess(procRoot string) error {
 	var st unix.Stat_t
 	err := unix.Stat(filepath.Join(procRoot, "self", "ns", "pid"), &st)
 	if errors.Is(err, unix.ENOENT) && procRoot != "/proc" {

@@ -156,7 +156,7 @@ func TestVFIOHoldersRefusesAPartialProc(t *testing.T) {
 // open too, so only the child is asserted.
 func TestVFIOHoldersByDeviceNumberInAnotherPIDNamespace(t *testing.T) {
 	kerneltest.RequireRoot(t)
-	if err := seesEveryProcess("/proc"); err != nil {
+	if err := SeesEveryProcess("/proc"); err != nil {
 		t.Skipf("skipped: the test itself runs outside the initial pid namespace: %v", err)
 	}
 	root := jobTree(t)

@@ -133,7 +133,7 @@ func TestCrashAtEveryFailpoint(t *testing.T) {
 	kerneltest.RequireRoot(t)
 	names := failpoints()
 	if len(names) < 10 {
-		t.Fatalf("found only %d failpoints in pkg/plugin: %v", len(names), names)
+		t.Fatalf("found only %d failpoints in failpoint.All: %v", len(names), names)
 	}
 	hitSomewhere := map[string]bool{}
 	turn := 0

@@ -1,4 +1,4 @@
-package plugin
+package release
 
 import (
 	"errors"
@@ -47,21 +47,21 @@ type location struct {
 // clash on the host or in the pod can stop them, and a crash leaves them
 // in a netns the kernel empties back into init_net.
 type homecoming struct {
-	o       *op
+	e       *Engine
 	rec     *state.Record
 	search  []*netdev.NS // the places to look, the host last
 	found   map[string]*location
 	transit *netdev.NS // nil until a device needs it
 }
 
-func (o *op) newHomecoming(rec *state.Record, places []*netdev.NS) *homecoming {
+func (e *Engine) newHomecoming(rec *state.Record, places []*netdev.NS) *homecoming {
 	var search []*netdev.NS
 	for _, ns := range places {
 		if ns != nil {
 			search = append(search, ns)
 		}
 	}
-	return &homecoming{o: o, rec: rec, search: append(search, o.host), found: map[string]*location{}}
+	return &homecoming{e: e, rec: rec, search: append(search, e.Host), found: map[string]*location{}}
 }
 
 func (h *homecoming) close() { h.transit.Close(); h.transit = nil }
@@ -83,7 +83,7 @@ func (h *homecoming) locate() error {
 				continue
 			}
 			l, ok := links[d.PCIAddress]
-			if !ok && ns == h.o.host {
+			if !ok && ns == h.e.Host {
 				l, ok = h.untaggedAtHost(d)
 			}
 			if ok {
@@ -102,10 +102,10 @@ func (h *homecoming) locate() error {
 // the record. Host sysfs lists host-netns netdevs under their PCI
 // function, so it can vouch for the name.
 func (h *homecoming) untaggedAtHost(d *state.Device) (netlink.Link, bool) {
-	if _, err := os.Stat(filepath.Join(h.o.sys.DevicePath(d.PCIAddress), "net", d.OriginalName)); err != nil {
+	if _, err := os.Stat(filepath.Join(h.e.Sys.DevicePath(d.PCIAddress), "net", d.OriginalName)); err != nil {
 		return nil, false
 	}
-	l, err := h.o.host.LinkByName(d.OriginalName)
+	l, err := h.e.Host.LinkByName(d.OriginalName)
 	if err != nil || netdev.PCIOf(l) != "" {
 		return nil, false // gone meanwhile, or another device's tag says otherwise
 	}
@@ -126,7 +126,7 @@ func (h *homecoming) bringHome() error {
 			continue
 		}
 		if loc.link.Attrs().Name == d.OriginalName {
-			if loc.from == h.o.host {
+			if loc.from == h.e.Host {
 				loc.route = home
 				continue
 			}
@@ -151,10 +151,10 @@ func (h *homecoming) bringHome() error {
 // be spares a move in and out of transit on every run, and the link events
 // that would wake the node agent into another run.
 func (h *homecoming) stillParked(loc *location, d *state.Device) bool {
-	if loc.from != h.o.host || !netdev.IsParked(loc.link.Attrs().Name) {
+	if loc.from != h.e.Host || !netdev.IsParked(loc.link.Attrs().Name) {
 		return false
 	}
-	holder, err := h.o.host.LinkByName(d.OriginalName)
+	holder, err := h.e.Host.LinkByName(d.OriginalName)
 	if err != nil {
 		return false // free (or unknown: transit finds out)
 	}
@@ -173,7 +173,7 @@ func (h *homecoming) stillParked(loc *location, d *state.Device) bool {
 // name now, the kernel refuses with EEXIST before touching the device, and
 // it goes through transit like the others.
 func (h *homecoming) sendHome(loc *location) (bool, error) {
-	err := loc.from.Move(loc.link, h.o.host)
+	err := loc.from.Move(loc.link, h.e.Host)
 	if errors.Is(err, unix.EEXIST) {
 		return false, nil
 	}
@@ -244,7 +244,7 @@ func (h *homecoming) leaveTransit() error {
 		if !ok {
 			continue
 		}
-		err := h.transit.Move(l, h.o.host)
+		err := h.transit.Move(l, h.e.Host)
 		if errors.Is(err, unix.EEXIST) {
 			if err = h.park(l, d); err == nil {
 				continue
@@ -252,7 +252,7 @@ func (h *homecoming) leaveTransit() error {
 		}
 		if err != nil {
 			errs = append(errs, err)
-			if src := h.found[d.PCIAddress].from; src != h.o.host {
+			if src := h.found[d.PCIAddress].from; src != h.e.Host {
 				if berr := h.transit.Move(l, src); berr != nil {
 					errs = append(errs, berr)
 				}
@@ -275,20 +275,20 @@ func (h *homecoming) leaveTransit() error {
 // or when the other job ends) renames it.
 func (h *homecoming) park(l netlink.Link, d *state.Device) error {
 	holder := "?"
-	if hl, err := h.o.host.LinkByName(d.OriginalName); err == nil {
+	if hl, err := h.e.Host.LinkByName(d.OriginalName); err == nil {
 		holder = netdev.PCIOf(hl)
 	}
-	tmp, err := h.transit.Park(l, h.o.host)
+	tmp, err := h.transit.Park(l, h.e.Host)
 	if err != nil {
 		return err
 	}
-	if err := h.transit.Move(l, h.o.host); err != nil {
+	if err := h.transit.Move(l, h.e.Host); err != nil {
 		return err
 	}
 	failpoint.Hit(failpoint.ReleaseToHost)
 	h.found[d.PCIAddress].route = parked
 	d.ParkedAs = tmp
-	h.o.log.Warn("device home under a temporary name: another device holds its name on the host; it gets its name once that is free",
+	h.e.Log.Warn("device home under a temporary name: another device holds its name on the host; it gets its name once that is free",
 		"pci", d.PCIAddress, "originalName", d.OriginalName, "parkedAs", tmp, "nameHeldBy", holder)
 	return nil
 }
@@ -310,11 +310,11 @@ func (h *homecoming) reportMissing(log *slog.Logger) {
 // under its original name, and gives it back its MTU and admin state
 // there (a netns move takes a device down, and MTU is set where it is
 // checked). Only then is the device released in the record.
-func (o *op) restoreHostState(rec *state.Record, h *homecoming, log *slog.Logger) error {
+func (e *Engine) restoreHostState(rec *state.Record, h *homecoming, log *slog.Logger) error {
 	if len(h.found) == 0 {
 		return nil
 	}
-	hostLinks, err := o.host.ByPCI()
+	hostLinks, err := e.Host.ByPCI()
 	if err != nil {
 		return err
 	}
@@ -332,7 +332,7 @@ func (o *op) restoreHostState(rec *state.Record, h *homecoming, log *slog.Logger
 			errs = append(errs, fmt.Errorf("device %s is not on the host as %q after the move", d.PCIAddress, d.OriginalName))
 			continue
 		}
-		if err := o.restoreDevice(l, d); err != nil {
+		if err := e.restoreDevice(l, d); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -343,24 +343,24 @@ func (o *op) restoreHostState(rec *state.Record, h *homecoming, log *slog.Logger
 	return errors.Join(errs...)
 }
 
-func (o *op) restoreDevice(l netlink.Link, d *state.Device) error {
+func (e *Engine) restoreDevice(l netlink.Link, d *state.Device) error {
 	// A VF netdev that the job's re-creation or rebind brought back has a
 	// fresh MAC (igb hands re-created VFs random ones); set its own on the
 	// netdev, which the VF driver asks the PF for.
 	if d.MAC != "" && l.Attrs().HardwareAddr.String() != d.MAC {
-		if err := o.host.SetMAC(l, d.MAC); err != nil && !o.macLocked()[d.PCIAddress] {
+		if err := e.Host.SetMAC(l, d.MAC); err != nil && !e.macLocked()[d.PCIAddress] {
 			return err
 		} else if err != nil {
-			o.log.Warn("VF keeps the MAC its PF holds for it: the PF's driver refuses to lift it", "pci", d.PCIAddress, "name", d.OriginalName, "error", err)
+			e.Log.Warn("VF keeps the MAC its PF holds for it: the PF's driver refuses to lift it", "pci", d.PCIAddress, "name", d.OriginalName, "error", err)
 		}
 	}
-	if err := o.host.SetMTU(l, d.MTU); err != nil {
+	if err := e.Host.SetMTU(l, d.MTU); err != nil {
 		return err
 	}
 	if d.Up {
-		if err := o.host.SetUp(l); err != nil {
+		if err := e.Host.SetUp(l); err != nil {
 			return err
 		}
 	}
-	return o.host.DelTag(l, d.PCIAddress)
+	return e.Host.DelTag(l, d.PCIAddress)
 }

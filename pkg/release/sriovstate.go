@@ -1,4 +1,4 @@
-package plugin
+package release
 
 // A PF's SR-IOV configuration is part of what an attachment takes: a
 // kind-sriov job re-creates the VFs (sriov_numvfs 0, then N) and binds
@@ -25,18 +25,18 @@ import (
 // re-creating the VFs: the VF driver registers them as it probes.
 const vfNetdevWait = 10 * time.Second
 
-// recordSRIOV reads the PF's SR-IOV configuration and the PF's view of
+// RecordSRIOV reads the PF's SR-IOV configuration and the PF's view of
 // its VFs, for the record ADD writes.
-func (o *op) recordSRIOV(pf sriov.PF) (*state.SRIOV, error) {
-	st, err := o.sys.State(pf.PCIAddress)
+func (e *Engine) RecordSRIOV(pf sriov.PF) (*state.SRIOV, error) {
+	st, err := e.Sys.State(pf.PCIAddress)
 	if err != nil {
 		return nil, err
 	}
-	pfl, err := o.pfLink(pf.PCIAddress)
+	pfl, err := e.pfLink(pf.PCIAddress)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := o.host.VFConfigs(pfl)
+	cfg, err := e.Host.VFConfigs(pfl)
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +56,7 @@ func (o *op) recordSRIOV(pf sriov.PF) (*state.SRIOV, error) {
 // driver than at ADD (vfio-pci, or none). They are not missing: restoring
 // the SR-IOV state brings them back. A record of an earlier release has no
 // SR-IOV state to restore them from; their VFs are left as they are.
-func (o *op) detachNetdevless(rec *state.Record, log *slog.Logger) {
+func (e *Engine) detachNetdevless(rec *state.Record, log *slog.Logger) {
 	recorded := map[string]string{}
 	if rec.SRIOV != nil {
 		for _, v := range rec.SRIOV.VFs {
@@ -64,7 +64,7 @@ func (o *op) detachNetdevless(rec *state.Record, log *slog.Logger) {
 		}
 	}
 	for _, d := range rec.Pending() {
-		exists := o.sys.DeviceExists(d.PCIAddress)
+		exists := e.Sys.DeviceExists(d.PCIAddress)
 		if d.IsPF() {
 			if !exists {
 				log.Warn("PF is gone from the node; dropping it and its SR-IOV state from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
@@ -75,7 +75,7 @@ func (o *op) detachNetdevless(rec *state.Record, log *slog.Logger) {
 			}
 			continue
 		}
-		drv := o.sys.Driver(d.PCIAddress)
+		drv := e.Sys.Driver(d.PCIAddress)
 		switch {
 		case rec.SRIOV != nil && (!exists || drv != recorded[d.PCIAddress]):
 			log.Info("VF has no netdev now; restoring the PF's SR-IOV state brings it back",
@@ -84,7 +84,7 @@ func (o *op) detachNetdevless(rec *state.Record, log *slog.Logger) {
 		case !exists:
 			log.Warn("PCI function is gone from the node; dropping it from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
 			d.Released = true
-		case rec.SRIOV == nil && (drv == "vfio-pci" || drv == "" && !o.sys.HasNetdev(d.PCIAddress)):
+		case rec.SRIOV == nil && (drv == "vfio-pci" || drv == "" && !e.Sys.HasNetdev(d.PCIAddress)):
 			log.Warn("VF has no netdev (driver "+orNone(drv)+") and the record, from an earlier release, has no SR-IOV state to restore it; left as it is",
 				"pci", d.PCIAddress, "originalName", d.OriginalName)
 			d.Released = true
@@ -100,21 +100,21 @@ func (o *op) detachNetdevless(rec *state.Record, log *slog.Logger) {
 // it before any write (the kernel would block in the unbind or in
 // sriov_numvfs, with the node's lock held): the reason stays in the
 // record, the PF out of the pool, and a later run retries.
-func (o *op) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
+func (e *Engine) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 	s := rec.SRIOV
 	if s == nil || s.Restored {
 		return nil
 	}
 	pf := rec.PF().PCIAddress
-	if l, err := o.pfLink(pf); err != nil || l == nil {
+	if l, err := e.pfLink(pf); err != nil || l == nil {
 		return err // not home yet: a later run restores
 	}
-	cur, err := o.sys.State(pf)
+	cur, err := e.Sys.State(pf)
 	if err != nil {
 		return err
 	}
 	if sriovDiffers(s, cur) {
-		letGo, held := o.holdVFs(s, cur)
+		letGo, held := e.holdVFs(s, cur)
 		if held != "" {
 			if s.Blocked != held {
 				log.Warn("VF held through vfio: the PF's SR-IOV state is restored once it is free; the PF stays out of the pool", "blocked", held)
@@ -123,16 +123,16 @@ func (o *op) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 			return nil
 		}
 		s.Blocked = ""
-		err := o.applySRIOV(rec, cur, log)
+		err := e.applySRIOV(rec, cur, log)
 		letGo()
 		if err != nil {
 			return err
 		}
 	}
-	if err := o.bringBackVFs(rec, log); err != nil {
+	if err := e.bringBackVFs(rec, log); err != nil {
 		return err
 	}
-	if err := o.restorePFSide(rec, log); err != nil {
+	if err := e.restorePFSide(rec, log); err != nil {
 		return err
 	}
 	if len(rec.Pending()) > 0 || anyDetached(rec) {
@@ -170,7 +170,7 @@ func sriovDiffers(s *state.SRIOV, cur sriov.State) bool {
 // make sure of, in held; "" means the writes cannot block. A VF that was
 // on vfio-pci at ADD and stays there may be held: the restore does not
 // touch it.
-func (o *op) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held string) {
+func (e *Engine) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held string) {
 	recorded := map[string]state.VF{}
 	for _, v := range s.VFs {
 		recorded[v.PCIAddress] = v
@@ -189,7 +189,7 @@ func (o *op) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held string
 	// Look first, then hold: the groups held here would show up as ours.
 	// A process that opens a group in between makes the hold fail (a
 	// group opens once; its device descriptors keep it open).
-	hs, err := o.sys.VFIOHolders(o.procRoot(), vfs)
+	hs, err := e.Sys.VFIOHolders(e.procRoot(), vfs)
 	if err != nil {
 		return nothing, "cannot look for processes holding its VFs through vfio: " + err.Error()
 	}
@@ -200,7 +200,7 @@ func (o *op) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held string
 		}
 		return nothing, strings.Join(out, "; ")
 	}
-	letGo, err = o.sys.HoldGroups(o.devRoot(), vfs)
+	letGo, err = e.Sys.HoldGroups(e.devRoot(), vfs)
 	if err != nil {
 		return nothing, "cannot hold its VFs' vfio groups: " + err.Error()
 	}
@@ -210,16 +210,16 @@ func (o *op) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held string
 // applySRIOV writes the recorded configuration: autoprobe first (new VFs
 // must find their driver), sriov_numvfs through 0 when the count differs
 // (every VF netdev goes away with it), then each VF's driver.
-func (o *op) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger) error {
+func (e *Engine) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger) error {
 	s, pf := rec.SRIOV, rec.PF().PCIAddress
 	if cur.Autoprobe != s.DriversAutoprobe {
-		if err := o.sys.SetAutoprobe(pf, s.DriversAutoprobe); err != nil {
+		if err := e.Sys.SetAutoprobe(pf, s.DriversAutoprobe); err != nil {
 			return err
 		}
 	}
 	if cur.NumVFs != s.NumVFs {
 		log.Info("re-creating the PF's VFs", "numVFs", cur.NumVFs, "want", s.NumVFs)
-		if err := o.sys.SetNumVFs(pf, s.NumVFs); err != nil {
+		if err := e.Sys.SetNumVFs(pf, s.NumVFs); err != nil {
 			return err
 		}
 		failpoint.Hit(failpoint.ReleaseSRIOVNumVFs)
@@ -229,7 +229,7 @@ func (o *op) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger) er
 			d.Released, d.Detached, d.ParkedAs = true, true, ""
 		}
 		var err error
-		if cur, err = o.sys.State(pf); err != nil {
+		if cur, err = e.Sys.State(pf); err != nil {
 			return err
 		}
 	}
@@ -242,7 +242,7 @@ func (o *op) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger) er
 		if h := have[v.PCIAddress]; h.Driver == v.Driver && h.Override == v.DriverOverride {
 			continue
 		}
-		if err := o.sys.Rebind(pf, v.PCIAddress, v.Driver, v.DriverOverride); err != nil {
+		if err := e.Sys.Rebind(pf, v.PCIAddress, v.Driver, v.DriverOverride); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -261,26 +261,26 @@ func (o *op) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger) er
 // one that is not as recorded (a new netdev after re-creation or rebind,
 // under a kernel name and a fresh MAC) back its name, MAC, MTU and admin
 // state, through the same homecoming as DEL's.
-func (o *op) bringBackVFs(rec *state.Record, log *slog.Logger) error {
+func (e *Engine) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 	var host map[string]netlink.Link
 	deadline := time.Now().Add(vfNetdevWait)
 	for {
 		var err error
-		if host, err = o.host.ByPCI(); err != nil {
+		if host, err = e.Host.ByPCI(); err != nil {
 			return err
 		}
-		if o.allVFNetdevs(rec, host) || !time.Now().Before(deadline) {
+		if e.allVFNetdevs(rec, host) || !time.Now().Before(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := o.unlockVFMACs(rec, host, log); err != nil {
+	if err := e.unlockVFMACs(rec, host, log); err != nil {
 		return err
 	}
 	for i := range rec.Devices[1:] {
 		d := &rec.Devices[1+i]
 		l, ok := host[d.PCIAddress]
-		if !ok && d.Detached && !o.sys.DeviceExists(d.PCIAddress) {
+		if !ok && d.Detached && !e.Sys.DeviceExists(d.PCIAddress) {
 			// The SR-IOV state is as recorded and the VF is still gone
 			// (hot-unplugged): nothing can bring it back.
 			log.Warn("VF is gone from the node although the PF's VF count is restored; dropping it from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
@@ -297,14 +297,14 @@ func (o *op) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 	if len(rec.Pending()) == 0 {
 		return nil
 	}
-	trip := o.newHomecoming(rec, nil)
+	trip := e.newHomecoming(rec, nil)
 	defer trip.close()
 	err := trip.locate()
 	if err == nil {
 		err = trip.bringHome()
 	}
 	err = errors.Join(err, trip.leaveTransit())
-	return errors.Join(err, o.restoreHostState(rec, trip, log))
+	return errors.Join(err, e.restoreHostState(rec, trip, log))
 }
 
 // zeroMAC, set through the PF, lifts the lock an administratively set VF
@@ -318,15 +318,15 @@ const zeroMAC = "00:00:00:00:00:00"
 // recorded name. Host sysfs lists the host netdev under the PCI function;
 // netlink's parent device (or the plugin's tag) must not contradict it,
 // and answers alone where sysfs names nothing.
-func (o *op) pfLink(pci string) (netlink.Link, error) {
-	if name := o.sys.Netdev(pci); name != "" {
-		if l, err := o.host.LinkByName(name); err == nil {
+func (e *Engine) pfLink(pci string) (netlink.Link, error) {
+	if name := e.Sys.Netdev(pci); name != "" {
+		if l, err := e.Host.LinkByName(name); err == nil {
 			if p := netdev.PCIOf(l); p == pci || p == "" {
 				return l, nil
 			}
 		}
 	}
-	host, err := o.host.ByPCI()
+	host, err := e.Host.ByPCI()
 	if err != nil {
 		return nil, err
 	}
@@ -341,12 +341,12 @@ func (o *op) pfLink(pci string) (netlink.Link, error) {
 // the VF driver hands to the PF and the PF reports as before. A PF driver
 // that refuses the zero MAC gets the VF's recorded MAC through the PF
 // instead: the right MAC, administratively set, is the best it allows.
-func (o *op) unlockVFMACs(rec *state.Record, host map[string]netlink.Link, log *slog.Logger) error {
-	pfl, err := o.pfLink(rec.PF().PCIAddress)
+func (e *Engine) unlockVFMACs(rec *state.Record, host map[string]netlink.Link, log *slog.Logger) error {
+	pfl, err := e.pfLink(rec.PF().PCIAddress)
 	if err != nil || pfl == nil {
 		return err
 	}
-	have, err := o.host.VFConfigs(pfl)
+	have, err := e.Host.VFConfigs(pfl)
 	if err != nil {
 		return err
 	}
@@ -359,19 +359,19 @@ func (o *op) unlockVFMACs(rec *state.Record, host map[string]netlink.Link, log *
 		if d == nil || v.PFSide == nil || h.MAC == v.PFSide.MAC || h.MAC == zeroMAC || h.MAC == "" {
 			continue
 		}
-		if err := o.host.SetVFMAC(pfl, v.Index, zeroMAC); err != nil {
+		if err := e.Host.SetVFMAC(pfl, v.Index, zeroMAC); err != nil {
 			log.Warn("the PF's driver refuses the zero MAC that lifts a VF MAC the job set through the PF; setting the VF's own MAC through the PF instead (it stays administratively set)",
 				"pci", v.PCIAddress, "was", h.MAC, "mac", d.MAC, "error", err)
-			if err := o.host.SetVFMAC(pfl, v.Index, d.MAC); err != nil {
+			if err := e.Host.SetVFMAC(pfl, v.Index, d.MAC); err != nil {
 				log.Warn("the PF's driver refuses the VF's own MAC too; the VF keeps the MAC the job set", "pci", v.PCIAddress, "mac", h.MAC, "error", err)
 			}
-			o.macLocked()[d.PCIAddress] = true
+			e.macLocked()[d.PCIAddress] = true
 			d.Released = false
 			continue
 		}
 		log.Info("VF MAC set through the PF by the job lifted", "pci", v.PCIAddress, "was", h.MAC)
 		if l, ok := host[d.PCIAddress]; ok && l.Attrs().HardwareAddr.String() == d.MAC {
-			if err := o.host.SetMAC(l, passingMAC(d.MAC)); err != nil {
+			if err := e.Host.SetMAC(l, passingMAC(d.MAC)); err != nil {
 				return err
 			}
 		}
@@ -393,13 +393,13 @@ func passingMAC(mac string) string {
 
 // allVFNetdevs reports whether every detached VF that its driver gives a
 // netdev (it is bound to the driver it had at ADD) has one on the host.
-func (o *op) allVFNetdevs(rec *state.Record, host map[string]netlink.Link) bool {
+func (e *Engine) allVFNetdevs(rec *state.Record, host map[string]netlink.Link) bool {
 	drivers := map[string]string{}
 	for _, v := range rec.SRIOV.VFs {
 		drivers[v.PCIAddress] = v.Driver
 	}
 	for _, d := range rec.Devices[1:] {
-		if !d.Detached || !o.sys.DeviceExists(d.PCIAddress) || o.sys.Driver(d.PCIAddress) != drivers[d.PCIAddress] {
+		if !d.Detached || !e.Sys.DeviceExists(d.PCIAddress) || e.Sys.Driver(d.PCIAddress) != drivers[d.PCIAddress] {
 			continue
 		}
 		if _, ok := host[d.PCIAddress]; !ok {
@@ -423,12 +423,12 @@ func anyDetached(rec *state.Record) bool {
 // VF that had no netdev: a zero MAC recorded is given back as the zero MAC
 // (lifting one the job set; a driver that refuses it leaves the job's, and
 // says so), any other as recorded.
-func (o *op) restorePFSide(rec *state.Record, log *slog.Logger) error {
-	pfl, err := o.pfLink(rec.PF().PCIAddress)
+func (e *Engine) restorePFSide(rec *state.Record, log *slog.Logger) error {
+	pfl, err := e.pfLink(rec.PF().PCIAddress)
 	if err != nil || pfl == nil {
 		return err
 	}
-	have, err := o.host.VFConfigs(pfl)
+	have, err := e.Host.VFConfigs(pfl)
 	if err != nil {
 		return err
 	}
@@ -446,34 +446,35 @@ func (o *op) restorePFSide(rec *state.Record, log *slog.Logger) error {
 		if !hasNetdev[v.PCIAddress] && want.MAC != "" && h.MAC != "" && h.MAC != want.MAC {
 			if want.MAC != zeroMAC {
 				setMAC = true
-			} else if err := o.host.SetVFMAC(pfl, v.Index, zeroMAC); err != nil {
+			} else if err := e.Host.SetVFMAC(pfl, v.Index, zeroMAC); err != nil {
 				log.Warn("the PF's driver refuses the zero MAC: the VF keeps the MAC the job set through the PF", "pci", v.PCIAddress, "mac", h.MAC, "error", err)
 			}
 		}
-		if err := o.host.SetVFConfig(pfl, v.Index, h, want, setMAC); err != nil {
+		if err := e.Host.SetVFConfig(pfl, v.Index, h, want, setMAC); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (o *op) devRoot() string {
-	if o.DevRoot == "" {
+func (e *Engine) devRoot() string {
+	if e.DevRoot == "" {
 		return "/dev"
 	}
-	return o.DevRoot
+	return e.DevRoot
 }
 
-func (o *op) procRoot() string {
-	if o.ProcRoot == "" {
+func (e *Engine) procRoot() string {
+	if e.ProcRoot == "" {
 		return "/proc"
 	}
-	return o.ProcRoot
+	return e.ProcRoot
 }
 
-// blockedReason is what a releasing record still waits for, for code-11
-// details: devices out of reach, or a VF held through vfio.
-func blockedReason(r *state.Record) string {
+// BlockedReason is what a releasing record still waits for, for the CNI
+// commands' code-11 details: devices out of reach, or a VF held through
+// vfio.
+func BlockedReason(r *state.Record) string {
 	var out string
 	if r.Phase == state.Releasing {
 		for _, d := range r.Pending() {

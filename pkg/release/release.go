@@ -1,4 +1,4 @@
-package plugin
+package release
 
 import (
 	"errors"
@@ -10,20 +10,20 @@ import (
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
 
-// release gives every device of rec that is not yet back to the host,
+// Release gives every device of rec that is not yet back to the host,
 // under its original name, MTU and admin state, then removes the record.
 // It looks for each device, by PCI address, in places (the pod netns, nil
 // when gone) and on the host; for devices found nowhere it waits up to
 // settle for the kernel to hand them back from a dying netns. A device still
 // missing then stays pending in the record, and a later run retries it. The
 // error is non-nil only when a device was found and could not be restored.
-func (o *op) release(rec *state.Record, places []*netdev.NS, settle time.Duration) error {
-	log := o.log.With("releasing", rec.Key(), "owner", rec.Pod.String(), "pf", rec.PF().PCIAddress)
-	if err := o.markReleasing(rec); err != nil {
+func (e *Engine) Release(rec *state.Record, places []*netdev.NS, settle time.Duration) error {
+	log := e.Log.With("releasing", rec.Key(), "owner", rec.Pod.String(), "pf", rec.PF().PCIAddress)
+	if err := e.markReleasing(rec); err != nil {
 		return err
 	}
-	o.detachNetdevless(rec, log)
-	trip := o.newHomecoming(rec, places)
+	e.detachNetdevless(rec, log)
+	trip := e.newHomecoming(rec, places)
 	defer trip.close()
 	err := retryUntil(settle, func() (bool, error) {
 		if err := trip.locate(); err != nil {
@@ -32,21 +32,21 @@ func (o *op) release(rec *state.Record, places []*netdev.NS, settle time.Duratio
 		return trip.allFound(), trip.bringHome()
 	})
 	err = errors.Join(err, trip.leaveTransit())
-	err = errors.Join(err, o.restoreHostState(rec, trip, log))
+	err = errors.Join(err, e.restoreHostState(rec, trip, log))
 	trip.reportMissing(log)
 	trip.close()
-	err = errors.Join(err, o.restoreSRIOV(rec, log))
-	return o.saveOrFinish(rec, err, log)
+	err = errors.Join(err, e.restoreSRIOV(rec, log))
+	return e.saveOrFinish(rec, err, log)
 }
 
 // markReleasing records that a release began, so whoever finds the record
 // next (after a crash) finishes it instead of trusting the attachment.
-func (o *op) markReleasing(rec *state.Record) error {
+func (e *Engine) markReleasing(rec *state.Record) error {
 	if rec.Phase == state.Releasing {
 		return nil
 	}
 	rec.Phase = state.Releasing
-	if err := o.store.Save(rec); err != nil {
+	if err := e.Store.Save(rec); err != nil {
 		return err
 	}
 	failpoint.Hit(failpoint.ReleaseRecordReleasing)
@@ -55,11 +55,11 @@ func (o *op) markReleasing(rec *state.Record) error {
 
 // saveOrFinish keeps the record while a device is still pending, and
 // removes it once every device is home.
-func (o *op) saveOrFinish(rec *state.Record, err error, log *slog.Logger) error {
+func (e *Engine) saveOrFinish(rec *state.Record, err error, log *slog.Logger) error {
 	if rec.Holds() {
-		return errors.Join(err, o.store.Save(rec))
+		return errors.Join(err, e.Store.Save(rec))
 	}
-	if rerr := o.store.Remove(rec.Key()); rerr != nil {
+	if rerr := e.Store.Remove(rec.Key()); rerr != nil {
 		return errors.Join(err, rerr)
 	}
 	failpoint.Hit(failpoint.ReleaseRecordRemoved)

@@ -1,4 +1,4 @@
-package plugin
+package release
 
 import (
 	"errors"
@@ -19,7 +19,7 @@ const (
 
 // vetWorld is a sysfs tree with one PF and its VF, and a state dir holding
 // one record of both, with the PF's SR-IOV state.
-func vetWorld(t *testing.T) (*op, *state.Record) {
+func vetWorld(t *testing.T) (*Engine, *state.Record) {
 	t.Helper()
 	dir := t.TempDir()
 	sys := filepath.Join(dir, "sys")
@@ -34,10 +34,10 @@ func vetWorld(t *testing.T) (*op, *state.Record) {
 	if err := os.Symlink("../"+vetVF, filepath.Join(devs, vetPF, "virtfn0")); err != nil {
 		t.Fatal(err)
 	}
-	o := &op{
-		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		sys:   sriov.Sysfs{Root: sys},
-		store: state.Store{Dir: filepath.Join(dir, "state")},
+	eng := &Engine{
+		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Sys:   sriov.Sysfs{Root: sys},
+		Store: state.Store{Dir: filepath.Join(dir, "state")},
 	}
 	rec := &state.Record{
 		Version: state.Version, ContainerID: "c1", IfName: "net1", Phase: state.Attached,
@@ -47,10 +47,10 @@ func vetWorld(t *testing.T) (*op, *state.Record) {
 		},
 		SRIOV: &state.SRIOV{NumVFs: 1, DriversAutoprobe: true, VFs: []state.VF{{Index: 0, PCIAddress: vetVF, Driver: "igbvf"}}},
 	}
-	if err := o.store.Save(rec); err != nil {
+	if err := eng.Store.Save(rec); err != nil {
 		t.Fatal(err)
 	}
-	return o, rec
+	return eng, rec
 }
 
 // unreadable makes a sysfs attribute fail to read with something other
@@ -69,27 +69,27 @@ func unreadable(t *testing.T, path string) {
 // (original names, SR-IOV state), still holding its PF, and the release
 // reports the error so the runtime retries. Only proof sets it aside.
 func TestVetKeepsRecordOnReadErrorsAndSetsAsideOnlyOnProof(t *testing.T) {
-	devs := func(o *op) string { return filepath.Join(o.sys.Root, "bus", "pci", "devices") }
+	devs := func(e *Engine) string { return filepath.Join(e.Sys.Root, "bus", "pci", "devices") }
 	for _, c := range []struct {
 		name  string
-		spoil func(t *testing.T, o *op)
+		spoil func(t *testing.T, e *Engine)
 		aside bool
 	}{
-		{"sriov_totalvfs unreadable", func(t *testing.T, o *op) { unreadable(t, filepath.Join(devs(o), vetPF, "sriov_totalvfs")) }, false},
-		{"sriov_numvfs unreadable", func(t *testing.T, o *op) { unreadable(t, filepath.Join(devs(o), vetPF, "sriov_numvfs")) }, false},
-		{"PF is no SR-IOV PF", func(t *testing.T, o *op) { writeFile(t, filepath.Join(devs(o), vetPF, "sriov_totalvfs"), "0\n") }, true},
-		{"PF has no sriov_totalvfs", func(t *testing.T, o *op) { _ = os.Remove(filepath.Join(devs(o), vetPF, "sriov_totalvfs")) }, true},
-		{"device is not the PF's VF", func(t *testing.T, o *op) { _ = os.Remove(filepath.Join(devs(o), vetPF, "virtfn0")) }, true},
+		{"sriov_totalvfs unreadable", func(t *testing.T, e *Engine) { unreadable(t, filepath.Join(devs(e), vetPF, "sriov_totalvfs")) }, false},
+		{"sriov_numvfs unreadable", func(t *testing.T, e *Engine) { unreadable(t, filepath.Join(devs(e), vetPF, "sriov_numvfs")) }, false},
+		{"PF is no SR-IOV PF", func(t *testing.T, e *Engine) { writeFile(t, filepath.Join(devs(e), vetPF, "sriov_totalvfs"), "0\n") }, true},
+		{"PF has no sriov_totalvfs", func(t *testing.T, e *Engine) { _ = os.Remove(filepath.Join(devs(e), vetPF, "sriov_totalvfs")) }, true},
+		{"device is not the PF's VF", func(t *testing.T, e *Engine) { _ = os.Remove(filepath.Join(devs(e), vetPF, "virtfn0")) }, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			o, rec := vetWorld(t)
-			c.spoil(t, o)
-			trusted, err := o.releaseRecord(rec, 0)
+			eng, rec := vetWorld(t)
+			c.spoil(t, eng)
+			trusted, err := eng.ReleaseRecord(rec, 0)
 			if trusted {
-				t.Fatalf("releaseRecord trusted a record it could not vet")
+				t.Fatalf("ReleaseRecord trusted a record it could not vet")
 			}
-			bad, _ := filepath.Glob(filepath.Join(o.store.Dir, "*.bad-*"))
-			kept, gerr := o.store.Get(rec.Key())
+			bad, _ := filepath.Glob(filepath.Join(eng.Store.Dir, "*.bad-*"))
+			kept, gerr := eng.Store.Get(rec.Key())
 			if c.aside {
 				if len(bad) != 1 || kept != nil || err != nil {
 					t.Fatalf("set aside %v, record %+v (%v), err %v; want it set aside and no error", bad, kept, gerr, err)
@@ -100,11 +100,18 @@ func TestVetKeepsRecordOnReadErrorsAndSetsAsideOnlyOnProof(t *testing.T) {
 				t.Fatalf("set aside %v, record %+v (%v); want the record kept where it was", bad, kept, gerr)
 			}
 			if !errors.Is(err, errCannotVet) {
-				t.Errorf("releaseRecord = %v, want an error the runtime retries", err)
+				t.Errorf("ReleaseRecord = %v, want an error the runtime retries", err)
 			}
 			if !rec.Holds() || kept.SRIOV == nil || kept.PF().OriginalName != "ens1f0" {
 				t.Errorf("record no longer holds its PF or lost its state: %+v", kept)
 			}
 		})
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
