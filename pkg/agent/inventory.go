@@ -39,7 +39,11 @@ type PF struct {
 	VFs    int     `json:"vfs"`
 	Phase  Phase   `json:"phase"`
 	Holder *Holder `json:"holder,omitempty"`
-	// Why says why the PF is not available, "" when it is free or held.
+	// Unpinned: held by an attachment the kubelet did not allocate (its
+	// ADD carried no device ID).
+	Unpinned bool `json:"unpinned,omitempty"`
+	// Why says why the PF is not available, "" when it is free or held
+	// by a pod the kubelet allocated it to.
 	Why string `json:"why,omitempty"`
 }
 
@@ -55,8 +59,12 @@ type Holder struct {
 func (p PF) Advertised() bool { return p.Phase != Ineligible }
 
 // Healthy reports whether the kubelet may count the PF: free on the host,
-// or held by an attachment (the kubelet counts those as allocated).
-func (p PF) Healthy() bool { return p.Phase == Free || p.Phase == Attached || p.Phase == Adding }
+// or held by an attachment the kubelet allocated (it counts those as
+// allocated). One held by a job that did not request prow/sriov is not:
+// the kubelet would count it free and offer it to the next job.
+func (p PF) Healthy() bool {
+	return p.Phase == Free || (p.Phase == Attached || p.Phase == Adding) && !p.Unpinned
+}
 
 // View is one look at the node, gathered by the caller.
 type View struct {
@@ -128,6 +136,10 @@ func judgeHeld(pf sriov.PF, r *state.Record, v View) PF {
 	if verdict := judgeNames(pf, v); verdict.Fixed {
 		p.Phase, p.Why = Ineligible, verdict.Reason
 		return p
+	}
+	if r.Unpinned {
+		p.Unpinned = true
+		p.Why = "held by a pod whose ADD carried no deviceID (it did not request the resource): the kubelet does not count it as allocated"
 	}
 	switch {
 	case r.Phase == state.Adding:

@@ -39,6 +39,7 @@ func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
 			{PCIAddress: "0000:07:00.0", Name: "ens7"}, // outside pfNames
 			{PCIAddress: "0000:08:00.0"},               // adding
 			{PCIAddress: "0000:0a:00.0"},               // home, SR-IOV restore waits
+			{PCIAddress: "0000:0b:00.0"},               // held by a job without prow/sriov
 		},
 		Host:  host,
 		Rules: policy.Rules{PFNames: []string{"eno1", "ens1", "ens2", "ens4", "ens5", "ens6", "ens8", "ens10"}, Reserved: map[string]bool{"ens2": true}},
@@ -48,6 +49,7 @@ func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
 			record("0000:06:00.0", "ens6", state.Attached, false),
 			record("0000:08:00.0", "ens8", state.Adding, false),
 			sriovBlocked(record("0000:0a:00.0", "ens10", state.Releasing, true)),
+			unpinned(record("0000:0b:00.0", "ens11", state.Attached, false)),
 		},
 		Known: map[string]string{"0000:09:00.0": "ens9", "0000:02:00.0": "ens1"},
 		Gone:  func(r *state.Record) bool { return r.Devices[0].OriginalName == "ens6" },
@@ -59,7 +61,7 @@ func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
 		"0000:01:00.0": {Ineligible, false}, "0000:02:00.0": {Free, true}, "0000:03:00.0": {Ineligible, false},
 		"0000:04:00.0": {Attached, true}, "0000:05:00.0": {Releasing, false}, "0000:06:00.0": {Releasing, false},
 		"0000:07:00.0": {Ineligible, false}, "0000:08:00.0": {Adding, true}, "0000:09:00.0": {Missing, false},
-		"0000:0a:00.0": {Releasing, false},
+		"0000:0a:00.0": {Releasing, false}, "0000:0b:00.0": {Attached, false},
 	}
 	got := Judge(v)
 	if len(got) != len(want) {
@@ -79,6 +81,9 @@ func TestJudgeUsesThePluginsRulesAndTheRecords(t *testing.T) {
 	}
 	if why := got[9].Why; !strings.Contains(why, "SR-IOV restore waits: VF 0000:4a:00.0 is held through vfio by pid 42") {
 		t.Errorf("SR-IOV restore pending: %q", why)
+	}
+	if p := got[10]; !p.Unpinned || p.Holder == nil || !strings.Contains(p.Why, "no deviceID") {
+		t.Errorf("PF held without the kubelet's allocation: %+v", p)
 	}
 	if h := got[3].Holder; h == nil || h.Pod != "ci/job-ens4" || got[3].Name != "ens4" {
 		t.Errorf("held PF: %+v holder %+v", got[3], h)
@@ -125,3 +130,6 @@ func TestAHeldPFIsJudgedByItsHostNames(t *testing.T) {
 		}
 	}
 }
+
+// unpinned marks r as made by an ADD that carried no deviceID.
+func unpinned(r *state.Record) *state.Record { r.Unpinned = true; return r }

@@ -220,6 +220,11 @@ func TestAddTwoAttachmentsGetDifferentPFs(t *testing.T) {
 	if got := names(kerneltest.Links(t, pod)); !slices.Equal(got, []string{"ens1f0v0", "ens2f0v0", "net1", "net2"}) {
 		t.Errorf("pod has %v", got)
 	}
+	// No deviceID: the kubelet did not allocate these PFs, and the agent
+	// must not count them available (agent.PF.Healthy).
+	if rec := readRecord(t, e, "c1", "net1"); !rec.Unpinned {
+		t.Error("an ADD without deviceID recorded as pinned")
+	}
 }
 
 func TestAddPinnedByDeviceID(t *testing.T) {
@@ -230,6 +235,9 @@ func TestAddPinnedByDeviceID(t *testing.T) {
 	res := add(t, e, e.NewPod(), "c1", "net1", conf)
 	if res.Interfaces[0].PciID != second.PCI {
 		t.Fatalf("took %s, want pinned %s", res.Interfaces[0].PciID, second.PCI)
+	}
+	if rec := readRecord(t, e, "c1", "net1"); rec.Unpinned {
+		t.Error("an ADD with the kubelet's deviceID recorded as unpinned")
 	}
 	_, err := call(t, e, "ADD", args(e.NewPod(), "c2", "net1", conf))
 	if cniCode(t, err) != types.ErrTryAgainLater {

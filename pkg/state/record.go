@@ -97,6 +97,12 @@ type Record struct {
 	// other containers or networks, can call the IPAM plugin's DEL for
 	// what they release. Empty without IPAM.
 	IPAMConf json.RawMessage `json:"ipamConf,omitempty"`
+	// Unpinned: the ADD carried no device ID from the kubelet's allocation
+	// (a job that did not request prow/sriov, as the CI's jobs did before
+	// they were moved to it). The kubelet does not count the PF as
+	// allocated, so the agent must not count it as available. Records of
+	// earlier releases have false: they were taken as pinned.
+	Unpinned bool `json:"unpinned,omitempty"`
 }
 
 // SRIOV is what a job can change about a PF's SR-IOV configuration and
