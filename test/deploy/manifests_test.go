@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -66,8 +67,16 @@ func loadManifests(t *testing.T) manifests {
 	dir := filepath.Join(repoRoot(t), "deploy")
 	var m manifests
 	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+		if err != nil {
 			return err
+		}
+		if d.IsDir() {
+			// Components are not deploy/'s resources; each is checked
+			// rendered, as an overlay uses it.
+			if path == filepath.Join(dir, "components") {
+				return filepath.SkipDir
+			}
+			return nil
 		}
 		if ext := filepath.Ext(path); ext != ".yaml" && ext != ".yml" {
 			return nil
@@ -366,10 +375,7 @@ func checkPluginConf(t *testing.T, what string, data []byte) *config.NetConf {
 // kubectl's built-in kustomize renders deploy/ as `kubectl apply -k` would;
 // the output must still decode strictly and carry the image override.
 func TestKustomizeBuild(t *testing.T) {
-	kubectl, err := exec.LookPath("kubectl")
-	if err != nil {
-		t.Skip("kubectl is not installed; TestKustomizationListsEveryManifest still checks the resource list")
-	}
+	kubectl := findKubectl(t)
 	out, err := exec.Command(kubectl, "kustomize", filepath.Join(repoRoot(t), "deploy")).Output()
 	if err != nil {
 		t.Fatalf("kubectl kustomize deploy: %v", err)
@@ -399,4 +405,105 @@ func TestKustomizeBuild(t *testing.T) {
 	if m.nads[0].Namespace != "multus-cni-ns" {
 		t.Errorf("kustomize moved the NAD to namespace %q", m.nads[0].Namespace)
 	}
+}
+
+// findKubectl returns a kubectl: the one on PATH, else the one make
+// k8s-e2e builds into its cache (make test builds it before the unit
+// tests). Without either the test skips, except under CI, where it fails.
+func findKubectl(t *testing.T) string {
+	t.Helper()
+	if p, err := exec.LookPath("kubectl"); err == nil {
+		return p
+	}
+	cache, version := os.Getenv("K8S_CACHE"), os.Getenv("K8S_VERSION")
+	if cache == "" {
+		cache = "/var/cache/sriov-passthrough-cni-k8s"
+	}
+	if version == "" {
+		version = "v1.37.2"
+	}
+	p := filepath.Join(cache, version, "bin", "kubectl")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	msg := "no kubectl on PATH or in " + p + " (bash test/k8s/build.sh builds it)"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// The prow-workloads component changes exactly one thing: the installer
+// writes into /var/lib/cni/bin, the CI nodes' CNI binary directory.
+// Rendered as an admin's overlay would use it (deploy/ as a resource, the
+// component listed), next to deploy/ alone.
+func TestProwWorkloadsComponent(t *testing.T) {
+	kubectl := findKubectl(t)
+	dir := t.TempDir()
+	if out, err := exec.Command("cp", "-r", filepath.Join(repoRoot(t), "deploy"), dir).CombinedOutput(); err != nil {
+		t.Fatalf("copy deploy/: %v: %s", err, out)
+	}
+	kust := "resources:\n- deploy\ncomponents:\n- deploy/components/prow-workloads\n"
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	render := func(root string) string {
+		out, err := exec.Command(kubectl, "kustomize", root).CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl kustomize %s: %v\n%s", root, err, out)
+		}
+		return string(out)
+	}
+	base, overlay := docs(t, render(filepath.Join(dir, "deploy"))), docs(t, render(dir))
+	moved := 0
+	for _, d := range base {
+		for _, v := range volumes(d) {
+			if v["name"] == "cni-bin" {
+				v["hostPath"].(map[string]any)["path"] = "/var/lib/cni/bin"
+				moved++
+			}
+		}
+	}
+	if moved != 1 || !reflect.DeepEqual(base, overlay) {
+		t.Fatalf("the component changes more (or other) than the CNI binary dir (cni-bin volumes: %d):\n--- deploy/, cni-bin moved\n%v\n--- with the component\n%v", moved, base, overlay)
+	}
+}
+
+// docs decodes rendered YAML documents, a DaemonSet's volumes in name
+// order (a strategic merge patch may move the one it patches).
+func docs(t *testing.T, rendered string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, doc := range docSeparator.Split(rendered, -1) {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		var m map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
+			t.Fatal(err)
+		}
+		volumes(m)
+		out = append(out, m)
+	}
+	return out
+}
+
+// volumes returns a DaemonSet's pod volumes, in place (nil for anything
+// else).
+func volumes(m map[string]any) []map[string]any {
+	if m["kind"] != "DaemonSet" {
+		return nil
+	}
+	spec := m["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+	raw, _ := spec["volumes"].([]any)
+	vs := make([]map[string]any, len(raw))
+	for i, v := range raw {
+		vs[i] = v.(map[string]any)
+	}
+	sort.SliceStable(vs, func(i, j int) bool { return vs[i]["name"].(string) < vs[j]["name"].(string) })
+	for i := range vs {
+		raw[i] = vs[i]
+	}
+	return vs
 }
