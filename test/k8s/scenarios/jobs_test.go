@@ -168,6 +168,13 @@ func parseLinks(out string) map[string]link {
 // them, and that multus' network-status names them. It returns the PFs.
 func checkJob(t *testing.T, name string, pfs int) []string {
 	t.Helper()
+	return checkJobOn(t, name, pfs, networkRef)
+}
+
+// checkJobOn is checkJob for a job whose attachments come from network
+// (namespace/name of its NetworkAttachmentDefinition).
+func checkJobOn(t *testing.T, name string, pfs int, network string) []string {
+	t.Helper()
 	inPod := podLinks(t, name)
 	var given []string
 	for i := 1; i <= pfs; i++ {
@@ -197,7 +204,7 @@ func checkJob(t *testing.T, name string, pfs int) []string {
 			t.Fatalf("PF %s is in pod %s and still on the node", pf, name)
 		}
 	}
-	checkNetworkStatus(t, name, given)
+	checkNetworkStatus(t, name, network, given)
 	handedOut[kubectl(t, nil, "get", "pod", name, "-o", "jsonpath={.metadata.uid}")] = len(given)
 	t.Logf("pod %s Running with %v (and their VFs)", name, given)
 	return given
@@ -205,7 +212,7 @@ func checkJob(t *testing.T, name string, pfs int) []string {
 
 // checkNetworkStatus asserts that multus' network-status lists, for the
 // network, the PFs as net1..netN and each one's VFs by name, with their MACs.
-func checkNetworkStatus(t *testing.T, name string, given []string) {
+func checkNetworkStatus(t *testing.T, name, network string, given []string) {
 	t.Helper()
 	out := kubectl(t, nil, "get", "pod", name, "-o", `jsonpath={.metadata.annotations.k8s\.v1\.cni\.cncf\.io/network-status}`)
 	var status []struct {
@@ -216,7 +223,7 @@ func checkNetworkStatus(t *testing.T, name string, given []string) {
 	decodeJSON(t, out, &status)
 	got, want := map[string]string{}, map[string]string{}
 	for _, s := range status {
-		if s.Name == networkRef {
+		if s.Name == network {
 			got[s.Interface] = s.MAC
 		}
 	}
@@ -231,7 +238,7 @@ func checkNetworkStatus(t *testing.T, name string, given []string) {
 		}
 	}
 	if !maps.Equal(got, want) {
-		t.Fatalf("pod %s network-status for %s: %v, want %v", name, networkRef, got, want)
+		t.Fatalf("pod %s network-status for %s: %v, want %v", name, network, got, want)
 	}
 }
 
