@@ -1,6 +1,19 @@
 # sriov-passthrough-cni: the two commands that matter are `make demo` and `make test`.
 SHELL := /bin/bash
-GO ?= go
+# The go command: the one on PATH when it is 1.21 or later (it fetches the
+# toolchain go.mod names), else bookworm-backports' Go 1.23, which
+# test/toolchain.sh installs with a C compiler for -race on a fresh Debian 12.
+# Debian's Go may default to GOTOOLCHAIN=local, which refuses go.mod's newer
+# go line instead of fetching that toolchain.
+export GOTOOLCHAIN ?= auto
+ifeq ($(origin GO),undefined)
+GO := $(shell bash test/toolchain.sh)
+ifeq ($(GO),)
+$(error test/toolchain.sh found no usable Go (see its message above))
+endif
+endif
+# Scripts the targets run (the VM and cluster builds) call go from PATH.
+export PATH := $(patsubst %/,%,$(dir $(GO))):$(PATH)
 BIN := bin/sriov-passthrough-cni
 AGENT_BIN := bin/sriov-passthrough-agent
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -21,7 +34,7 @@ UNTESTED_MODULES := test/k8s/components
 # Build tags that switch files in (vet sees both sides of failpoints).
 VET_TAGS := e2e,stress,failpoints,k8s
 
-.PHONY: all build demo test unit e2e k8s-e2e bench bench-vm stress stress-short lint deps host-snapshot host-check clean
+.PHONY: all build demo test unit e2e k8s-e2e bootstrap-check bench bench-vm stress stress-short lint deps host-snapshot host-check clean
 
 all: build
 
@@ -119,6 +132,12 @@ lint: deps
 # test temp dirs, our processes, test cgroups), and the go test that fails
 # on anything new at the end. Nothing else may test on the host meanwhile.
 HOST_SNAPSHOT := $(CURDIR)/_output/host.snapshot
+# On demand, not in make test (slow, downloads a few hundred MB): the README's
+# set-up line in a fresh Debian 12 root file system, then make build and make
+# unit there, each step timed.
+bootstrap-check:
+	bash test/bootstrap.sh
+
 host-snapshot:
 	@mkdir -p $(dir $(HOST_SNAPSHOT))
 	bash test/hostcheck.sh snapshot $(HOST_SNAPSHOT)
