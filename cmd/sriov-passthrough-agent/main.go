@@ -47,28 +47,8 @@ func main() {
 	if probe {
 		probeWhat, args = args[1], args[2:]
 	}
-	fs := flag.NewFlagSet("sriov-passthrough-agent", flag.ExitOnError)
 	var o options
-	fs.StringVar(&o.nodeConfig, "node-config", config.DefaultNodeConfigFile, "the node configuration file the plugin also reads")
-	fs.StringVar(&o.installFrom, "install-node-config", "", "copy this file (the DaemonSet's ConfigMap) to -node-config under -host-root first")
-	fs.StringVar(&o.hostRoot, "host-root", "", "where the host's files are mounted: prefixes -node-config and the reserved-interfaces file")
-	fs.StringVar(&o.resource, "resource-name", agent.DefaultResourceName, "the extended resource to advertise")
-	fs.StringVar(&o.pluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
-	fs.StringVar(&o.socket, "socket", "sriov-passthrough.sock", "the stem of the plugin's socket names in -device-plugin-dir (each socket adds a run token and a number: <stem>.<token>-<n>.sock)")
-	fs.StringVar(&o.netnsDir, "netns-dir", "/var/run/netns", "the host's netns directory, watched for pods going away")
-	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9809); off when empty")
-	// The kubelet's probes are exec probes (`probe ready`, `probe live`)
-	// that ask the agent over a unix socket in the container's own
-	// directory: with hostNetwork an httpGet probe goes to the node's IP,
-	// so the agent would have to listen on the node's network, on a port
-	// that may clash with anything else on the node.
-	fs.StringVar(&o.healthSocket, "health-socket", "/run/sriov-passthrough-agent/health.sock", "serve /readyz and /livez on this unix socket (for `probe`); off when empty")
-	fs.DurationVar(&o.livenessStall, "liveness-stall", 2*time.Minute, "live only while the agent's loop turned within this")
-	fs.DurationVar(&o.resync, "resync", 30*time.Second, "full look at the node at least this often (events drive the rest)")
-	fs.StringVar(&o.output, "o", "", "status output: \"\" for a table, \"json\"")
-	fs.BoolVar(&o.checkNamespaces, "check-node-namespaces", true,
-		"refuse to start unless in the kubelet's pid and network namespaces (hostPID, hostNetwork); off only for tests without a kubelet")
-	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs, showVersion := newFlags(&o)
 	_ = fs.Parse(args)
 	if *showVersion {
 		fmt.Printf("sriov-passthrough-agent %s\n", version)
@@ -243,4 +223,46 @@ func installFile(src, dst string) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), dst)
+}
+
+// usage is -h and --help: the subcommands, then every flag.
+func usage(fs *flag.FlagSet) {
+	w := fs.Output()
+	fmt.Fprint(w, `usage:
+  sriov-passthrough-agent [flags]               run the node agent (the DaemonSet's agent container)
+  sriov-passthrough-agent status [-o json] [flags]
+                                                who holds which PF on this node, and why a PF is not free
+  sriov-passthrough-agent probe ready|live [flags]
+                                                ask a running agent over -health-socket (the kubelet's exec probes)
+
+flags:
+`)
+	fs.PrintDefaults()
+}
+
+// newFlags defines every flag into o; the bool is -version.
+func newFlags(o *options) (*flag.FlagSet, *bool) {
+	fs := flag.NewFlagSet("sriov-passthrough-agent", flag.ExitOnError)
+	fs.StringVar(&o.nodeConfig, "node-config", config.DefaultNodeConfigFile, "the node configuration file the plugin also reads")
+	fs.StringVar(&o.installFrom, "install-node-config", "", "copy this file (the DaemonSet's ConfigMap) to -node-config under -host-root first")
+	fs.StringVar(&o.hostRoot, "host-root", "", "where the host's files are mounted: prefixes -node-config and the reserved-interfaces file")
+	fs.StringVar(&o.resource, "resource-name", agent.DefaultResourceName, "the extended resource to advertise")
+	fs.StringVar(&o.pluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
+	fs.StringVar(&o.socket, "socket", "sriov-passthrough.sock", "the stem of the plugin's socket names in -device-plugin-dir (each socket adds a run token and a number: <stem>.<token>-<n>.sock)")
+	fs.StringVar(&o.netnsDir, "netns-dir", "/var/run/netns", "the host's netns directory, watched for pods going away")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9809); off when empty")
+	// The kubelet's probes are exec probes (`probe ready`, `probe live`)
+	// that ask the agent over a unix socket in the container's own
+	// directory: with hostNetwork an httpGet probe goes to the node's IP,
+	// so the agent would have to listen on the node's network, on a port
+	// that may clash with anything else on the node.
+	fs.StringVar(&o.healthSocket, "health-socket", "/run/sriov-passthrough-agent/health.sock", "serve /readyz and /livez on this unix socket (for `probe`); off when empty")
+	fs.DurationVar(&o.livenessStall, "liveness-stall", 2*time.Minute, "live only while the agent's loop turned within this")
+	fs.DurationVar(&o.resync, "resync", 30*time.Second, "full look at the node at least this often (events drive the rest)")
+	fs.StringVar(&o.output, "o", "", "status output: \"\" for a table, \"json\"")
+	fs.BoolVar(&o.checkNamespaces, "check-node-namespaces", true,
+		"refuse to start unless in the kubelet's pid and network namespaces (hostPID, hostNetwork); off only for tests without a kubelet")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() { usage(fs) }
+	return fs, showVersion
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,4 +95,24 @@ func TestInstallNodeConfig(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(dst), ".node-*")); len(left) != 0 {
 		t.Errorf("temp files left: %v", left)
 	}
+}
+
+// -h lists the subcommands and every flag, as an engineer on a node needs
+// them without the source.
+func TestHelpListsSubcommandsAndFlags(t *testing.T) {
+	var o options
+	fs, _ := newFlags(&o)
+	var out strings.Builder
+	fs.SetOutput(&out)
+	fs.Usage()
+	for _, want := range []string{"status [-o json]", "probe ready|live"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help does not list %q:\n%s", want, out.String())
+		}
+	}
+	fs.VisitAll(func(f *flag.Flag) {
+		if !strings.Contains(out.String(), "-"+f.Name) {
+			t.Errorf("help does not list -%s", f.Name)
+		}
+	})
 }

@@ -270,6 +270,19 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
+// --help prints every flag and exits 0 (a usage error exits 2).
+func TestHelpListsEveryFlag(t *testing.T) {
+	r := runInstaller(t, nil, "--help")
+	if r.code != 0 {
+		t.Fatalf("--help: %v", r)
+	}
+	for _, flag := range []string{"--once", "--check", "--src", "--interval", "--help", "CNI_BIN_DIR", "CNI_CONF_DIR"} {
+		if !strings.Contains(r.stdout, flag) {
+			t.Errorf("--help does not mention %s:\n%s", flag, r.stdout)
+		}
+	}
+}
+
 func TestCheck(t *testing.T) {
 	l := newLayout(t, fakePlugin("v1"))
 	check := func() result { return runInstaller(t, nil, "--check", "--src", l.src, l.bin, l.conf) }

@@ -204,6 +204,17 @@ func TestKustomizationListsEveryManifest(t *testing.T) {
 	if len(k.Images) != 1 || k.Images[0].Name != name {
 		t.Errorf("kustomization images %+v do not override the DaemonSet's image %q", k.Images, image)
 	}
+	// A release, never latest: a node would run whatever latest was when
+	// it pulled, and nobody could tell which.
+	release := regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+$`)
+	if len(k.Images) == 1 && !release.MatchString(k.Images[0].NewTag) {
+		t.Errorf("kustomization image tag %q is not a release (vX.Y.Z)", k.Images[0].NewTag)
+	}
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		if _, tag, _ := strings.Cut(c.Image, ":"); !release.MatchString(tag) {
+			t.Errorf("container %s image %q: the tag is not a release (vX.Y.Z)", c.Name, c.Image)
+		}
+	}
 }
 
 func TestDaemonSetIsLeastPrivilegeInstaller(t *testing.T) {
@@ -268,11 +279,18 @@ func TestDaemonSetIsLeastPrivilegeInstaller(t *testing.T) {
 		}
 	}
 
-	// The installer's arguments are where /opt/cni/bin and /etc/cni/net.d
-	// are mounted: the binary and its 90-sriov-passthrough-cni.conf go there.
-	wantHost := []string{"/opt/cni/bin", "/etc/cni/net.d"}
+	// The installer's argument is where /opt/cni/bin is mounted: only the
+	// binary goes on the node (the conf is the cnitool-conf component's).
+	checkInstallerDirs(t, pod, c, []string{"/opt/cni/bin"})
+}
+
+// checkInstallerDirs checks that the installer's arguments are writable
+// mounts of the host paths want (CNI_BIN_DIR, then CNI_CONF_DIR if any), and
+// that its readiness probe checks exactly those.
+func checkInstallerDirs(t *testing.T, pod corev1.PodSpec, c corev1.Container, wantHost []string) {
+	t.Helper()
 	if len(c.Args) != len(wantHost) {
-		t.Fatalf("container args %q, want CNI_BIN_DIR and CNI_CONF_DIR", c.Args)
+		t.Fatalf("container args %q, want the mounts of %v", c.Args, wantHost)
 	}
 	mounts := map[string]corev1.VolumeMount{}
 	for _, vm := range c.VolumeMounts {
@@ -439,23 +457,8 @@ func findKubectl(t *testing.T) string {
 // Rendered as an admin's overlay would use it (deploy/ as a resource, the
 // component listed), next to deploy/ alone.
 func TestProwWorkloadsComponent(t *testing.T) {
-	kubectl := findKubectl(t)
-	dir := t.TempDir()
-	if out, err := exec.Command("cp", "-r", filepath.Join(repoRoot(t), "deploy"), dir).CombinedOutput(); err != nil {
-		t.Fatalf("copy deploy/: %v: %s", err, out)
-	}
-	kust := "resources:\n- deploy\ncomponents:\n- deploy/components/prow-workloads\n"
-	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	render := func(root string) string {
-		out, err := exec.Command(kubectl, "kustomize", root).CombinedOutput()
-		if err != nil {
-			t.Fatalf("kubectl kustomize %s: %v\n%s", root, err, out)
-		}
-		return string(out)
-	}
-	base, overlay := docs(t, render(filepath.Join(dir, "deploy"))), docs(t, render(dir))
+	plain, with := renderWithComponent(t, "prow-workloads")
+	base, overlay := docs(t, plain), docs(t, with)
 	moved := 0
 	for _, d := range base {
 		for _, v := range volumes(d) {
@@ -506,4 +509,49 @@ func volumes(m map[string]any) []map[string]any {
 		raw[i] = vs[i]
 	}
 	return vs
+}
+
+// The cnitool-conf component adds the conf directory and nothing else: the
+// installer then puts 90-sriov-passthrough-cni.conf into the node's
+// /etc/cni/net.d and its probe checks it there.
+func TestCnitoolConfComponent(t *testing.T) {
+	plain, with := renderWithComponent(t, "cnitool-conf")
+	for rendered, want := range map[string][]string{
+		plain: {"/opt/cni/bin"},
+		with:  {"/opt/cni/bin", "/etc/cni/net.d"},
+	} {
+		var m manifests
+		for _, doc := range docSeparator.Split(rendered, -1) {
+			if strings.TrimSpace(doc) != "" {
+				if err := m.add([]byte(doc)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		pod := m.daemonSets[0].Spec.Template.Spec
+		checkInstallerDirs(t, pod, pod.Containers[0], want)
+	}
+}
+
+// renderWithComponent renders deploy/ alone and as an admin's overlay uses
+// the component (deploy/ as a resource, deploy/components/<name> listed).
+func renderWithComponent(t *testing.T, name string) (plain, with string) {
+	t.Helper()
+	kubectl := findKubectl(t)
+	dir := t.TempDir()
+	if out, err := exec.Command("cp", "-r", filepath.Join(repoRoot(t), "deploy"), dir).CombinedOutput(); err != nil {
+		t.Fatalf("copy deploy/: %v: %s", err, out)
+	}
+	kust := "resources:\n- deploy\ncomponents:\n- deploy/components/" + name + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	render := func(root string) string {
+		out, err := exec.Command(kubectl, "kustomize", root).CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl kustomize %s: %v\n%s", root, err, out)
+		}
+		return string(out)
+	}
+	return render(filepath.Join(dir, "deploy")), render(dir)
 }
