@@ -27,8 +27,8 @@ func TestRequireDeviceIDFailsClosed(t *testing.T) {
 	assertHostIntact(t, e)
 	pinned := e.Conf(map[string]any{"deviceID": second.PCI})
 	res := add(t, e, e.NewPod(), "c2", "net1", pinned)
-	if res.Interfaces[0].PciID != second.PCI {
-		t.Fatalf("took %s, want the allocated %s", res.Interfaces[0].PciID, second.PCI)
+	if pfOf(res).PciID != second.PCI {
+		t.Fatalf("took %s, want the allocated %s", pfOf(res).PciID, second.PCI)
 	}
 }
 

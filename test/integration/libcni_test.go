@@ -110,6 +110,10 @@ func (w *world) add(list *libcni.NetworkConfigList, r *libcni.RuntimeConf) (*cur
 	return current.NewResultFromResult(res)
 }
 
+// pfOf is the PF's entry of an ADD result: the last interface, after the
+// VFs, where multus v3.x looks for the attachment's interface.
+func pfOf(res *current.Result) *current.Interface { return res.Interfaces[len(res.Interfaces)-1] }
+
 func (w *world) del(list *libcni.NetworkConfigList, r *libcni.RuntimeConf) error {
 	return w.inHost(func() error { return w.cni().DelNetworkList(context.Background(), list, r) })
 }
@@ -139,7 +143,7 @@ func TestLifecycleThroughLibcni(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ADD net2: %v", err)
 	}
-	if r1.Interfaces[0].PciID == r2.Interfaces[0].PciID || len(r1.Interfaces) != 5 || len(r2.Interfaces) != 5 {
+	if pfOf(r1).PciID == pfOf(r2).PciID || len(r1.Interfaces) != 5 || len(r2.Interfaces) != 5 {
 		t.Fatalf("net1 %+v net2 %+v", r1.Interfaces, r2.Interfaces)
 	}
 	if got := len(kerneltest.Links(t, pod)); got != 10 {
@@ -195,8 +199,8 @@ func TestDeviceIDCapabilityPinsPF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Interfaces[0].PciID != second.PCI {
-		t.Fatalf("took %s, want the device plugin's %s", res.Interfaces[0].PciID, second.PCI)
+	if pfOf(res).PciID != second.PCI {
+		t.Fatalf("took %s, want the device plugin's %s", pfOf(res).PciID, second.PCI)
 	}
 }
 
@@ -225,7 +229,7 @@ func TestConcurrentAddsNeverShareAPF(t *testing.T) {
 			defer wg.Done()
 			res, err := w.add(list, rt(podNS[i], fmt.Sprintf("job%d", i), "net1"))
 			if err == nil {
-				results[i].pci = res.Interfaces[0].PciID
+				results[i].pci = pfOf(res).PciID
 			}
 			results[i].err = err
 		}()
@@ -273,8 +277,8 @@ func TestIPAMAddressesGoOnThePF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.IPs) != 1 || *res.IPs[0].Interface != 0 {
-		t.Fatalf("IPs %+v", res.IPs)
+	if pf := len(res.Interfaces) - 1; len(res.IPs) != 1 || *res.IPs[0].Interface != pf || res.Interfaces[pf].Name != "net1" {
+		t.Fatalf("IPs %+v, want one on the PF net1 (interface %d) of %s", res.IPs, pf, mustMarshal(t, res.Interfaces))
 	}
 	var addrs []netlink.Addr
 	if err := pod.Do(func(ns.NetNS) error {
