@@ -66,16 +66,21 @@ func (w *world) setNode(fields map[string]any) {
 	w.SetNode(n)
 }
 
-// list wraps the plugin conf in a conflist, as multus and cnitool load it.
+// list wraps the plugin conf in a conflist, as multus and cnitool load it;
+// a cniVersion among fields is the list's (1.1.0 if none).
 func (w *world) list(fields map[string]any) *libcni.NetworkConfigList {
 	w.t.Helper()
 	var plugin map[string]any
 	if err := json.Unmarshal(w.Conf(fields), &plugin); err != nil {
 		w.t.Fatal(err)
 	}
+	version := "1.1.0"
+	if v, ok := fields["cniVersion"].(string); ok {
+		version = v
+	}
 	delete(plugin, "cniVersion")
 	delete(plugin, "name")
-	b, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "plugins": []any{plugin}})
+	b, _ := json.Marshal(map[string]any{"cniVersion": version, "name": "sriov-passthrough-cni", "plugins": []any{plugin}})
 	list, err := libcni.ConfListFromBytes(b)
 	if err != nil {
 		w.t.Fatal(err)
