@@ -77,6 +77,19 @@ func inHost(t *testing.T, e *kerneltest.Env, f func() error) {
 // for multus v3.x (the CI cluster's NAD says 0.3.0), 1.x for multus v4.
 var versions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 
+// eachVersion runs check on a real ADD of a PF with three VFs in each
+// version, once the result is found honest (assertHonest).
+func eachVersion(t *testing.T, check func(t *testing.T, pf kerneltest.PF, res types.Result, r *current.Result, dev *nadv1.DeviceInfo)) {
+	for _, v := range versions {
+		t.Run(v, func(t *testing.T) {
+			e := kerneltest.New(t)
+			pf := e.AddPF("ens1f0", 3)
+			res, dev, pod := attachment(t, e, v)
+			check(t, pf, res, assertHonest(t, res, pf, pod), dev)
+		})
+	}
+}
+
 // The result stays honest: every VF, then the PF as net1, each in the
 // pod's sandbox, because each is there. The PF comes last, and the
 // attachment's one IP points at it.
@@ -118,42 +131,35 @@ func assertHonest(t *testing.T, res types.Result, pf kerneltest.PF, pod ns.NetNS
 // wherever it stands; it is the last one. That entry alone carries the
 // attachment's IP, and device-info names the PF's PCI address.
 func TestNetworkStatusesV4FindThePF(t *testing.T) {
-	for _, v := range versions {
-		t.Run(v, func(t *testing.T) {
-			e := kerneltest.New(t)
-			pf := e.AddPF("ens1f0", 3)
-			res, dev, pod := attachment(t, e, v)
-			r := assertHonest(t, res, pf, pod)
-
-			statuses, err := nadutils.CreateNetworkStatuses(res, networkName, false, dev)
-			if err != nil {
-				t.Fatal(err)
+	eachVersion(t, func(t *testing.T, pf kerneltest.PF, res types.Result, r *current.Result, dev *nadv1.DeviceInfo) {
+		statuses, err := nadutils.CreateNetworkStatuses(res, networkName, false, dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(statuses) != 1+len(pf.VFs) {
+			t.Fatalf("%d network-status entries, want one per sandboxed interface (%d)", len(statuses), 1+len(pf.VFs))
+		}
+		var found []*nadv1.NetworkStatus
+		for _, s := range statuses {
+			if s.Name != networkName {
+				t.Errorf("entry %s has network %q", s.Interface, s.Name)
 			}
-			if len(statuses) != 1+len(pf.VFs) {
-				t.Fatalf("%d network-status entries, want one per sandboxed interface (%d)", len(statuses), 1+len(pf.VFs))
+			if s.Interface == "net1" {
+				found = append(found, s)
+			} else if len(s.IPs) != 0 {
+				t.Errorf("VF entry %s carries IPs %v", s.Interface, s.IPs)
 			}
-			var found []*nadv1.NetworkStatus
-			for _, s := range statuses {
-				if s.Name != networkName {
-					t.Errorf("entry %s has network %q", s.Interface, s.Name)
-				}
-				if s.Interface == "net1" {
-					found = append(found, s)
-				} else if len(s.IPs) != 0 {
-					t.Errorf("VF entry %s carries IPs %v", s.Interface, s.IPs)
-				}
-			}
-			if len(found) != 1 || statuses[len(statuses)-1] != found[0] {
-				t.Fatalf("want exactly one entry for net1, the last: %s", mustJSON(t, statuses))
-			}
-			s, pfIface := found[0], named(t, r, "net1")
-			if s.Mac != pfIface.Mac || !slices.Equal(s.IPs, []string{r.IPs[0].Address.IP.String()}) {
-				t.Errorf("net1 entry %s, want the PF's MAC %s and IP %s", mustJSON(t, s), pfIface.Mac, r.IPs[0].Address.IP)
-			}
-			assertDeviceInfo(t, s.DeviceInfo, pf.PCI)
-			t.Logf("multus v4 network-status for net1: %s", mustJSON(t, s))
-		})
-	}
+		}
+		if len(found) != 1 || statuses[len(statuses)-1] != found[0] {
+			t.Fatalf("want exactly one entry for net1, the last: %s", mustJSON(t, statuses))
+		}
+		s, pfIface := found[0], named(t, r, "net1")
+		if s.Mac != pfIface.Mac || !slices.Equal(s.IPs, []string{r.IPs[0].Address.IP.String()}) {
+			t.Errorf("net1 entry %s, want the PF's MAC %s and IP %s", mustJSON(t, s), pfIface.Mac, r.IPs[0].Address.IP)
+		}
+		assertDeviceInfo(t, s.DeviceInfo, pf.PCI)
+		t.Logf("multus v4 network-status for net1: %s", mustJSON(t, s))
+	})
 }
 
 // v3Interface is the interface multus v3.x names the attachment after. Its
@@ -178,31 +184,24 @@ func v3Interface(r *current.Result) (name, mac string) {
 // plugin lists it last. The entry's IPs are the attachment's (the PF's) and
 // device-info names the PF's PCI address.
 func TestNetworkStatusV3NamesThePF(t *testing.T) {
-	for _, v := range versions {
-		t.Run(v, func(t *testing.T) {
-			e := kerneltest.New(t)
-			pf := e.AddPF("ens1f0", 3)
-			res, dev, pod := attachment(t, e, v)
-			r := assertHonest(t, res, pf, pod)
-			pfMac := named(t, r, "net1").Mac
-
-			if name, mac := v3Interface(r); name != "net1" || mac != pfMac {
-				t.Errorf("multus v3.x's rule names %s (%s), want net1 (%s)", name, mac, pfMac)
-			}
-			s, err := nadutils.CreateNetworkStatus(res, networkName, false, dev)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if s.Interface != "net1" || s.Mac != pfMac {
-				t.Errorf("library entry names %s (%s), want net1 (%s)", s.Interface, s.Mac, pfMac)
-			}
-			if !slices.Equal(s.IPs, []string{r.IPs[0].Address.IP.String()}) {
-				t.Errorf("v3.x entry IPs %v, want the PF's %s", s.IPs, r.IPs[0].Address.IP)
-			}
-			assertDeviceInfo(t, s.DeviceInfo, pf.PCI)
-			t.Logf("multus v3.x network-status: %s", mustJSON(t, s))
-		})
-	}
+	eachVersion(t, func(t *testing.T, pf kerneltest.PF, res types.Result, r *current.Result, dev *nadv1.DeviceInfo) {
+		pfMac := named(t, r, "net1").Mac
+		if name, mac := v3Interface(r); name != "net1" || mac != pfMac {
+			t.Errorf("multus v3.x's rule names %s (%s), want net1 (%s)", name, mac, pfMac)
+		}
+		s, err := nadutils.CreateNetworkStatus(res, networkName, false, dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Interface != "net1" || s.Mac != pfMac {
+			t.Errorf("library entry names %s (%s), want net1 (%s)", s.Interface, s.Mac, pfMac)
+		}
+		if !slices.Equal(s.IPs, []string{r.IPs[0].Address.IP.String()}) {
+			t.Errorf("v3.x entry IPs %v, want the PF's %s", s.IPs, r.IPs[0].Address.IP)
+		}
+		assertDeviceInfo(t, s.DeviceInfo, pf.PCI)
+		t.Logf("multus v3.x network-status: %s", mustJSON(t, s))
+	})
 }
 
 // named is the result's interface of that name.
