@@ -6,9 +6,10 @@
 # `make build` and `make unit` there, timing each step. On demand only: it
 # downloads a few hundred MB and takes a quarter of an hour or more.
 #
-# The root file system gets this machine's apt configuration (its sources and
-# apt.conf.d), as a fresh install on this network would have, and nothing else
-# from the host: no Go, no compiler, no Go module or build cache.
+# The root file system gets this machine's network configuration (apt's sources
+# and apt.conf.d, resolv.conf, local certificate authorities), as a fresh install
+# on this network would have, and nothing else from the host: no Go, no
+# compiler, no Go module or build cache.
 #
 # Needs root. Leaves nothing behind: the root file system and its mounts are
 # removed on exit, also on failure or interrupt.
@@ -59,6 +60,12 @@ rm -f "$root"/etc/apt/sources.list
 cp -a /etc/apt/sources.list.d/. "$root/etc/apt/sources.list.d/"
 rm -f "$root"/etc/apt/sources.list.d/*backports* "$root"/etc/apt/sources.list.d/*.disabled*
 cp -a /etc/apt/apt.conf.d/. "$root/etc/apt/apt.conf.d/"
+# And its local certificate authorities, if any (a TLS-inspecting egress
+# proxy's, say): ca-certificates, which the set-up line installs, adds them.
+if [[ -d /usr/local/share/ca-certificates ]]; then
+	mkdir -p "$root/usr/local/share/ca-certificates"
+	cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 for m in proc sys dev; do
 	mount --rbind "/$m" "$root/$m"

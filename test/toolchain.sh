@@ -77,7 +77,8 @@ fi
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 ((${#need[@]} == 0)) || install "${need[@]}"
 go_ok "$go" || {
-	log "$go is not a Go of 1.21 or later"
+	log "$go is not a Go of 1.21 or later, or cannot switch to the toolchain go.mod names:"
+	GOTOOLCHAIN=$GOTOOLCHAIN "$go" env GOVERSION >&2 || true
 	exit 1
 }
 echo "$go"
