@@ -134,9 +134,12 @@ func TestAgentProbesAskTheAgent(t *testing.T) {
 	}
 }
 
-// Every grant the agent container gets in deploy/ has a row in the README's
-// grants table with a reason, and the table lists nothing the manifests do
-// not grant: the table is what an admin reviews.
+// grantsPage holds the grants table (| grant | why |) an admin reviews.
+const grantsPage = "README.md"
+
+// Every grant the agent container gets in deploy/ has a row in the grants
+// table of grantsPage with a reason, and the table lists nothing the
+// manifests do not grant: the table is what an admin reviews.
 func TestGrantsTableMatchesTheManifests(t *testing.T) {
 	m := loadManifests(t)
 	pod := m.daemonSets[0].Spec.Template.Spec
@@ -155,13 +158,13 @@ func TestGrantsTableMatchesTheManifests(t *testing.T) {
 		granted["CAP_"+string(cp)] = true
 	}
 
-	readme := string(readRepoFile(t, "README.md"))
-	start := strings.Index(readme, "| grant | why |")
+	page := string(readRepoFile(t, grantsPage))
+	start := strings.Index(page, "| grant | why |")
 	if start < 0 {
-		t.Fatal("README.md has no grants table (| grant | why |)")
+		t.Fatalf("%s has no grants table (| grant | why |)", grantsPage)
 	}
 	table := map[string]bool{}
-	for _, line := range strings.Split(readme[start:], "\n")[2:] {
+	for _, line := range strings.Split(page[start:], "\n")[2:] {
 		if !strings.HasPrefix(line, "| `") {
 			break
 		}
@@ -174,12 +177,12 @@ func TestGrantsTableMatchesTheManifests(t *testing.T) {
 	}
 	for g := range granted {
 		if !table[g] {
-			t.Errorf("deploy/ grants the agent %s, but the README's grants table does not say why", g)
+			t.Errorf("deploy/ grants the agent %s, but the grants table in %s does not say why", g, grantsPage)
 		}
 	}
 	for g := range table {
 		if !granted[g] {
-			t.Errorf("the README's grants table lists %s, which deploy/ does not grant the agent", g)
+			t.Errorf("the grants table in %s lists %s, which deploy/ does not grant the agent", grantsPage, g)
 		}
 	}
 }
