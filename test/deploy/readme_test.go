@@ -351,8 +351,8 @@ func TestReadmeCnitoolSnippet(t *testing.T) {
 // every stage `make test` runs, in the Makefile's order, so a stage is
 // never added without saying what it proves.
 const (
-	testsPage    = "README.md"
-	testsHeading = "## Tests"
+	testsPage    = "docs/testing.md"
+	testsHeading = "## What make test runs"
 )
 
 func TestReadmeNamesEveryStageOfMakeTest(t *testing.T) {
