@@ -22,7 +22,7 @@ func container(t *testing.T, pod corev1.PodSpec, name string) corev1.Container {
 	return corev1.Container{}
 }
 
-// The agent gets exactly what the issue lists and README explains: host
+// The agent gets exactly what the issue lists and docs/agent.md explains: host
 // network and pid, the kubelet's device-plugin dir, sysfs writable,
 // /var/run/netns with HostToContainer propagation, the state dir, the
 // reserved file's directory (read-only), where node.json is installed, an
@@ -135,7 +135,7 @@ func TestAgentProbesAskTheAgent(t *testing.T) {
 }
 
 // grantsPage holds the grants table (| grant | why |) an admin reviews.
-const grantsPage = "README.md"
+const grantsPage = "docs/agent.md"
 
 // Every grant the agent container gets in deploy/ has a row in the grants
 // table of grantsPage with a reason, and the table lists nothing the
