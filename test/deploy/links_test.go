@@ -34,47 +34,59 @@ func TestDocLinksResolve(t *testing.T) {
 		return a
 	}
 	for _, file := range docFiles(t) {
-		fenced := false
-		for i, line := range strings.Split(string(readRepoFile(t, file)), "\n") {
-			if strings.HasPrefix(strings.TrimSpace(line), "```") {
-				fenced = !fenced
+		text := prose(string(readRepoFile(t, file)))
+		for _, m := range linkRE.FindAllStringSubmatchIndex(text, -1) {
+			target := text[m[2]:m[3]]
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
 				continue
 			}
-			if fenced {
+			where := file + ":" + strconv.Itoa(1+strings.Count(text[:m[0]], "\n"))
+			ref, anchor, _ := strings.Cut(target, "#")
+			linked := file
+			if ref != "" {
+				linked = path.Clean(path.Join(path.Dir(file), ref))
+				if strings.HasPrefix(linked, "../") || linked == ".." {
+					t.Errorf("%s: %s leaves the repository", where, target)
+					continue
+				}
+				if _, err := os.Stat(filepath.Join(root, filepath.FromSlash(linked))); err != nil {
+					t.Errorf("%s: %s: no such file", where, target)
+					continue
+				}
+			}
+			if anchor == "" {
 				continue
 			}
-			for _, m := range linkRE.FindAllStringSubmatch(codeSpanRE.ReplaceAllString(line, ""), -1) {
-				target := m[1]
-				if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
-					continue
-				}
-				where := file + ":" + strconv.Itoa(i+1)
-				ref, anchor, _ := strings.Cut(target, "#")
-				linked := file
-				if ref != "" {
-					linked = path.Clean(path.Join(path.Dir(file), ref))
-					if strings.HasPrefix(linked, "../") || linked == ".." {
-						t.Errorf("%s: %s leaves the repository", where, target)
-						continue
-					}
-					if _, err := os.Stat(filepath.Join(root, filepath.FromSlash(linked))); err != nil {
-						t.Errorf("%s: %s: no such file", where, target)
-						continue
-					}
-				}
-				if anchor == "" {
-					continue
-				}
-				if !strings.HasSuffix(linked, ".md") {
-					t.Errorf("%s: %s: an anchor into a file that is not Markdown", where, target)
-					continue
-				}
-				if !anchorsOf(linked)[anchor] {
-					t.Errorf("%s: %s: %s has no heading with anchor #%s", where, target, linked, anchor)
-				}
+			if !strings.HasSuffix(linked, ".md") {
+				t.Errorf("%s: %s: an anchor into a file that is not Markdown", where, target)
+				continue
+			}
+			if !anchorsOf(linked)[anchor] {
+				t.Errorf("%s: %s: %s has no heading with anchor #%s", where, target, linked, anchor)
 			}
 		}
 	}
+}
+
+// prose blanks what is no link in a Markdown file, keeping every line where
+// it was: fenced blocks and inline code spans. A link's text may run over
+// a line break; its target may not.
+func prose(text string) string {
+	lines := strings.Split(text, "\n")
+	fenced := false
+	for i, l := range lines {
+		if strings.HasPrefix(strings.TrimSpace(l), "```") {
+			fenced = !fenced
+			lines[i] = ""
+			continue
+		}
+		if fenced {
+			lines[i] = ""
+			continue
+		}
+		lines[i] = codeSpanRE.ReplaceAllStringFunc(l, func(c string) string { return strings.Repeat(" ", len(c)) })
+	}
+	return strings.Join(lines, "\n")
 }
 
 // headingAnchors returns the anchors GitHub gives a Markdown file's
