@@ -144,7 +144,7 @@ func TestNetworkStatusesV4FindThePF(t *testing.T) {
 // LAST sandboxed interface's, a VF's: no honest result makes them the PF's
 // (interfaces[0] is the PF, and each VF really is in the pod). What does
 // name the PF there is its IP (the attachment's only one) and device-info's
-// PCI address; the README says how a job finds net1 with them.
+// PCI address; docs/prow-jobs.md says how a job finds net1 with them.
 func TestNetworkStatusV3NamesThePFByDeviceInfo(t *testing.T) {
 	e := kerneltest.New(t)
 	pf := e.AddPF("ens1f0", 3)
@@ -157,7 +157,7 @@ func TestNetworkStatusV3NamesThePFByDeviceInfo(t *testing.T) {
 	}
 	last := pf.VFs[len(pf.VFs)-1].Name
 	if s.Interface != last || s.Mac != r.Interfaces[len(r.Interfaces)-1].Mac {
-		t.Errorf("v3.x entry names %s (%s); the library's rule (last sandboxed interface) gives %s: update the README", s.Interface, s.Mac, last)
+		t.Errorf("v3.x entry names %s (%s); the library's rule (last sandboxed interface) gives %s: update docs/prow-jobs.md", s.Interface, s.Mac, last)
 	}
 	if !slices.Equal(s.IPs, []string{r.IPs[0].Address.IP.String()}) {
 		t.Errorf("v3.x entry IPs %v, want the PF's %s", s.IPs, r.IPs[0].Address.IP)
