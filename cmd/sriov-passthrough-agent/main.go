@@ -75,6 +75,8 @@ func newAgent(o options, log *slog.Logger) (*agent.Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The plugin reads the same file and ignores the same fields.
+	conf.WarnNodeUnknown(log)
 	return &agent.Agent{Conf: conf, HostRoot: o.hostRoot, NetnsDir: o.netnsDir, JudgeNetns: agent.CanSeeNetns,
 		Resync: o.resync, Log: log}, nil
 }
@@ -198,7 +200,10 @@ func serveHTTP(ctx context.Context, l net.Listener, h http.Handler) {
 }
 
 // installFile copies src over dst atomically (temp file, fsync, rename),
-// so the plugin never reads half a node configuration.
+// so the plugin never reads half a node configuration. It refuses what
+// the plugin would refuse (a known field of the wrong type); fields this
+// release does not know are installed as they are, as the ConfigMap may
+// be written for a later release, and newAgent names them in the log.
 func installFile(src, dst string) error {
 	data, err := os.ReadFile(src)
 	if err != nil {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,10 +71,12 @@ func TestStatusCommand(t *testing.T) {
 
 // The DaemonSet's node.json reaches the node whole, replacing what was
 // there, and a broken one is refused before it can replace a good one.
+// One with a field this release does not know (a ConfigMap written for a
+// later release, after a rollback) is installed: the plugin reads it too.
 func TestInstallNodeConfig(t *testing.T) {
 	dir := t.TempDir()
 	src, dst := filepath.Join(dir, "cm.json"), filepath.Join(dir, "etc", "sriov-passthrough-cni", "node.json")
-	for _, content := range []string{`{"requireDeviceID":true}`, `{"pfNames":["ens1"]}`} {
+	for _, content := range []string{`{"requireDeviceID":true}`, `{"requireDeviceID":true,"vfBaseline":4}`, `{"pfNames":["ens1"]}`} {
 		if err := os.WriteFile(src, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -115,4 +119,29 @@ func TestHelpListsSubcommandsAndFlags(t *testing.T) {
 			t.Errorf("help does not list -%s", f.Name)
 		}
 	})
+}
+
+// The agent starts with a node.json that sets a field this release does
+// not know, and names it in a warning; a known field of the wrong type
+// still stops it, naming the field.
+func TestAgentWarnsOfUnknownNodeFields(t *testing.T) {
+	dir := t.TempDir()
+	node := filepath.Join(dir, "node.json")
+	if err := os.WriteFile(node, []byte(`{"stateDir":"/run/x","vfBaseline":{"numVFs":4}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	a, err := newAgent(options{nodeConfig: node}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil || a.Conf.StateDir != "/run/x" {
+		t.Fatalf("newAgent: %+v %v", a, err)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "fields=[vfBaseline]") {
+		t.Errorf("log %q: want a warning naming vfBaseline", logs.String())
+	}
+	if err := os.WriteFile(node, []byte(`{"stateDir":["/run/x"],"vfBaseline":4}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newAgent(options{nodeConfig: node}, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), `field "stateDir"`) {
+		t.Errorf("newAgent with stateDir of the wrong type: %v, want an error naming the field", err)
+	}
 }

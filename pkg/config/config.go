@@ -56,6 +56,10 @@ type NetConf struct {
 	// NodeConfigFile is the node configuration file Parse read (or would
 	// have read: a missing file is no node configuration), for messages.
 	NodeConfigFile string `json:"-"`
+	// NodeUnknown lists the fields of the node configuration file that
+	// this release does not know and ignored (Node.Unknown), for the
+	// caller to log once it has a log.
+	NodeUnknown []string `json:"-"`
 	// DeviceID is where multus puts the PCI address the kubelet allocated
 	// when the plugin does not declare the deviceID capability.
 	DeviceID string `json:"deviceID,omitempty"`

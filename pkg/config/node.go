@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,10 +53,12 @@ var NodeOnlyFields = []string{"stateDir", "nodeConfigFile", "sysfsRoot", "logFil
 // agent (which has no API token and cannot read NADs). A NAD may repeat
 // pfNames and reservedInterfaces only with the same value.
 //
-// A field added here cannot be read by a rollback: a release reads
-// node.json strictly (LoadNodeBytes), and the release before logFile and
-// logLevel existed refuses a node.json that sets either. deploy's
-// node-config.yaml therefore leaves them out.
+// A field added here is one the previous release does not know. This
+// release reads a field it does not know as a warning, not an error
+// (LoadNodeBytes), so a rollback after an admin set a new field still
+// reads node.json. Releases before it read node.json strictly: the one
+// before logFile and logLevel existed refuses a node.json that sets
+// either, and deploy's node-config.yaml therefore leaves them out.
 type Node struct {
 	PFNames                []string `json:"pfNames,omitempty"`
 	ReservedInterfaces     []string `json:"reservedInterfaces,omitempty"`
@@ -73,11 +77,14 @@ type Node struct {
 	// the kubelet may have counted as free: on a node that runs the agent,
 	// fail closed instead.
 	RequireDeviceID bool `json:"requireDeviceID,omitempty"`
+
+	// Unknown lists the file's top-level fields that this release does
+	// not know, as spelt there, sorted; they are ignored.
+	Unknown []string `json:"-"`
 }
 
 // LoadNode reads the node configuration; a missing file (or path "") is no
-// node configuration, nil. Unknown fields are errors: a misspelt pool would
-// otherwise silently widen it.
+// node configuration, nil. See LoadNodeBytes for what it refuses.
 func LoadNode(path string) (*Node, error) {
 	if path == "" {
 		return nil, nil
@@ -96,15 +103,68 @@ func LoadNode(path string) (*Node, error) {
 	return n, nil
 }
 
-// LoadNodeBytes decodes a node configuration strictly.
+// LoadNodeBytes decodes a node configuration. A known field of the wrong
+// type is an error that names the field (Parse and NodeConf validate the
+// values). A field this release does not know is not an error but listed
+// in Node.Unknown, for the caller to log: node.json may have been written
+// for a later release, and after a rollback refusing it would refuse every
+// ADD, DEL and GC on the node. The price is that a misspelt field (say
+// "pfname", which would have narrowed the pool) only shows in the log.
 func LoadNodeBytes(data []byte) (*Node, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	n := &Node{}
-	if err := dec.Decode(n); err != nil {
-		return nil, err
+	if err := json.NewDecoder(bytes.NewReader(data)).Decode(n); err != nil {
+		return nil, nodeDecodeError(err)
 	}
+	// The decode above succeeded, so the value is an object (or null).
+	var keys map[string]json.RawMessage
+	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&keys); err != nil {
+		return nil, nodeDecodeError(err)
+	}
+	known := nodeFields()
+	for key := range keys {
+		// encoding/json matches keys case-insensitively: "PFNames"
+		// sets pfNames, so it is known.
+		if !slices.ContainsFunc(known, func(f string) bool { return strings.EqualFold(f, key) }) {
+			n.Unknown = append(n.Unknown, key)
+		}
+	}
+	slices.Sort(n.Unknown)
 	return n, nil
+}
+
+// WarnNodeUnknown logs the node configuration's fields that this release
+// does not know and ignored (NodeUnknown), if there are any.
+func (c *NetConf) WarnNodeUnknown(log *slog.Logger) {
+	if len(c.NodeUnknown) == 0 {
+		return
+	}
+	log.Warn("node configuration fields this release does not know are ignored (written for a later release, or misspelt?)",
+		"fields", c.NodeUnknown, "nodeConfig", c.NodeConfigFile)
+}
+
+// nodeFields are the JSON names of Node's fields.
+func nodeFields() []string {
+	var names []string
+	t := reflect.TypeFor[Node]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// nodeDecodeError names the field a wrong type was found in.
+func nodeDecodeError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		if typeErr.Field == "" {
+			return fmt.Errorf("want a JSON object, got JSON %s", typeErr.Value)
+		}
+		return fmt.Errorf("field %q: want %s, got JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	}
+	return fmt.Errorf("not valid JSON: %w", err)
 }
 
 // NodeConf is the configuration a node-wide component (the agent) works
@@ -180,6 +240,7 @@ func (c *NetConf) applyNode(set map[string]bool) error {
 	if n == nil {
 		return nil
 	}
+	c.NodeUnknown = n.Unknown
 	c.ReservedInterfacesFile, c.StateDir, c.SysfsRoot, c.LogFile = n.ReservedInterfacesFile, n.StateDir, n.SysfsRoot, n.LogFile
 	c.RequireDeviceID = n.RequireDeviceID
 	if !set["logLevel"] {

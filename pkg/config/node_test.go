@@ -1,7 +1,9 @@
 package config
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -96,16 +98,84 @@ func TestNetworkConfigThatDisagreesWithTheNodeIsACNIError(t *testing.T) {
 	}
 }
 
-func TestNodeConfigRejectsUnknownFieldsAndBadPaths(t *testing.T) {
-	for _, content := range []string{`{"pfname":["ens1"]}`, `{"stateDir":"relative"}`, `{"logFile":"x.log"}`,
-		`{"reservedInterfacesFile":"etc/x"}`, `{"logLevel":"loud"}`, `not json`} {
+// A node.json written for a later release (an admin set a field this one
+// does not know) is still read after a rollback: the unknown fields are
+// named for the log, not refused, for ADD (Parse), DEL and GC
+// (ParseRelease) and the agent (NodeConf). The fields it knows apply,
+// spelt in any case as encoding/json matches them.
+func TestNodeConfigUnknownFieldsAreNamedNotRefused(t *testing.T) {
+	node := writeNode(t, `{"pfNames":["ens1"],"vfBaseline":{"numVFs":4},"RequireDeviceID":true,"zFlag":true}`)
+	want := []string{"vfBaseline", "zFlag"}
+	n, err := LoadNode(node)
+	if err != nil || !slices.Equal(n.Unknown, want) || !n.RequireDeviceID || !slices.Equal(n.PFNames, []string{"ens1"}) {
+		t.Fatalf("LoadNode: %+v %v; want unknown %v and the known fields applied", n, err, want)
+	}
+	nad := []byte(`{"name":"n"}`)
+	c, err := Parse(nad, node)
+	if err != nil || !slices.Equal(c.NodeUnknown, want) || !c.RequireDeviceID || !slices.Equal(c.PFNames, []string{"ens1"}) {
+		t.Errorf("Parse: %+v %v", c, err)
+	}
+	c, _, err = ParseRelease(nad, node)
+	if err != nil || !slices.Equal(c.NodeUnknown, want) {
+		t.Errorf("ParseRelease: %+v %v", c, err)
+	}
+	agent, err := NodeConf(node)
+	if err != nil || !slices.Equal(agent.NodeUnknown, want) || !agent.RequireDeviceID {
+		t.Fatalf("NodeConf: %+v %v", agent, err)
+	}
+	var logs bytes.Buffer
+	agent.WarnNodeUnknown(slog.New(slog.NewTextHandler(&logs, nil)))
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "fields=\"[vfBaseline zFlag]\"") ||
+		!strings.Contains(logs.String(), node) {
+		t.Errorf("warning %q: want the fields and the file named", logs.String())
+	}
+	// Without unknown fields, nothing is logged.
+	logs.Reset()
+	known, err := NodeConf(writeNode(t, `{"pfNames":["ens1"]}`))
+	if err != nil || known.NodeUnknown != nil {
+		t.Fatalf("NodeConf: %+v %v", known, err)
+	}
+	known.WarnNodeUnknown(slog.New(slog.NewTextHandler(&logs, nil)))
+	if logs.Len() != 0 {
+		t.Errorf("warned without unknown fields: %s", logs.String())
+	}
+	// The network configuration stays strict about node-only fields.
+	_, err = Parse([]byte(`{"name":"n","stateDir":"/tmp/x"}`), node)
+	if err == nil || code(t, err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), `"stateDir"`) {
+		t.Errorf("a node-only field in the NAD next to a node.json with unknown fields: %v", err)
+	}
+}
+
+// A field the release knows is still checked: a wrong type is refused
+// naming the field, a wrong value as before, by every reader.
+func TestNodeConfigRejectsWrongTypesAndBadValues(t *testing.T) {
+	for content, want := range map[string]string{
+		`{"pfNames":"ens1"}`:                 `field "pfNames": want []string, got JSON string`,
+		`{"requireDeviceID":"yes"}`:          `field "requireDeviceID": want bool, got JSON string`,
+		`{"stateDir":5,"futureField":1}`:     `field "stateDir": want string, got JSON number`,
+		`["ens1"]`:                           `want a JSON object, got JSON array`,
+		`not json`:                           `not valid JSON`,
+		`{"stateDir":"relative"}`:            `field "stateDir": "relative" is not an absolute path`,
+		`{"logFile":"x.log"}`:                `field "logFile": "x.log" is not an absolute path`,
+		`{"reservedInterfacesFile":"etc/x"}`: `field "reservedInterfacesFile": "etc/x" is not an absolute path`,
+		`{"logLevel":"loud"}`:                `loud`,
+		`{"pfNames":["a/b"]}`:                `"a/b"`,
+	} {
 		node := writeNode(t, content)
-		if _, err := NodeConf(node); err == nil {
-			t.Errorf("NodeConf(%s) accepted", content)
+		if _, err := NodeConf(node); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("NodeConf(%s): %v, want an error saying %s", content, err, want)
 		}
-		_, err := Parse([]byte(`{"name":"n"}`), node)
-		if err == nil || code(t, err) != types.ErrInvalidNetworkConfig {
-			t.Errorf("Parse with node %s: %v", content, err)
+		for name, parse := range map[string]func([]byte, string) (*NetConf, error){
+			"Parse": Parse,
+			"ParseRelease": func(b []byte, f string) (*NetConf, error) {
+				c, _, err := ParseRelease(b, f)
+				return c, err
+			},
+		} {
+			_, err := parse([]byte(`{"name":"n"}`), node)
+			if err == nil || code(t, err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), want) {
+				t.Errorf("%s with node %s: %v, want code 7 saying %s", name, content, err, want)
+			}
 		}
 	}
 	// No file: no node configuration, defaults as before.

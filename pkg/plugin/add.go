@@ -281,15 +281,26 @@ func (o *op) bringUp(rec *state.Record, pod *netdev.NS) (map[string]netlink.Link
 	return podLinks, nil
 }
 
-// result lists the PF first, then each VF, as they are in the pod.
+// result lists each VF in VF index order, then the PF, as they are in the
+// pod. The PF comes last because multus v3.x writes one network-status
+// entry per attachment and takes its interface and MAC from the last
+// interface of the result that has a sandbox: with the PF first, the pod's
+// network-status named a VF instead of CNI_IFNAME. Multus v4 writes one
+// entry per sandboxed interface, in the result's order, so the PF's entry
+// is there under CNI_IFNAME wherever it stands; IPs go to the entry their
+// interface index points at (runIPAM points them at the PF).
 func (o *op) result(rec *state.Record, podLinks map[string]netlink.Link) *current.Result {
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
-	for _, d := range rec.Devices {
+	iface := func(d state.Device) *current.Interface {
 		a := podLinks[d.PCIAddress].Attrs()
-		res.Interfaces = append(res.Interfaces, &current.Interface{
-			Name: a.Name, Mac: a.HardwareAddr.String(), Mtu: a.MTU, Sandbox: o.args.Netns, PciID: d.PCIAddress,
-		})
+		return &current.Interface{Name: a.Name, Mac: a.HardwareAddr.String(), Mtu: a.MTU, Sandbox: o.args.Netns, PciID: d.PCIAddress}
 	}
+	for _, d := range rec.Devices {
+		if !d.IsPF() {
+			res.Interfaces = append(res.Interfaces, iface(d))
+		}
+	}
+	res.Interfaces = append(res.Interfaces, iface(*rec.PF()))
 	return res
 }
 

@@ -51,13 +51,13 @@ func TestAddMovesPFAndAllVFs(t *testing.T) {
 	if len(res.Interfaces) != 4 {
 		t.Fatalf("result has %d interfaces, want 4: %+v", len(res.Interfaces), res.Interfaces)
 	}
-	pf := res.Interfaces[0]
+	pf := pfOf(res)
 	if pf.Name != "net1" || pf.PciID != pfA.PCI || pf.Sandbox != pod.Path() ||
 		pf.Mac != hostBefore["ens1f0"].Attrs().HardwareAddr.String() || pf.Mtu != hostBefore["ens1f0"].Attrs().MTU {
 		t.Errorf("PF entry %+v does not describe ens1f0 (%s) now net1 in %s", pf, pfA.PCI, pod.Path())
 	}
 	for i, vf := range pfA.VFs {
-		got := res.Interfaces[i+1]
+		got := res.Interfaces[i]
 		if got.Name != vf.Name || got.PciID != vf.PCI || got.Mac != hostBefore[vf.Name].Attrs().HardwareAddr.String() {
 			t.Errorf("VF %d entry %+v, want %s %s", i, got, vf.Name, vf.PCI)
 		}
@@ -91,18 +91,22 @@ func TestAddResultPerCNIVersion(t *testing.T) {
 			if err := json.Unmarshal(out, &raw); err != nil {
 				t.Fatal(err)
 			}
-			if raw.CNIVersion != v || len(raw.Interfaces) != 2 || raw.Interfaces[0]["name"] != "net1" ||
-				raw.Interfaces[0]["sandbox"] != pod.Path() || raw.Interfaces[0]["mac"] == "" {
-				t.Fatalf("result %s", out)
+			// The VF, then the PF: multus v3.x names the attachment
+			// after the last interface in the sandbox.
+			if raw.CNIVersion != v || len(raw.Interfaces) != 2 || raw.Interfaces[0]["name"] != pf.VFs[0].Name ||
+				raw.Interfaces[1]["name"] != "net1" || raw.Interfaces[1]["sandbox"] != pod.Path() || raw.Interfaces[1]["mac"] == "" {
+				t.Fatalf("result %s, want %s then net1, both in %s", out, pf.VFs[0].Name, pod.Path())
 			}
-			_, hasPCI := raw.Interfaces[0]["pciID"]
-			_, hasMTU := raw.Interfaces[0]["mtu"]
+			_, hasPCI := raw.Interfaces[1]["pciID"]
+			_, hasMTU := raw.Interfaces[1]["mtu"]
 			if wantPCI := v == "1.1.0"; hasPCI != wantPCI || hasMTU != wantPCI {
 				t.Errorf("pciID present=%v, mtu present=%v in %s result, want %v: %s", hasPCI, hasMTU, v, wantPCI, out)
 			}
-			if hasPCI && raw.Interfaces[0]["pciID"] != pf.PCI {
-				t.Errorf("pciID %v, want %s", raw.Interfaces[0]["pciID"], pf.PCI)
+			if hasPCI && raw.Interfaces[1]["pciID"] != pf.PCI {
+				t.Errorf("pciID %v, want %s", raw.Interfaces[1]["pciID"], pf.PCI)
 			}
+			del(t, e, pod, "c1", "net1", e.Conf(map[string]any{"cniVersion": v}))
+			assertHostIntact(t, e)
 		})
 	}
 }
@@ -154,8 +158,8 @@ func TestAddSkipsReservedAndUplinks(t *testing.T) {
 
 	pod := e.NewPod()
 	res := add(t, e, pod, "c1", "net1", conf)
-	if res.Interfaces[0].PciID != free.PCI {
-		t.Fatalf("took %s, want the only free PF %s", res.Interfaces[0].PciID, free.PCI)
+	if pfOf(res).PciID != free.PCI {
+		t.Fatalf("took %s, want the only free PF %s", pfOf(res).PciID, free.PCI)
 	}
 
 	_, err := call(t, e, "ADD", args(e.NewPod(), "c2", "net1", conf))
@@ -211,11 +215,11 @@ func TestAddTwoAttachmentsGetDifferentPFs(t *testing.T) {
 	pod := e.NewPod()
 	r1 := add(t, e, pod, "c1", "net1", e.Conf(nil))
 	r2 := add(t, e, pod, "c1", "net2", e.Conf(nil))
-	if r1.Interfaces[0].PciID == r2.Interfaces[0].PciID {
-		t.Fatalf("both attachments got %s", r1.Interfaces[0].PciID)
+	if pfOf(r1).PciID == pfOf(r2).PciID {
+		t.Fatalf("both attachments got %s", pfOf(r1).PciID)
 	}
-	if r1.Interfaces[0].PciID != e.PFs[0].PCI {
-		t.Errorf("first ADD took %s, want the lowest PCI address %s", r1.Interfaces[0].PciID, e.PFs[0].PCI)
+	if pfOf(r1).PciID != e.PFs[0].PCI {
+		t.Errorf("first ADD took %s, want the lowest PCI address %s", pfOf(r1).PciID, e.PFs[0].PCI)
 	}
 	if got := names(kerneltest.Links(t, pod)); !slices.Equal(got, []string{"ens1f0v0", "ens2f0v0", "net1", "net2"}) {
 		t.Errorf("pod has %v", got)
@@ -233,8 +237,8 @@ func TestAddPinnedByDeviceID(t *testing.T) {
 	second := e.AddPF("ens2f0", 1)
 	conf := e.Conf(map[string]any{"runtimeConfig": map[string]any{"deviceID": second.PCI}})
 	res := add(t, e, e.NewPod(), "c1", "net1", conf)
-	if res.Interfaces[0].PciID != second.PCI {
-		t.Fatalf("took %s, want pinned %s", res.Interfaces[0].PciID, second.PCI)
+	if pfOf(res).PciID != second.PCI {
+		t.Fatalf("took %s, want pinned %s", pfOf(res).PciID, second.PCI)
 	}
 	if rec := readRecord(t, e, "c1", "net1"); rec.Unpinned {
 		t.Error("an ADD with the kubelet's deviceID recorded as unpinned")
@@ -255,8 +259,8 @@ func TestAddPFNamesRestrictsPool(t *testing.T) {
 	e.AddPF("ens1f0", 0)
 	e.AddPF("ens2f0", 0)
 	res := add(t, e, e.NewPod(), "c1", "net1", e.Conf(map[string]any{"pfNames": []string{"ens2f0"}}))
-	if res.Interfaces[0].PciID != e.PFs[1].PCI {
-		t.Fatalf("took %s, want ens2f0 %s", res.Interfaces[0].PciID, e.PFs[1].PCI)
+	if pfOf(res).PciID != e.PFs[1].PCI {
+		t.Fatalf("took %s, want ens2f0 %s", pfOf(res).PciID, e.PFs[1].PCI)
 	}
 }
 
@@ -271,8 +275,8 @@ func TestAddVFNameTakenInPodIsRenamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := add(t, e, pod, "c1", "net1", e.Conf(nil))
-	if res.Interfaces[2].Name != "net1v1" || res.Interfaces[1].Name != pf.VFs[0].Name {
-		t.Fatalf("VF names %s %s, want %s net1v1", res.Interfaces[1].Name, res.Interfaces[2].Name, pf.VFs[0].Name)
+	if res.Interfaces[1].Name != "net1v1" || res.Interfaces[0].Name != pf.VFs[0].Name {
+		t.Fatalf("VF names %s %s, want %s net1v1", res.Interfaces[0].Name, res.Interfaces[1].Name, pf.VFs[0].Name)
 	}
 	del(t, e, pod, "c1", "net1", e.Conf(nil))
 	assertHostIntact(t, e)
@@ -375,7 +379,7 @@ func TestAddRepeatedForSameAttachment(t *testing.T) {
 			t.Errorf("pod changed: %v -> %v", inPod, got)
 		}
 	}
-	if first.Interfaces[0].PciID != pf.PCI || len(kerneltest.Links(t, e.Host)) != 2 {
+	if pfOf(first).PciID != pf.PCI || len(kerneltest.Links(t, e.Host)) != 2 {
 		t.Errorf("the second PF moved: host has %v", names(kerneltest.Links(t, e.Host)))
 	}
 	del(t, e, pod, "c1", "net1", e.Conf(nil))
@@ -388,7 +392,7 @@ func TestAddExtendsPrevResult(t *testing.T) {
 	prev := map[string]any{"cniVersion": "1.1.0", "interfaces": []map[string]any{{"name": "eth0", "sandbox": "/x"}},
 		"ips": []map[string]any{{"address": "10.1.0.5/24", "interface": 0}}}
 	res := add(t, e, e.NewPod(), "c1", "net1", e.Conf(map[string]any{"prevResult": prev}))
-	if len(res.Interfaces) != 3 || res.Interfaces[0].Name != "eth0" || res.Interfaces[1].Name != "net1" ||
+	if len(res.Interfaces) != 3 || res.Interfaces[0].Name != "eth0" || res.Interfaces[2].Name != "net1" ||
 		len(res.IPs) != 1 || *res.IPs[0].Interface != 0 {
 		t.Fatalf("prevResult not kept and extended: %s", mustJSON(t, res))
 	}

@@ -207,7 +207,7 @@ func TestCheck(t *testing.T) {
 	if cniCode(t, err) != types.ErrInternal || !strings.Contains(err.Error(), "the result says 02:00:00:00:00:01") {
 		t.Fatalf("CHECK with another MAC in prevResult: want it named, got %v", err)
 	}
-	lied.Interfaces = []*current.Interface{{Name: "net1", Mac: res.Interfaces[0].Mac, Sandbox: "/var/run/netns/other"}}
+	lied.Interfaces = []*current.Interface{{Name: "net1", Mac: pfOf(res).Mac, Sandbox: "/var/run/netns/other"}}
 	_, err = call(t, e, "CHECK", args(pod, "c1", "net1", e.Conf(map[string]any{"prevResult": &lied})))
 	if err == nil || !strings.Contains(err.Error(), `prevResult lists no interface "net1" in sandbox`) {
 		t.Fatalf("CHECK with the PF in another sandbox in prevResult: want a refusal, got %v", err)
@@ -281,7 +281,7 @@ func TestAddRepairsStaleAttachmentOfDeadPod(t *testing.T) {
 
 	pod2 := e.NewPod()
 	res := add(t, e, pod2, "c2", "net1", conf)
-	if res.Interfaces[0].PciID != pf.PCI || readRecord(t, e, "c1", "net1") != nil {
+	if pfOf(res).PciID != pf.PCI || readRecord(t, e, "c1", "net1") != nil {
 		t.Fatalf("stale record not repaired before allocation")
 	}
 }
@@ -299,7 +299,7 @@ func TestAddRollsBackInterruptedAdd(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := add(t, e, e.NewPod(), "c2", "net1", conf)
-	if res.Interfaces[0].PciID != pf.PCI {
+	if pfOf(res).PciID != pf.PCI {
 		t.Fatalf("interrupted ADD not rolled back")
 	}
 }

@@ -60,6 +60,10 @@ func add(t *testing.T, e *kerneltest.Env, pod ns.NetNS, cid, ifname string, conf
 	return r
 }
 
+// pfOf is the PF's entry of an ADD result: the last interface, after the
+// VFs, where multus v3.x looks for the attachment's interface.
+func pfOf(res *current.Result) *current.Interface { return res.Interfaces[len(res.Interfaces)-1] }
+
 func del(t *testing.T, e *kerneltest.Env, pod ns.NetNS, cid, ifname string, conf []byte) {
 	t.Helper()
 	if _, err := call(t, e, "DEL", args(pod, cid, ifname, conf)); err != nil {

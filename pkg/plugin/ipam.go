@@ -19,7 +19,7 @@ import (
 )
 
 // runIPAM asks the configured IPAM plugin for addresses and puts them on
-// the PF (interfaces[0] of res) inside the pod.
+// the PF (the last of res's interfaces, see result) inside the pod.
 func (o *op) runIPAM(res *current.Result, pod *netdev.NS) error {
 	r, err := ipam.ExecAdd(o.conf.IPAM.Type, o.args.StdinData)
 	if err != nil {
@@ -32,8 +32,9 @@ func (o *op) runIPAM(res *current.Result, pod *netdev.NS) error {
 	if len(ipRes.IPs) == 0 {
 		return fmt.Errorf("IPAM plugin %q returned no IP addresses", o.conf.IPAM.Type)
 	}
+	pf := len(res.Interfaces) - 1
 	for _, ip := range ipRes.IPs {
-		ip.Interface = current.Int(0)
+		ip.Interface = current.Int(pf)
 	}
 	res.IPs, res.Routes, res.DNS = ipRes.IPs, ipRes.Routes, ipRes.DNS
 	if err := pod.Do(func() error { return ipam.ConfigureIface(o.args.IfName, res) }); err != nil {

@@ -27,8 +27,8 @@ func TestRequireDeviceIDFailsClosed(t *testing.T) {
 	assertHostIntact(t, e)
 	pinned := e.Conf(map[string]any{"deviceID": second.PCI})
 	res := add(t, e, e.NewPod(), "c2", "net1", pinned)
-	if res.Interfaces[0].PciID != second.PCI {
-		t.Fatalf("took %s, want the allocated %s", res.Interfaces[0].PciID, second.PCI)
+	if pfOf(res).PciID != second.PCI {
+		t.Fatalf("took %s, want the allocated %s", pfOf(res).PciID, second.PCI)
 	}
 }
 
@@ -102,4 +102,47 @@ func TestDelIgnoresNodeOnlyFieldsAndGivesThePFBack(t *testing.T) {
 	if recs, _ := os.ReadDir(e.StateDir); len(recs) > 1 {
 		t.Errorf("records left in the node's state dir after DEL: %v", recs)
 	}
+}
+
+// After a rollback, node.json may set a field of a later release: ADD,
+// CHECK, DEL and GC go on as before, each naming the field in a warning.
+// A known field of the wrong type is still refused (code 7), naming it.
+func TestUnknownNodeFieldsAreWarnedOfNotRefused(t *testing.T) {
+	e := kerneltest.New(t)
+	e.AddPF("ens1f0", 1)
+	logFile := filepath.Join(t.TempDir(), "plugin.log")
+	e.SetNode(map[string]any{"logFile": logFile, "vfBaseline": map[string]any{"numVFs": 4}})
+	pod := e.NewPod()
+	res := add(t, e, pod, "c1", "net1", e.Conf(nil))
+	if _, err := call(t, e, "CHECK", args(pod, "c1", "net1", e.Conf(map[string]any{"prevResult": res}))); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	del(t, e, pod, "c1", "net1", e.Conf(nil))
+	if _, err := call(t, e, "GC", args(nil, "", "", e.Conf(map[string]any{"cni.dev/valid-attachments": []any{}}))); err != nil {
+		t.Errorf("GC: %v", err)
+	}
+	assertHostIntact(t, e)
+	logs, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"ADD", "CHECK", "DEL", "GC"} {
+		found := false
+		for line := range strings.Lines(string(logs)) {
+			if strings.Contains(line, "level=WARN") && strings.Contains(line, "cmd="+cmd+" ") &&
+				strings.Contains(line, "does not know") && strings.Contains(line, "fields=[vfBaseline]") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no warning naming vfBaseline for %s in the log:\n%s", cmd, logs)
+		}
+	}
+
+	e.SetNode(map[string]any{"requireDeviceID": "yes", "vfBaseline": 4})
+	_, err = call(t, e, "ADD", args(e.NewPod(), "c2", "net1", e.Conf(nil)))
+	if cniCode(t, err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), `field "requireDeviceID"`) {
+		t.Errorf("ADD with requireDeviceID of the wrong type: %v, want code 7 naming the field", err)
+	}
+	assertHostIntact(t, e)
 }

@@ -86,6 +86,9 @@ type op struct {
 // netns. Everything it returns an error for happens before any change.
 // A release (DEL, GC) ignores node-only fields in the configuration, which
 // multus may replay from before they were refused (config.ParseRelease).
+// Every command ignores node configuration fields it does not know, with
+// a warning: after a rollback, node.json may set a field of a later
+// release.
 func (p *Plugin) begin(args *skel.CmdArgs, releasing bool) (*op, error) {
 	var (
 		conf    *config.NetConf
@@ -113,6 +116,7 @@ func (p *Plugin) begin(args *skel.CmdArgs, releasing bool) (*op, error) {
 		logger.Warn("node-only fields in the network configuration ignored; the node configuration's values are used",
 			"fields", ignored, "nodeConfig", conf.NodeConfigFile)
 	}
+	conf.WarnNodeUnknown(logger)
 	host, err := netdev.Current()
 	if err != nil {
 		closeLog()

@@ -100,6 +100,11 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 	if err != nil {
 		t.Errorf("node.json: %v", err)
 	}
+	// The plugin only warns of fields it does not know (a rollback must
+	// read a later release's node.json); the shipped one has none.
+	if node != nil && len(node.Unknown) != 0 {
+		t.Errorf("node.json sets fields the plugin does not know: %v", node.Unknown)
+	}
 	// The release before logFile and logLevel reads node.json strictly: a
 	// default that set them would break a rollback.
 	if node != nil && (node.LogFile != "" || node.LogLevel != "") {

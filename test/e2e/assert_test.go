@@ -75,11 +75,11 @@ func assertAttached(t *testing.T, a attachment, res *result) {
 	wantIface := func(l link) iface {
 		return iface{Name: l.Name, Mac: l.MAC, Mtu: l.MTU, Sandbox: a.pod.path, PciID: l.PCI}
 	}
-	if got, want := res.Interfaces[0], wantIface(pfl); got != want {
-		t.Errorf("result interfaces[0] = %+v, want the PF as the kernel shows it: %+v", got, want)
+	if got, want := res.pf(), wantIface(pfl); got != want {
+		t.Errorf("result's last interface = %+v, want the PF as the kernel shows it: %+v", got, want)
 	}
 	var got, want []string
-	for _, i := range res.Interfaces[1:] {
+	for _, i := range res.Interfaces[:len(res.Interfaces)-1] {
 		got = append(got, fmt.Sprintf("%+v", i))
 	}
 	for _, v := range a.vfs {

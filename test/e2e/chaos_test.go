@@ -240,10 +240,14 @@ func TestChaosOnRealSRIOV(t *testing.T) {
 		seed, rounds, stats.adds, stats.dels, stats.kills, stats.netnsDeletes, stats.nested, stats.gcs, stats.checks)
 }
 
-// podPCIs is the PF and VF PCI addresses of an ADD result.
+// podPCIs is the PCI addresses of an ADD result: the PF's first (the
+// result lists it last), then the VFs'.
 func podPCIs(res *result) []string {
-	var out []string
-	for _, i := range res.Interfaces {
+	if len(res.Interfaces) == 0 {
+		return nil
+	}
+	out := []string{res.pf().PciID}
+	for _, i := range res.Interfaces[:len(res.Interfaces)-1] {
 		out = append(out, i.PciID)
 	}
 	return out

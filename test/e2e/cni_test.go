@@ -175,6 +175,10 @@ type result struct {
 	IPs        []any   `json:"ips"`
 }
 
+// pf is the PF's entry: the last interface, after the VFs, where multus
+// v3.x looks for the attachment's interface.
+func (r *result) pf() iface { return r.Interfaces[len(r.Interfaces)-1] }
+
 func decodeResult(t testing.TB, b []byte) *result {
 	t.Helper()
 	var r result

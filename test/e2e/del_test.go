@@ -129,7 +129,7 @@ func TestCheck(t *testing.T) {
 		if err := h.libCheck(p, "net1"); err != nil {
 			t.Fatalf("CHECK right after ADD: %v", err)
 		}
-		vfPCI := vfsOf[res.Interfaces[0].PciID][5]
+		vfPCI := vfsOf[res.pf().PciID][5]
 		run(t, "ip", "-n", p.name, "link", "set", baseline[vfPCI].Name, "netns", "1")
 		if err := h.libCheck(p, "net1"); err != nil {
 			t.Errorf("CHECK with VF %s moved out of the pod: %v", baseline[vfPCI].Name, err)
@@ -143,6 +143,6 @@ func TestCheck(t *testing.T) {
 		if err := h.libDel(p, "net1"); err != nil {
 			t.Fatalf("DEL: %v", err)
 		}
-		assertRestored(t, append([]string{res.Interfaces[0].PciID}, vfsOf[res.Interfaces[0].PciID]...)...)
+		assertRestored(t, append([]string{res.pf().PciID}, vfsOf[res.pf().PciID]...)...)
 	})
 }

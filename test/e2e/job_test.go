@@ -54,7 +54,7 @@ func startJob(t *testing.T, h *harness, wantPF string) *job {
 	if err != nil {
 		t.Fatalf("job ADD: %v", err)
 	}
-	j.pf = res.Interfaces[0].PciID
+	j.pf = res.pf().PciID
 	if wantPF != "" && j.pf != wantPF {
 		t.Fatalf("job ADD took %s, want %s", j.pf, wantPF)
 	}

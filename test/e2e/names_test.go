@@ -107,8 +107,8 @@ func TestReleaseWhenAnotherJobsVFsHoldTheNames(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ADD B: %v", err)
 	}
-	if resB.Interfaces[0].PciID != b.PCI {
-		t.Fatalf("ADD B took %s, want %s", resB.Interfaces[0].PciID, b.PCI)
+	if resB.pf().PciID != b.PCI {
+		t.Fatalf("ADD B took %s, want %s", resB.pf().PciID, b.PCI)
 	}
 	podA := h.newPod()
 	if _, err := h.libAdd(podA, "net1"); err != nil {

@@ -66,16 +66,21 @@ func (w *world) setNode(fields map[string]any) {
 	w.SetNode(n)
 }
 
-// list wraps the plugin conf in a conflist, as multus and cnitool load it.
+// list wraps the plugin conf in a conflist, as multus and cnitool load it;
+// a cniVersion among fields is the list's (1.1.0 if none).
 func (w *world) list(fields map[string]any) *libcni.NetworkConfigList {
 	w.t.Helper()
 	var plugin map[string]any
 	if err := json.Unmarshal(w.Conf(fields), &plugin); err != nil {
 		w.t.Fatal(err)
 	}
+	version := "1.1.0"
+	if v, ok := fields["cniVersion"].(string); ok {
+		version = v
+	}
 	delete(plugin, "cniVersion")
 	delete(plugin, "name")
-	b, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "sriov-passthrough-cni", "plugins": []any{plugin}})
+	b, _ := json.Marshal(map[string]any{"cniVersion": version, "name": "sriov-passthrough-cni", "plugins": []any{plugin}})
 	list, err := libcni.ConfListFromBytes(b)
 	if err != nil {
 		w.t.Fatal(err)
@@ -110,6 +115,10 @@ func (w *world) add(list *libcni.NetworkConfigList, r *libcni.RuntimeConf) (*cur
 	return current.NewResultFromResult(res)
 }
 
+// pfOf is the PF's entry of an ADD result: the last interface, after the
+// VFs, where multus v3.x looks for the attachment's interface.
+func pfOf(res *current.Result) *current.Interface { return res.Interfaces[len(res.Interfaces)-1] }
+
 func (w *world) del(list *libcni.NetworkConfigList, r *libcni.RuntimeConf) error {
 	return w.inHost(func() error { return w.cni().DelNetworkList(context.Background(), list, r) })
 }
@@ -139,7 +148,7 @@ func TestLifecycleThroughLibcni(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ADD net2: %v", err)
 	}
-	if r1.Interfaces[0].PciID == r2.Interfaces[0].PciID || len(r1.Interfaces) != 5 || len(r2.Interfaces) != 5 {
+	if pfOf(r1).PciID == pfOf(r2).PciID || len(r1.Interfaces) != 5 || len(r2.Interfaces) != 5 {
 		t.Fatalf("net1 %+v net2 %+v", r1.Interfaces, r2.Interfaces)
 	}
 	if got := len(kerneltest.Links(t, pod)); got != 10 {
@@ -195,8 +204,8 @@ func TestDeviceIDCapabilityPinsPF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Interfaces[0].PciID != second.PCI {
-		t.Fatalf("took %s, want the device plugin's %s", res.Interfaces[0].PciID, second.PCI)
+	if pfOf(res).PciID != second.PCI {
+		t.Fatalf("took %s, want the device plugin's %s", pfOf(res).PciID, second.PCI)
 	}
 }
 
@@ -225,7 +234,7 @@ func TestConcurrentAddsNeverShareAPF(t *testing.T) {
 			defer wg.Done()
 			res, err := w.add(list, rt(podNS[i], fmt.Sprintf("job%d", i), "net1"))
 			if err == nil {
-				results[i].pci = res.Interfaces[0].PciID
+				results[i].pci = pfOf(res).PciID
 			}
 			results[i].err = err
 		}()
@@ -273,8 +282,8 @@ func TestIPAMAddressesGoOnThePF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.IPs) != 1 || *res.IPs[0].Interface != 0 {
-		t.Fatalf("IPs %+v", res.IPs)
+	if pf := len(res.Interfaces) - 1; len(res.IPs) != 1 || *res.IPs[0].Interface != pf || res.Interfaces[pf].Name != "net1" {
+		t.Fatalf("IPs %+v, want one on the PF net1 (interface %d) of %s", res.IPs, pf, mustMarshal(t, res.Interfaces))
 	}
 	var addrs []netlink.Addr
 	if err := pod.Do(func(ns.NetNS) error {

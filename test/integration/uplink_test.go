@@ -70,8 +70,8 @@ func TestUplinkTopologiesAreRefused(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
-	if res.Interfaces[0].PciID != free.PCI {
-		t.Fatalf("took %s, want the only PF that carries no node traffic, %s", res.Interfaces[0].PciID, free.PCI)
+	if pfOf(res).PciID != free.PCI {
+		t.Fatalf("took %s, want the only PF that carries no node traffic, %s", pfOf(res).PciID, free.PCI)
 	}
 	_, err = w.add(list, rt(w.NewPod(), "job2", "net1"))
 	var e *types.Error
@@ -120,8 +120,8 @@ func TestNamesMatchAltNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Interfaces[0].PciID != w.PFs[3].PCI {
-		t.Fatalf("took %s, want eth3, the only PF no altname reserves", res.Interfaces[0].PciID)
+	if pfOf(res).PciID != w.PFs[3].PCI {
+		t.Fatalf("took %s, want eth3, the only PF no altname reserves", pfOf(res).PciID)
 	}
 	_, err = w.add(list, rt(w.NewPod(), "job2", "net1"))
 	for _, want := range []string{"eth0 (altname enp59s0f0np0) is reserved", "eth1 (altname " + long + ") is reserved", "eth2 (altname enp61s0f0np0) is reserved"} {
@@ -137,7 +137,7 @@ func TestNamesMatchAltNames(t *testing.T) {
 	w.setNode(nil)
 	for want, pfNames := range map[int][]string{1: {long}, 2: {"enp61s0f0np0"}} {
 		res, err := w.add(w.list(map[string]any{"pfNames": pfNames}), rt(pod, "job3", "net1"))
-		if err != nil || res.Interfaces[0].PciID != w.PFs[want].PCI {
+		if err != nil || pfOf(res).PciID != w.PFs[want].PCI {
 			t.Fatalf("pfNames %v: took %v (%v), want %s", pfNames, res, err, w.PFs[want].Name)
 		}
 		if err := w.del(list, rt(pod, "job3", "net1")); err != nil {

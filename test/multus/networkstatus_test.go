@@ -73,8 +73,26 @@ func inHost(t *testing.T, e *kerneltest.Env, f func() error) {
 	}
 }
 
-// The result stays honest: the PF first, as net1, then every VF, each in
-// the pod's sandbox, because each is there.
+// versions are the CNI versions a NAD may give the plugin: 0.3.0 to 0.4.0
+// for multus v3.x (the CI cluster's NAD says 0.3.0), 1.x for multus v4.
+var versions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
+// eachVersion runs check on a real ADD of a PF with three VFs in each
+// version, once the result is found honest (assertHonest).
+func eachVersion(t *testing.T, check func(t *testing.T, pf kerneltest.PF, res types.Result, r *current.Result, dev *nadv1.DeviceInfo)) {
+	for _, v := range versions {
+		t.Run(v, func(t *testing.T) {
+			e := kerneltest.New(t)
+			pf := e.AddPF("ens1f0", 3)
+			res, dev, pod := attachment(t, e, v)
+			check(t, pf, res, assertHonest(t, res, pf, pod), dev)
+		})
+	}
+}
+
+// The result stays honest: every VF, then the PF as net1, each in the
+// pod's sandbox, because each is there. The PF comes last, and the
+// attachment's one IP points at it.
 func assertHonest(t *testing.T, res types.Result, pf kerneltest.PF, pod ns.NetNS) *current.Result {
 	t.Helper()
 	r, err := current.NewResultFromResult(res)
@@ -88,82 +106,112 @@ func assertHonest(t *testing.T, res types.Result, pf kerneltest.PF, pod ns.NetNS
 		}
 		got = append(got, i.Name)
 	}
-	want := []string{"net1"}
+	var want []string
 	for _, vf := range pf.VFs {
 		want = append(want, vf.Name)
 	}
-	if !slices.Equal(got, want) || len(r.IPs) != 1 || *r.IPs[0].Interface != 0 {
-		t.Fatalf("result interfaces %v IPs %v, want %v with one IP on interfaces[0]", got, r.IPs, want)
+	want = append(want, "net1")
+	if !slices.Equal(got, want) {
+		t.Errorf("result interfaces %v, want %v", got, want)
+	}
+	if len(r.IPs) != 1 {
+		t.Fatalf("result IPs %s, want one", mustJSON(t, r.IPs))
+	}
+	if last := len(r.Interfaces) - 1; r.IPs[0].Interface == nil || *r.IPs[0].Interface != last {
+		t.Errorf("result IP %s, want it on interfaces[%d], the PF", mustJSON(t, r.IPs[0]), last)
 	}
 	return r
 }
 
-// multus v4: one entry per sandboxed interface. The job finds the PF as the
-// entry whose interface is the name it asked for (net1); that entry alone
-// carries the attachment's IP, and device-info names the PF's PCI address.
+// multus v4 (v4.2.2, cmdAdd in pkg/multus/multus.go) builds the
+// network-status with CreateNetworkStatuses: one entry per interface that
+// has a sandbox, in the result's order, each IP on the entry its interface
+// index points at. It does not pick an entry by CNI_IFNAME: the job finds
+// the PF as the entry whose interface is the name it asked for (net1),
+// wherever it stands; it is the last one. That entry alone carries the
+// attachment's IP, and device-info names the PF's PCI address.
 func TestNetworkStatusesV4FindThePF(t *testing.T) {
-	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
-		t.Run(v, func(t *testing.T) {
-			e := kerneltest.New(t)
-			pf := e.AddPF("ens1f0", 3)
-			res, dev, pod := attachment(t, e, v)
-			r := assertHonest(t, res, pf, pod)
-
-			statuses, err := nadutils.CreateNetworkStatuses(res, networkName, false, dev)
-			if err != nil {
-				t.Fatal(err)
+	eachVersion(t, func(t *testing.T, pf kerneltest.PF, res types.Result, r *current.Result, dev *nadv1.DeviceInfo) {
+		statuses, err := nadutils.CreateNetworkStatuses(res, networkName, false, dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(statuses) != 1+len(pf.VFs) {
+			t.Fatalf("%d network-status entries, want one per sandboxed interface (%d)", len(statuses), 1+len(pf.VFs))
+		}
+		var found []*nadv1.NetworkStatus
+		for _, s := range statuses {
+			if s.Name != networkName {
+				t.Errorf("entry %s has network %q", s.Interface, s.Name)
 			}
-			if len(statuses) != 1+len(pf.VFs) {
-				t.Fatalf("%d network-status entries, want one per sandboxed interface (%d)", len(statuses), 1+len(pf.VFs))
+			if s.Interface == "net1" {
+				found = append(found, s)
+			} else if len(s.IPs) != 0 {
+				t.Errorf("VF entry %s carries IPs %v", s.Interface, s.IPs)
 			}
-			var found []*nadv1.NetworkStatus
-			for _, s := range statuses {
-				if s.Name != networkName {
-					t.Errorf("entry %s has network %q", s.Interface, s.Name)
-				}
-				if s.Interface == "net1" {
-					found = append(found, s)
-				} else if len(s.IPs) != 0 {
-					t.Errorf("VF entry %s carries IPs %v", s.Interface, s.IPs)
-				}
-			}
-			if len(found) != 1 || statuses[0] != found[0] {
-				t.Fatalf("want exactly one entry for net1, the first: %s", mustJSON(t, statuses))
-			}
-			s := found[0]
-			if s.Mac != r.Interfaces[0].Mac || !slices.Equal(s.IPs, []string{r.IPs[0].Address.IP.String()}) {
-				t.Errorf("net1 entry %s, want the PF's MAC %s and IP %s", mustJSON(t, s), r.Interfaces[0].Mac, r.IPs[0].Address.IP)
-			}
-			assertDeviceInfo(t, s.DeviceInfo, pf.PCI)
-			t.Logf("multus v4 network-status for net1: %s", mustJSON(t, s))
-		})
-	}
+		}
+		if len(found) != 1 || statuses[len(statuses)-1] != found[0] {
+			t.Fatalf("want exactly one entry for net1, the last: %s", mustJSON(t, statuses))
+		}
+		s, pfIface := found[0], named(t, r, "net1")
+		if s.Mac != pfIface.Mac || !slices.Equal(s.IPs, []string{r.IPs[0].Address.IP.String()}) {
+			t.Errorf("net1 entry %s, want the PF's MAC %s and IP %s", mustJSON(t, s), pfIface.Mac, r.IPs[0].Address.IP)
+		}
+		assertDeviceInfo(t, s.DeviceInfo, pf.PCI)
+		t.Logf("multus v4 network-status for net1: %s", mustJSON(t, s))
+	})
 }
 
-// multus v3.x: one entry per attachment, whose interface and MAC are the
-// LAST sandboxed interface's, a VF's: no honest result makes them the PF's
-// (interfaces[0] is the PF, and each VF really is in the pod). What does
-// name the PF there is its IP (the attachment's only one) and device-info's
-// PCI address; docs/prow-jobs.md says how a job finds net1 with them.
-func TestNetworkStatusV3NamesThePFByDeviceInfo(t *testing.T) {
-	e := kerneltest.New(t)
-	pf := e.AddPF("ens1f0", 3)
-	res, dev, pod := attachment(t, e, "0.4.0")
-	r := assertHonest(t, res, pf, pod)
+// v3Interface is the interface multus v3.x names the attachment after. Its
+// cmdAdd (pkg/multus/multus.go, v3.7 to v3.9.3) builds one network-status
+// entry per attachment with CreateNetworkStatus of the
+// network-attachment-definition-client it vendors
+// (pkg/utils/net-attach-def.go), which converts the result to the current
+// type, walks its interfaces and keeps the name and MAC of the last one
+// with a sandbox. The library this module uses still has that rule; the
+// test checks both, so a change in either shows.
+func v3Interface(r *current.Result) (name, mac string) {
+	for i := len(r.Interfaces) - 1; i >= 0; i-- {
+		if r.Interfaces[i].Sandbox != "" {
+			return r.Interfaces[i].Name, r.Interfaces[i].Mac
+		}
+	}
+	return "", ""
+}
 
-	s, err := nadutils.CreateNetworkStatus(res, networkName, false, dev)
-	if err != nil {
-		t.Fatal(err)
+// multus v3.x: one entry per attachment, whose interface and MAC are those
+// of the last sandboxed interface of the result: the PF's, net1, as the
+// plugin lists it last. The entry's IPs are the attachment's (the PF's) and
+// device-info names the PF's PCI address.
+func TestNetworkStatusV3NamesThePF(t *testing.T) {
+	eachVersion(t, func(t *testing.T, pf kerneltest.PF, res types.Result, r *current.Result, dev *nadv1.DeviceInfo) {
+		pfMac := named(t, r, "net1").Mac
+		if name, mac := v3Interface(r); name != "net1" || mac != pfMac {
+			t.Errorf("multus v3.x's rule names %s (%s), want net1 (%s)", name, mac, pfMac)
+		}
+		s, err := nadutils.CreateNetworkStatus(res, networkName, false, dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Interface != "net1" || s.Mac != pfMac {
+			t.Errorf("library entry names %s (%s), want net1 (%s)", s.Interface, s.Mac, pfMac)
+		}
+		if !slices.Equal(s.IPs, []string{r.IPs[0].Address.IP.String()}) {
+			t.Errorf("v3.x entry IPs %v, want the PF's %s", s.IPs, r.IPs[0].Address.IP)
+		}
+		assertDeviceInfo(t, s.DeviceInfo, pf.PCI)
+		t.Logf("multus v3.x network-status: %s", mustJSON(t, s))
+	})
+}
+
+// named is the result's interface of that name.
+func named(t *testing.T, r *current.Result, name string) *current.Interface {
+	t.Helper()
+	i := slices.IndexFunc(r.Interfaces, func(i *current.Interface) bool { return i.Name == name })
+	if i < 0 {
+		t.Fatalf("the result has no interface %s", name)
 	}
-	last := pf.VFs[len(pf.VFs)-1].Name
-	if s.Interface != last || s.Mac != r.Interfaces[len(r.Interfaces)-1].Mac {
-		t.Errorf("v3.x entry names %s (%s); the library's rule (last sandboxed interface) gives %s: update docs/prow-jobs.md", s.Interface, s.Mac, last)
-	}
-	if !slices.Equal(s.IPs, []string{r.IPs[0].Address.IP.String()}) {
-		t.Errorf("v3.x entry IPs %v, want the PF's %s", s.IPs, r.IPs[0].Address.IP)
-	}
-	assertDeviceInfo(t, s.DeviceInfo, pf.PCI)
-	t.Logf("multus v3.x network-status: %s", mustJSON(t, s))
+	return r.Interfaces[i]
 }
 
 func assertDeviceInfo(t *testing.T, dev *nadv1.DeviceInfo, pci string) {

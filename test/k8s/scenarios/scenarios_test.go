@@ -217,6 +217,11 @@ func TestDaemonSetUpgrade(t *testing.T) {
 		kubectl(t, nil, "delete", "pod", name)
 	}
 	fmt.Printf("k8s-e2e: %d job pods refused at admission while the agent was replaced, created again\n", refused)
+	// The DaemonSet surges: the new agent registers before the old one
+	// stops, so the kubelet has a device plugin all along.
+	if refused > 0 {
+		t.Errorf("%d job pods refused at admission during the surge rollout: the kubelet was left without a prow/sriov device plugin", refused)
+	}
 	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
 	waitFor(t, "new binary installed", time.Minute, func() (bool, error) { return fileHash(t, cniBinary) == new, nil })
 	close(stop)
