@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image/color"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -229,7 +231,27 @@ func summary(res *results, vfs int) string {
 	return fmt.Sprintf("bench: vfs=%d not measured", vfs)
 }
 
-// writeDocs writes bench.md and bench.png into dir.
+// keptBegin and keptEnd enclose the part of bench.md a person writes: the
+// summary, and bench-vm's numbers, which make bench does not measure.
+// writeDocs keeps it from the bench.md it replaces.
+const (
+	keptBegin = "<!-- written by hand: make bench keeps this part -->"
+	keptEnd   = "<!-- end of the part written by hand -->"
+)
+
+// keptPart returns the hand-written part of an earlier bench.md, markers
+// included, or "" when it has none.
+func keptPart(old string) string {
+	i := strings.Index(old, keptBegin)
+	j := strings.Index(old, keptEnd)
+	if i < 0 || j < i {
+		return ""
+	}
+	return old[i : j+len(keptEnd)]
+}
+
+// writeDocs writes bench.md and bench.png into dir, keeping the
+// hand-written part of the bench.md there.
 func writeDocs(dir string, res *results) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -237,8 +259,12 @@ func writeDocs(dir string, res *results) error {
 	if err := plotPNG(filepath.Join(dir, "bench.png"), rows(res)); err != nil {
 		return fmt.Errorf("plot: %w", err)
 	}
+	old, err := os.ReadFile(filepath.Join(dir, "bench.md"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	var b bytes.Buffer
-	writeMarkdown(&b, res)
+	writeMarkdown(&b, res, keptPart(string(old)))
 	if err := os.WriteFile(filepath.Join(dir, "bench.md"), b.Bytes(), 0o644); err != nil {
 		return err
 	}
@@ -359,7 +385,7 @@ func plotPNG(path string, rs []row) error {
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
 
-func writeMarkdown(w io.Writer, res *results) {
+func writeMarkdown(w io.Writer, res *results, kept string) {
 	rs := rows(res)
 	fmt.Fprintln(w, "# Benchmark: ADD+DEL against VF count")
 	fmt.Fprintln(w)
@@ -368,6 +394,10 @@ func writeMarkdown(w io.Writer, res *results) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "![ADD+DEL time against VF count](bench.png)")
 	fmt.Fprintln(w)
+	if kept != "" {
+		fmt.Fprintln(w, kept)
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintln(w, strings.TrimSpace(methodText))
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "## ADD+DEL per cycle (medians)")
@@ -462,9 +492,13 @@ are timed.
 ADD+DEL of one cycle is the unit; ratios are of medians from the same run.
 The state directory is on the machine's disk, as /var/lib/cni is on a node.
 
-Reproduce (as root; about three minutes on 2 cores):
+Reproduce (as root; about three to five minutes on 2 cores):
 
-    make bench
+    sudo make bench
 
-` + "`_output/bench/bench -h`" + ` (built by make bench) lists the knobs (VF counts, runs per count).
+It writes docs/bench.md (this page; the part written by hand is kept),
+docs/bench.png and docs/bench.json; its last line is
+` + "`bench: vfs=128 plugin_ms=... floor_ms=... hostdevice_ms=... vs_floor=... vs_hostdevice=...`" + `.
+` + "`_output/bench/bench -h`" + ` (built by make bench) lists the knobs (VF counts, runs per count);
+` + "`make bench BENCH_FLAGS='...'`" + ` passes flags to it.
 `

@@ -22,7 +22,7 @@ func container(t *testing.T, pod corev1.PodSpec, name string) corev1.Container {
 	return corev1.Container{}
 }
 
-// The agent gets exactly what the issue lists and README explains: host
+// The agent gets exactly what the issue lists and docs/agent.md explains: host
 // network and pid, the kubelet's device-plugin dir, sysfs writable,
 // /var/run/netns with HostToContainer propagation, the state dir, the
 // reserved file's directory (read-only), where node.json is installed, an
@@ -139,9 +139,12 @@ func TestAgentProbesAskTheAgent(t *testing.T) {
 	}
 }
 
-// Every grant the agent container gets in deploy/ has a row in the README's
-// grants table with a reason, and the table lists nothing the manifests do
-// not grant: the table is what an admin reviews.
+// grantsPage holds the grants table (| grant | why |) an admin reviews.
+const grantsPage = "docs/agent.md"
+
+// Every grant the agent container gets in deploy/ has a row in the grants
+// table of grantsPage with a reason, and the table lists nothing the
+// manifests do not grant: the table is what an admin reviews.
 func TestGrantsTableMatchesTheManifests(t *testing.T) {
 	m := loadManifests(t)
 	pod := m.daemonSets[0].Spec.Template.Spec
@@ -160,13 +163,13 @@ func TestGrantsTableMatchesTheManifests(t *testing.T) {
 		granted["CAP_"+string(cp)] = true
 	}
 
-	readme := string(readRepoFile(t, "README.md"))
-	start := strings.Index(readme, "| grant | why |")
+	page := string(readRepoFile(t, grantsPage))
+	start := strings.Index(page, "| grant | why |")
 	if start < 0 {
-		t.Fatal("README.md has no grants table (| grant | why |)")
+		t.Fatalf("%s has no grants table (| grant | why |)", grantsPage)
 	}
 	table := map[string]bool{}
-	for _, line := range strings.Split(readme[start:], "\n")[2:] {
+	for _, line := range strings.Split(page[start:], "\n")[2:] {
 		if !strings.HasPrefix(line, "| `") {
 			break
 		}
@@ -179,12 +182,12 @@ func TestGrantsTableMatchesTheManifests(t *testing.T) {
 	}
 	for g := range granted {
 		if !table[g] {
-			t.Errorf("deploy/ grants the agent %s, but the README's grants table does not say why", g)
+			t.Errorf("deploy/ grants the agent %s, but the grants table in %s does not say why", g, grantsPage)
 		}
 	}
 	for g := range table {
 		if !granted[g] {
-			t.Errorf("the README's grants table lists %s, which deploy/ does not grant the agent", g)
+			t.Errorf("the grants table in %s lists %s, which deploy/ does not grant the agent", grantsPage, g)
 		}
 	}
 }

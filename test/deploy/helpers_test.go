@@ -1,5 +1,6 @@
 // Package deploy_test checks what ships the plugin to a node: install-plugin,
-// the Dockerfile, the manifests in deploy/ and the README's snippets.
+// the Dockerfile, the manifests in deploy/ and the snippets in README.md
+// and docs/*.md.
 package deploy_test
 
 import (

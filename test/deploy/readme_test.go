@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -15,42 +16,98 @@ import (
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 )
 
-// README snippets that a person copies are marked with a comment on the line
-// before the fence, `<!-- test/deploy: KIND [ARGS] -->`, and checked here.
+// Snippets that a person copies, in README.md and in the pages under docs/,
+// are marked with a comment on the line before the fence,
+// `<!-- test/deploy: KIND [ARGS] -->`, and checked here.
 
 type snippet struct {
 	kind string
 	args []string
+	file string // README.md or docs/PAGE.md
 	line int
 	body string
 }
 
+// where names the snippet's first line for a message: FILE:LINE.
+func (s snippet) where() string { return fmt.Sprintf("%s:%d", s.file, s.line) }
+
 var markerRE = regexp.MustCompile(`^<!-- test/deploy: (\S+)((?: \S+)*) -->$`)
 
+// docFiles are the Markdown files a person reads, relative to the
+// repository root: README.md, then docs/*.md.
+func docFiles(t *testing.T) []string {
+	t.Helper()
+	pages, err := filepath.Glob(filepath.Join(repoRoot(t), "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := []string{"README.md"}
+	for _, p := range pages {
+		files = append(files, filepath.ToSlash(filepath.Join("docs", filepath.Base(p))))
+	}
+	return files
+}
+
+// readmeSnippets returns the marked snippets of every file docFiles lists,
+// by kind.
 func readmeSnippets(t *testing.T) map[string][]snippet {
 	t.Helper()
-	lines := strings.Split(string(readRepoFile(t, "README.md")), "\n")
 	out := map[string][]snippet{}
-	for i := 0; i < len(lines); i++ {
-		m := markerRE.FindStringSubmatch(strings.TrimSpace(lines[i]))
-		if m == nil {
-			continue
+	for _, file := range docFiles(t) {
+		lines := strings.Split(string(readRepoFile(t, file)), "\n")
+		for i := 0; i < len(lines); i++ {
+			m := markerRE.FindStringSubmatch(strings.TrimSpace(lines[i]))
+			if m == nil {
+				continue
+			}
+			if i+1 >= len(lines) || !strings.HasPrefix(lines[i+1], "```") {
+				t.Fatalf("%s:%d: marker not followed by a fenced block", file, i+1)
+			}
+			var body []string
+			j := i + 2
+			for ; j < len(lines) && !strings.HasPrefix(lines[j], "```"); j++ {
+				body = append(body, lines[j])
+			}
+			if j == len(lines) {
+				t.Fatalf("%s:%d: unterminated fenced block", file, i+2)
+			}
+			out[m[1]] = append(out[m[1]], snippet{kind: m[1], args: strings.Fields(m[2]), file: file, line: i + 2, body: strings.Join(body, "\n") + "\n"})
+			i = j
 		}
-		if i+1 >= len(lines) || !strings.HasPrefix(lines[i+1], "```") {
-			t.Fatalf("README.md:%d: marker not followed by a fenced block", i+1)
-		}
-		var body []string
-		j := i + 2
-		for ; j < len(lines) && !strings.HasPrefix(lines[j], "```"); j++ {
-			body = append(body, lines[j])
-		}
-		if j == len(lines) {
-			t.Fatalf("README.md:%d: unterminated fenced block", i+2)
-		}
-		out[m[1]] = append(out[m[1]], snippet{kind: m[1], args: strings.Fields(m[2]), line: i + 2, body: strings.Join(body, "\n") + "\n"})
-		i = j
 	}
 	return out
+}
+
+// section returns the lines of a Markdown file under heading (a whole
+// line, such as "## Tests") up to the next heading of the same or a higher
+// level; lines in fenced blocks (a shell comment) are no headings. It fails
+// the test when the file has no such heading.
+func section(t *testing.T, file, heading string) string {
+	t.Helper()
+	level := strings.IndexFunc(heading, func(r rune) bool { return r != '#' })
+	var out []string
+	in, fenced := false, false
+	for _, l := range strings.Split(string(readRepoFile(t, file)), "\n") {
+		if strings.HasPrefix(l, "```") {
+			fenced = !fenced
+		}
+		if !fenced && strings.HasPrefix(l, "#") {
+			n := strings.IndexFunc(l, func(r rune) bool { return r != '#' })
+			if in && n > 0 && n <= level && strings.HasPrefix(l[n:], " ") {
+				break
+			}
+			if l == heading {
+				in = true
+			}
+		}
+		if in {
+			out = append(out, l)
+		}
+	}
+	if !in {
+		t.Fatalf("%s has no %q section", file, heading)
+	}
+	return strings.Join(out, "\n") + "\n"
 }
 
 // prowJob is the part of a prow job config the README shows: the job-level
@@ -159,7 +216,7 @@ func TestReadmeProwJobSnippets(t *testing.T) {
 		t.Fatalf("want prow-job snippets for one and two PFs, found %d", len(s["prow-job"]))
 	}
 	for _, sn := range s["prow-job"] {
-		where := fmt.Sprintf("README.md:%d", sn.line)
+		where := sn.where()
 		var jobs []prowJob
 		if err := decodeStrict([]byte(sn.body), &jobs); err != nil {
 			t.Errorf("%s: %v", where, err)
@@ -187,7 +244,7 @@ func TestReadmeProwJobSnippets(t *testing.T) {
 		checkPodSpec(t, where, back.Spec, n)
 	}
 	for _, sn := range s["annotations"] {
-		where := fmt.Sprintf("README.md:%d", sn.line)
+		where := sn.where()
 		var a struct {
 			Annotations map[string]string `json:"annotations"`
 		}
@@ -210,7 +267,7 @@ func TestReadmePodSnippet(t *testing.T) {
 		t.Fatal("no pod snippet")
 	}
 	for _, sn := range s["pod"] {
-		where := fmt.Sprintf("README.md:%d", sn.line)
+		where := sn.where()
 		var pod corev1.Pod
 		if err := decodeStrict([]byte(sn.body), &pod); err != nil {
 			t.Errorf("%s: %v", where, err)
@@ -238,7 +295,7 @@ func TestReadmeReservedFileSnippet(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !slices.Equal(got, sn.args) {
-			t.Errorf("README.md:%d: reserved-interfaces file parses as %q, the README says %q", sn.line, got, sn.args)
+			t.Errorf("%s: reserved-interfaces file parses as %q, the page says %q", sn.where(), got, sn.args)
 		}
 	}
 }
@@ -251,7 +308,7 @@ func TestReadmeCnitoolSnippet(t *testing.T) {
 		t.Fatalf("want one cnitool snippet, found %d", len(s["cnitool"]))
 	}
 	sn := s["cnitool"][0]
-	where := fmt.Sprintf("README.md:%d", sn.line)
+	where := sn.where()
 	m := heredocRE.FindStringSubmatch(sn.body)
 	if m == nil {
 		t.Fatalf("%s: no conf file written with cat > FILE <<'EOF'", where)
@@ -290,8 +347,14 @@ func TestReadmeCnitoolSnippet(t *testing.T) {
 	}
 }
 
-// The README's test list names every stage `make test` runs, in the
-// Makefile's order, so a stage is never added without saying what it proves.
+// testsPage and testsHeading are where the list of make test's stages is:
+// every stage `make test` runs, in the Makefile's order, so a stage is
+// never added without saying what it proves.
+const (
+	testsPage    = "docs/testing.md"
+	testsHeading = "## What make test runs"
+)
+
 func TestReadmeNamesEveryStageOfMakeTest(t *testing.T) {
 	makefile := strings.ReplaceAll(string(readRepoFile(t, "Makefile")), "\\\n", " ")
 	m := regexp.MustCompile(`(?m)^test:(.*)$`).FindStringSubmatch(makefile)
@@ -299,20 +362,12 @@ func TestReadmeNamesEveryStageOfMakeTest(t *testing.T) {
 		t.Fatal("Makefile: no test target with prerequisites")
 	}
 	stages := strings.Fields(m[1])
-	readme := string(readRepoFile(t, "README.md"))
-	start := strings.Index(readme, "\n## Tests\n")
-	if start < 0 {
-		t.Fatal("README.md has no ## Tests section")
-	}
-	section := readme[start+1:]
-	if end := strings.Index(section[1:], "\n## "); end >= 0 {
-		section = section[:end+1]
-	}
+	text := section(t, testsPage, testsHeading)
 	var listed []string
-	for _, l := range regexp.MustCompile("(?m)^- `make ([a-z0-9-]+)`").FindAllStringSubmatch(section, -1) {
+	for _, l := range regexp.MustCompile("(?m)^- `make ([a-z0-9-]+)`").FindAllStringSubmatch(text, -1) {
 		listed = append(listed, l[1])
 	}
 	if !slices.Equal(listed, stages) {
-		t.Errorf("README's ## Tests lists make %v; make test runs %v (same stages, same order)", listed, stages)
+		t.Errorf("%s, %q lists make %v; make test runs %v (same stages, same order)", testsPage, testsHeading, listed, stages)
 	}
 }

@@ -20,13 +20,13 @@ const (
 	todaysConfig  = `{"cniVersion": "0.3.0", "type": "sriov-passthrough-cni"}`
 )
 
-// 15. Today's CI jobs through the staged cutover (README, "Cutover from the
-// bash plugin"), with deploy/ as shipped (requireDeviceID off):
+// 15. Today's CI jobs through the staged cutover (docs/deploy.md, "Cutover
+// from the bash plugin"), with deploy/ as shipped (requireDeviceID off):
 //
 //  0. The bash plugin's installer is there first: a DaemonSet with our
 //     names and its selector (name: sriovpassthrough). `kubectl apply -k`
 //     over it is refused (a selector is immutable); deleting it and
-//     applying, as the README says, brings the agent up again.
+//     applying, as docs/deploy.md says, brings the agent up again.
 //
 //  1. A job shaped like today's release-branch SR-IOV jobs (two
 //     attachments of default/sriov-passthrough-cni, a 0.3.0 network with
@@ -205,8 +205,8 @@ func waitPodEvent(t *testing.T, pod, sub string) string {
 // shaped like the bash plugin's installer (its selector and labels; its
 // container only sleeps, so the binary on the node stays ours, as the bash
 // plugin's stays on a real node until the installer replaces it), shows
-// that applying deploy/ over it is refused, and takes over as the README
-// says: delete it, apply.
+// that applying deploy/ over it is refused, and takes over as
+// docs/deploy.md says: delete it, apply.
 func takeOverFromTheBashInstaller(t *testing.T) {
 	t.Helper()
 	tag := os.Getenv("PLUGIN_TAG_A")
@@ -250,7 +250,7 @@ func takeOverFromTheBashInstaller(t *testing.T) {
 	if err == nil || !strings.Contains(out+err.Error(), "field is immutable") {
 		t.Fatalf("apply -k over the bash plugin's installer: %v\n%s\nwant a refusal: its selector is immutable", err, out)
 	}
-	t.Logf("apply over the bash installer refused, as the README says: %s", firstLine(out+err.Error(), "immutable"))
+	t.Logf("apply over the bash installer refused, as docs/deploy.md says: %s", firstLine(out+err.Error(), "immutable"))
 	took := time.Now()
 	kubectl(t, nil, "-n", "sriov-passthrough-cni", "delete", "ds", "sriov-passthrough-cni", "--wait=true", "--timeout=120s")
 	kubectl(t, nil, "apply", "-k", overlay)
