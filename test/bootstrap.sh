@@ -67,6 +67,10 @@ if [[ -d /usr/local/share/ca-certificates ]]; then
 	cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# / is a mount point on a real machine (the tests make it rslave and read
+# mountinfo): make the root file system one too.
+mount --bind "$root" "$root"
+mounts+=("$root")
 for m in proc sys dev; do
 	mount --rbind "/$m" "$root/$m"
 	mount --make-rslave "$root/$m"
