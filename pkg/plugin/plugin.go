@@ -113,7 +113,7 @@ func (p *Plugin) begin(args *skel.CmdArgs, releasing bool) (*op, error) {
 		logger.Warn("node-only fields in the network configuration ignored; the node configuration's values are used",
 			"fields", ignored, "nodeConfig", conf.NodeConfigFile)
 	}
-	host, err := netdev.Current()
+	host, err := netdev.Current(conf.SysfsRoot)
 	if err != nil {
 		closeLog()
 		return nil, types.NewError(types.ErrInternal, "open host netns", err.Error())

@@ -16,7 +16,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
-	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -321,7 +320,7 @@ const zeroMAC = "00:00:00:00:00:00"
 func (e *Engine) pfLink(pci string) (netlink.Link, error) {
 	if name := e.Sys.Netdev(pci); name != "" {
 		if l, err := e.Host.LinkByName(name); err == nil {
-			if p := netdev.PCIOf(l); p == pci || p == "" {
+			if p := e.Host.PCIOf(l); p == pci || p == "" {
 				return l, nil
 			}
 		}
