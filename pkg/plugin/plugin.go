@@ -47,6 +47,9 @@ type Plugin struct {
 	// DevRoot is where devtmpfs is mounted ("" is /dev): the restore holds
 	// the VFs' vfio groups open there while it writes.
 	DevRoot string
+	// KernelRelease is the kernel's release as uname(2) gives it ("" asks
+	// uname): ADD and STATUS refuse a kernel older than MinKernel.
+	KernelRelease string
 	// Stdout receives the CNI result; Stderr the logs when the node
 	// configuration names no logFile.
 	Stdout, Stderr io.Writer
