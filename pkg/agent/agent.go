@@ -113,7 +113,7 @@ func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
 	}
 	v := View{PFs: pfs, Rules: rules, Records: recs, Known: a.known, Gone: a.gone}
 	err = a.inHost(func() error {
-		host, err := netdev.Current()
+		host, err := netdev.Current(a.Conf.SysfsRoot)
 		if err != nil {
 			return err
 		}
@@ -332,7 +332,7 @@ func (a *Agent) reconcile(before []*state.Record) ([]*state.Record, error) {
 	start := time.Now()
 	var live []*state.Record
 	err := a.inHost(func() error {
-		host, err := netdev.Current()
+		host, err := netdev.Current(a.Conf.SysfsRoot)
 		if err != nil {
 			return err
 		}

@@ -108,7 +108,7 @@ func reconcileLogging(t *testing.T, env *kerneltest.Env, conf *config.NetConf, l
 	var live []*state.Record
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, logs), nil))
 	err := env.Host.Do(func(ns.NetNS) error {
-		host, err := netdev.Current()
+		host, err := netdev.Current(conf.SysfsRoot)
 		if err != nil {
 			return err
 		}

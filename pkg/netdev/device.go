@@ -3,6 +3,9 @@ package netdev
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -18,7 +21,9 @@ func Tag(pciAddr string) string {
 }
 
 // PCIOf returns the PCI address behind a link, "" for a link that is
-// neither a PCI netdev nor tagged by the plugin.
+// neither a PCI netdev nor tagged by the plugin, as far as netlink says:
+// the parent device (IFLA_PARENT_DEV_NAME, sent from kernel 5.14 on) or
+// the plugin's tag. NS.PCIOf also asks sysfs.
 func PCIOf(l netlink.Link) string {
 	a := l.Attrs()
 	if a.ParentDevBus == "pci" && a.ParentDev != "" {
@@ -30,6 +35,50 @@ func PCIOf(l netlink.Link) string {
 		}
 	}
 	return ""
+}
+
+// PCIOf returns the PCI address behind a link of this netns: netlink's
+// answer (PCIOf), or else, in a netns whose sysfs is known (the host),
+// the PCI function sysfs lists the link under. Kernels before 5.14 (Debian
+// 11's 5.10) name no parent device, and a link the plugin has not tagged,
+// such as a VF netdev a job or a restore created, is found only there.
+func (n *NS) PCIOf(l netlink.Link) string {
+	if addr := PCIOf(l); addr != "" || n.sysfs == "" {
+		return addr
+	}
+	return pciInSysfs(n.sysfs, l.Attrs())
+}
+
+// pciInSysfs reads the PCI function behind class/net/<name> of the sysfs
+// at root. The entry must still be the link's own (its ifindex, unique in
+// the netns, matches): a link renamed since the dump leaves its old name
+// to another device or to none.
+func pciInSysfs(root string, a *netlink.LinkAttrs) string {
+	if a.Name == "" || a.Name == "." || a.Name == ".." || strings.ContainsRune(a.Name, '/') {
+		return ""
+	}
+	dir := filepath.Join(root, "class", "net", a.Name)
+	// One lstat settles a virtual link (a node's many pod veths): it has
+	// no device.
+	if _, err := os.Lstat(filepath.Join(dir, "device")); err != nil {
+		return ""
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "ifindex"))
+	if err != nil {
+		return ""
+	}
+	if idx, err := strconv.Atoi(strings.TrimSpace(string(b))); err != nil || idx != a.Index {
+		return ""
+	}
+	dev, err := filepath.EvalSymlinks(filepath.Join(dir, "device"))
+	if err != nil {
+		return ""
+	}
+	bus, err := os.Readlink(filepath.Join(dev, "subsystem"))
+	if err != nil || filepath.Base(bus) != "pci" {
+		return "" // on another bus
+	}
+	return filepath.Base(dev)
 }
 
 // tagToPCI turns "0000.3b.00.0" back into "0000:3b:00.0".
@@ -49,7 +98,7 @@ func (n *NS) ByPCI() (map[string]netlink.Link, error) {
 	}
 	m := make(map[string]netlink.Link, len(links))
 	for _, l := range links {
-		if addr := PCIOf(l); addr != "" {
+		if addr := n.PCIOf(l); addr != "" {
 			m[addr] = l
 		}
 	}

@@ -8,7 +8,10 @@
 // (IFLA_PARENT_DEV_NAME); in addition the plugin tags each device it holds
 // with an alternative name derived from its PCI address, which follows the
 // device through moves and renames and shows in `ip link` while the plugin
-// holds the device.
+// holds the device. Kernels before 5.14 do not send the parent device; for
+// the host netns the sysfs mounted for it has the same fact
+// (class/net/<name>/device), so a device the plugin has not tagged (a VF a
+// job created, a VF netdev a restore brought back) is still found there.
 package netdev
 
 import (
@@ -31,6 +34,10 @@ type NS struct {
 	// label names the netns in errors as a person on the node sees it:
 	// "host", "transit", or "pod /var/run/netns/...".
 	label string
+	// sysfs is where a sysfs of this very netns is mounted, "" when none
+	// is: sysfs lists only the netdevs of the netns that mounted it, so
+	// only the host netns has one.
+	sysfs string
 }
 
 // Open opens a pod's netns bind-mounted at path. Errors wrap
@@ -44,13 +51,21 @@ func Open(path string) (*NS, error) {
 }
 
 // Current opens the netns of the calling thread: the host netns for the
-// plugin.
-func Current() (*NS, error) {
+// plugin. sysfsRoot is where the sysfs of this netns is mounted ("/sys"
+// on a node; "" when there is none, as for a test's throwaway netns):
+// links that netlink does not name a parent device for are matched to
+// their PCI functions there (PCIOf).
+func Current(sysfsRoot string) (*NS, error) {
 	n, err := ns.GetCurrentNS()
 	if err != nil {
 		return nil, fmt.Errorf("open current netns: %w", err)
 	}
-	return withHandle(n, "host")
+	h, err := withHandle(n, "host")
+	if err != nil {
+		return nil, err
+	}
+	h.sysfs = sysfsRoot
+	return h, nil
 }
 
 // Temp creates an unnamed netns that lives as long as it is open. If the

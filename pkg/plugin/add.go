@@ -26,6 +26,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err := config.ValidateIfName(args.IfName); err != nil {
 		return err
 	}
+	if err := p.checkKernel(); err != nil {
+		return err
+	}
 	o, err := p.begin(args, false)
 	if err != nil {
 		return err

@@ -156,15 +156,18 @@ func (o *op) reportVFs(rec *state.Record, pod *netdev.NS) {
 	}
 }
 
-// Status reports whether the plugin can work on this node: sysfs readable
-// and the state dir writable. Busy PFs are not a failure: multus would mark
-// the node's network not ready.
+// Status reports whether the plugin can work on this node: a kernel ADD
+// accepts, sysfs readable and the state dir writable. Busy PFs are not a
+// failure: multus would mark the node's network not ready.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
 	conf, err := config.Parse(args.StdinData, p.NodeConfigFile)
 	if err != nil {
 		return err
 	}
 	var problems []error
+	if err := p.checkKernel(); err != nil {
+		problems = append(problems, err)
+	}
 	if _, err := os.ReadDir(filepath.Join(conf.SysfsRoot, "class", "net")); err != nil {
 		problems = append(problems, fmt.Errorf("sysfs is not readable: %w", err))
 	}

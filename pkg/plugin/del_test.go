@@ -357,3 +357,35 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("STATUS with unreadable sysfs: want code 50, got %v", err)
 	}
 }
+
+// A VF netdev that a job's re-creation (or rebind) brought back sits on
+// the host under a kernel name without the plugin's tag, and a kernel
+// before 5.14 (Debian 11's 5.10) names no parent device over netlink, as
+// an ifb never has one: the host's sysfs, which lists it under the VF's
+// PCI function, is what finds it. DEL gives it back its name.
+func TestDelFindsAVFBackUnderAKernelNameThroughSysfs(t *testing.T) {
+	e := kerneltest.New(t)
+	pf := e.AddPF("ens1f0", 2)
+	pod := e.NewPod()
+	conf := e.Conf(nil)
+	add(t, e, pod, "c1", "net1", conf)
+	vf := pf.VFs[1]
+	var mac net.HardwareAddr
+	if err := pod.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(vf.Name)
+		if err != nil {
+			return err
+		}
+		mac = l.Attrs().HardwareAddr
+		return netlink.LinkDel(l)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.NetdevAnew(vf, "eth7", mac)
+
+	del(t, e, pod, "c1", "net1", conf)
+	assertHostIntact(t, e)
+	if _, ok := kerneltest.Links(t, e.Host)["eth7"]; ok {
+		t.Errorf("the VF's new netdev is still eth7")
+	}
+}

@@ -47,6 +47,9 @@ type Plugin struct {
 	// DevRoot is where devtmpfs is mounted ("" is /dev): the restore holds
 	// the VFs' vfio groups open there while it writes.
 	DevRoot string
+	// KernelRelease is the kernel's release as uname(2) gives it ("" asks
+	// uname): ADD and STATUS refuse a kernel older than MinKernel.
+	KernelRelease string
 	// Stdout receives the CNI result; Stderr the logs when the node
 	// configuration names no logFile.
 	Stdout, Stderr io.Writer
@@ -117,7 +120,7 @@ func (p *Plugin) begin(args *skel.CmdArgs, releasing bool) (*op, error) {
 			"fields", ignored, "nodeConfig", conf.NodeConfigFile)
 	}
 	conf.WarnNodeUnknown(logger)
-	host, err := netdev.Current()
+	host, err := netdev.Current(conf.SysfsRoot)
 	if err != nil {
 		closeLog()
 		return nil, types.NewError(types.ErrInternal, "open host netns", err.Error())

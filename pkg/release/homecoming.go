@@ -158,7 +158,7 @@ func (h *homecoming) stillParked(loc *location, d *state.Device) bool {
 	if err != nil {
 		return false // free (or unknown: transit finds out)
 	}
-	pci := netdev.PCIOf(holder)
+	pci := h.e.Host.PCIOf(holder)
 	for _, p := range h.rec.Pending() {
 		if pci != "" && p.PCIAddress == pci {
 			return false
@@ -188,8 +188,18 @@ func (h *homecoming) sendHome(loc *location) (bool, error) {
 // admit moves a device into transit, creating the netns on first use: a
 // release whose devices all go straight home creates none under the lock.
 // Devices come from several places, so two may share a name; the one
-// already in transit is parked aside first.
+// already in transit is parked aside first. A device that only the host's
+// sysfs could name (no tag, and a kernel that sends no parent device: a
+// VF netdev a job or a restore made, on 5.10) is tagged first: transit has
+// no sysfs, and there the tag is all that says which device it is.
 func (h *homecoming) admit(loc *location, addr string) error {
+	if netdev.PCIOf(loc.link) == "" {
+		if err := loc.from.AddTag(loc.link, addr); err != nil {
+			return err
+		}
+		// The link's attributes are what later lookups read.
+		loc.link.Attrs().AltNames = append(loc.link.Attrs().AltNames, netdev.Tag(addr))
+	}
 	if h.transit == nil {
 		t, err := netdev.Temp()
 		if err != nil {
@@ -276,7 +286,7 @@ func (h *homecoming) leaveTransit() error {
 func (h *homecoming) park(l netlink.Link, d *state.Device) error {
 	holder := "?"
 	if hl, err := h.e.Host.LinkByName(d.OriginalName); err == nil {
-		holder = netdev.PCIOf(hl)
+		holder = h.e.Host.PCIOf(hl)
 	}
 	tmp, err := h.transit.Park(l, h.e.Host)
 	if err != nil {

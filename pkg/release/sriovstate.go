@@ -16,7 +16,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
-	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -40,7 +39,7 @@ func (e *Engine) RecordSRIOV(pf sriov.PF) (*state.SRIOV, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &state.SRIOV{NumVFs: st.NumVFs, DriversAutoprobe: st.Autoprobe}
+	s := &state.SRIOV{PFDriver: st.Driver, PFDriverOverride: st.Override, NumVFs: st.NumVFs, DriversAutoprobe: st.Autoprobe}
 	for _, vf := range st.VFs {
 		v := state.VF{Index: vf.Index, PCIAddress: vf.PCIAddress, Driver: vf.Driver, DriverOverride: vf.Override}
 		if c, ok := cfg[vf.Index]; ok {
@@ -51,11 +50,12 @@ func (e *Engine) RecordSRIOV(pf sriov.PF) (*state.SRIOV, error) {
 	return s, nil
 }
 
-// detachNetdevless marks the VF devices whose netdev cannot be anywhere:
+// detachNetdevless marks the devices whose netdev cannot be anywhere:
 // their PCI function is gone (sriov_numvfs lowered) or bound to another
-// driver than at ADD (vfio-pci, or none). They are not missing: restoring
-// the SR-IOV state brings them back. A record of an earlier release has no
-// SR-IOV state to restore them from; their VFs are left as they are.
+// driver than at ADD (vfio-pci, or none; for the PF, a job that unbound
+// it). They are not missing: restoring the SR-IOV state brings them back.
+// A record of an earlier release has no SR-IOV state to restore them from;
+// their VFs are left as they are.
 func (e *Engine) detachNetdevless(rec *state.Record, log *slog.Logger) {
 	recorded := map[string]string{}
 	if rec.SRIOV != nil {
@@ -72,6 +72,10 @@ func (e *Engine) detachNetdevless(rec *state.Record, log *slog.Logger) {
 				if rec.SRIOV != nil {
 					rec.SRIOV.Restored = true
 				}
+			} else if rec.SRIOV != nil && rec.SRIOV.PFDriver != "" && e.Sys.Driver(d.PCIAddress) != rec.SRIOV.PFDriver {
+				log.Info("PF has no netdev now: it is off its driver; restoring the PF's driver brings it back",
+					"pci", d.PCIAddress, "originalName", d.OriginalName, "driver", orNone(e.Sys.Driver(d.PCIAddress)), "want", rec.SRIOV.PFDriver)
+				d.Released, d.Detached = true, true
 			}
 			continue
 		}
@@ -92,20 +96,24 @@ func (e *Engine) detachNetdevless(rec *state.Record, log *slog.Logger) {
 	}
 }
 
-// restoreSRIOV gives the PF back its SR-IOV configuration as soon as the
-// PF is on the host, under its name or parked under a temporary one, then
-// brings the VF netdevs back. It does not wait for the VF netdevs still
-// pending: the job's own VFs (sriov_numvfs raised) can hold their kernel
-// names, and only this restore removes them. A VF held through vfio stops
-// it before any write (the kernel would block in the unbind or in
-// sriov_numvfs, with the node's lock held): the reason stays in the
-// record, the PF out of the pool, and a later run retries.
+// restoreSRIOV gives the PF back its own driver if a job unbound it, then
+// its SR-IOV configuration as soon as the PF is on the host, under its
+// name or parked under a temporary one, then brings the VF netdevs (and a
+// PF netdev its driver brought back) home. It does not wait for the VF
+// netdevs still pending: the job's own VFs (sriov_numvfs raised) can hold
+// their kernel names, and only this restore removes them. A VF held
+// through vfio stops it before any write (the kernel would block in the
+// unbind or in sriov_numvfs, with the node's lock held): the reason stays
+// in the record, the PF out of the pool, and a later run retries.
 func (e *Engine) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 	s := rec.SRIOV
 	if s == nil || s.Restored {
 		return nil
 	}
 	pf := rec.PF().PCIAddress
+	if bound, err := e.restorePFDriver(rec, log); err != nil || !bound {
+		return err
+	}
 	if l, err := e.pfLink(pf); err != nil || l == nil {
 		return err // not home yet: a later run restores
 	}
@@ -142,6 +150,39 @@ func (e *Engine) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 	failpoint.Hit(failpoint.ReleaseSRIOVRestored)
 	log.Info("SR-IOV state of the PF restored", "numVFs", s.NumVFs)
 	return nil
+}
+
+// restorePFDriver binds the PF back to the driver (and driver_override) it
+// had at ADD. A job may unbind the PF: its netdev goes, and with it, for
+// most PF drivers, every VF; nothing else can come back until the driver
+// does. A PF on another driver that must be unbound first is held like a
+// VF (holdFree): a vfio driver's unbind blocks while a process holds it.
+// bound is false while it waits, with the reason in Blocked.
+func (e *Engine) restorePFDriver(rec *state.Record, log *slog.Logger) (bound bool, err error) {
+	s, pf := rec.SRIOV, rec.PF().PCIAddress
+	cur := e.Sys.Driver(pf)
+	if s.PFDriver == "" || cur == s.PFDriver && e.Sys.DriverOverride(pf) == s.PFDriverOverride {
+		return true, nil // recorded by an earlier release, or as recorded
+	}
+	letGo := func() {}
+	if cur != "" && cur != s.PFDriver {
+		var held string
+		if letGo, held = e.holdFree([]string{pf}); held != "" {
+			if s.Blocked != held {
+				log.Warn("PF held through vfio: its driver is restored once it is free; the PF stays out of the pool", "blocked", held)
+			}
+			s.Blocked = held
+			return false, nil
+		}
+		s.Blocked = ""
+	}
+	err = e.Sys.BindPF(pf, s.PFDriver, s.PFDriverOverride)
+	letGo()
+	if err != nil {
+		return false, err
+	}
+	log.Info("PF back on its driver", "pci", pf, "driver", s.PFDriver, "was", orNone(cur))
+	return true, nil
 }
 
 func sriovDiffers(s *state.SRIOV, cur sriov.State) bool {
@@ -182,6 +223,13 @@ func (e *Engine) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held st
 			vfs = append(vfs, v.PCIAddress)
 		}
 	}
+	return e.holdFree(vfs)
+}
+
+// holdFree looks for processes holding the PCI functions vfs (VFs, or the
+// PF) through vfio and, when there is none, holds their vfio groups until
+// letGo, as holdVFs says.
+func (e *Engine) holdFree(vfs []string) (letGo func(), held string) {
 	nothing := func() {}
 	if len(vfs) == 0 {
 		return nothing, ""
@@ -207,16 +255,16 @@ func (e *Engine) holdVFs(s *state.SRIOV, cur sriov.State) (letGo func(), held st
 	return letGo, ""
 }
 
-// applySRIOV writes the recorded configuration: autoprobe first (new VFs
-// must find their driver), sriov_numvfs through 0 when the count differs
-// (every VF netdev goes away with it), then each VF's driver.
+// applySRIOV writes the recorded configuration: sriov_numvfs through 0
+// when the count differs (every VF netdev goes away with it), then each
+// VF's driver, then sriov_drivers_autoprobe last. New VFs are created with
+// the autoprobe the job left; each is then bound through its recorded
+// driver's override (sriov.Sysfs.Rebind), which the kernel honours with
+// autoprobe off too. Written first, an autoprobe of 0 recorded at ADD
+// would leave the new VFs without a driver and refuse the probes that
+// give them back their own.
 func (e *Engine) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger) error {
 	s, pf := rec.SRIOV, rec.PF().PCIAddress
-	if cur.Autoprobe != s.DriversAutoprobe {
-		if err := e.Sys.SetAutoprobe(pf, s.DriversAutoprobe); err != nil {
-			return err
-		}
-	}
 	if cur.NumVFs != s.NumVFs {
 		log.Info("re-creating the PF's VFs", "numVFs", cur.NumVFs, "want", s.NumVFs)
 		if err := e.Sys.SetNumVFs(pf, s.NumVFs); err != nil {
@@ -254,13 +302,20 @@ func (e *Engine) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger
 		}
 		log.Info("VF back on its driver", "pci", v.PCIAddress, "driver", orNone(v.Driver))
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if cur.Autoprobe != s.DriversAutoprobe {
+		return e.Sys.SetAutoprobe(pf, s.DriversAutoprobe)
+	}
+	return nil
 }
 
-// bringBackVFs waits for the netdevs of the record's VFs, then gives each
-// one that is not as recorded (a new netdev after re-creation or rebind,
-// under a kernel name and a fresh MAC) back its name, MAC, MTU and admin
-// state, through the same homecoming as DEL's.
+// bringBackVFs waits for the netdevs of the record's VFs (and of the PF,
+// when its driver was restored), then gives each one that is not as
+// recorded (a new netdev after re-creation or rebind, under a kernel name
+// and a fresh MAC) back its name, MAC, MTU and admin state, through the
+// same homecoming as DEL's.
 func (e *Engine) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 	var host map[string]netlink.Link
 	deadline := time.Now().Add(vfNetdevWait)
@@ -277,10 +332,10 @@ func (e *Engine) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 	if err := e.unlockVFMACs(rec, host, log); err != nil {
 		return err
 	}
-	for i := range rec.Devices[1:] {
-		d := &rec.Devices[1+i]
+	for i := range rec.Devices {
+		d := &rec.Devices[i]
 		l, ok := host[d.PCIAddress]
-		if !ok && d.Detached && !e.Sys.DeviceExists(d.PCIAddress) {
+		if !ok && d.Detached && !d.IsPF() && !e.Sys.DeviceExists(d.PCIAddress) {
 			// The SR-IOV state is as recorded and the VF is still gone
 			// (hot-unplugged): nothing can bring it back.
 			log.Warn("VF is gone from the node although the PF's VF count is restored; dropping it from the record", "pci", d.PCIAddress, "originalName", d.OriginalName)
@@ -321,7 +376,7 @@ const zeroMAC = "00:00:00:00:00:00"
 func (e *Engine) pfLink(pci string) (netlink.Link, error) {
 	if name := e.Sys.Netdev(pci); name != "" {
 		if l, err := e.Host.LinkByName(name); err == nil {
-			if p := netdev.PCIOf(l); p == pci || p == "" {
+			if p := e.Host.PCIOf(l); p == pci || p == "" {
 				return l, nil
 			}
 		}
@@ -391,14 +446,15 @@ func passingMAC(mac string) string {
 	return hw.String()
 }
 
-// allVFNetdevs reports whether every detached VF that its driver gives a
-// netdev (it is bound to the driver it had at ADD) has one on the host.
+// allVFNetdevs reports whether every detached device that its driver
+// gives a netdev (it is bound to the driver it had at ADD) has one on the
+// host: the VFs, and the PF when its driver was restored.
 func (e *Engine) allVFNetdevs(rec *state.Record, host map[string]netlink.Link) bool {
-	drivers := map[string]string{}
+	drivers := map[string]string{rec.PF().PCIAddress: rec.SRIOV.PFDriver}
 	for _, v := range rec.SRIOV.VFs {
 		drivers[v.PCIAddress] = v.Driver
 	}
-	for _, d := range rec.Devices[1:] {
+	for _, d := range rec.Devices {
 		if !d.Detached || !e.Sys.DeviceExists(d.PCIAddress) || e.Sys.Driver(d.PCIAddress) != drivers[d.PCIAddress] {
 			continue
 		}

@@ -12,10 +12,13 @@ import (
 )
 
 // State is a PF's SR-IOV configuration as sysfs shows it: what a job can
-// change (sriov_numvfs, sriov_drivers_autoprobe, which driver each VF is
-// bound to) and the node must get back.
+// change (the PF's own driver, sriov_numvfs, sriov_drivers_autoprobe,
+// which driver each VF is bound to) and the node must get back.
 type State struct {
-	NumVFs int
+	// Driver and Override are the PF's own driver ("" for none) and
+	// driver_override ("" when unset).
+	Driver, Override string
+	NumVFs           int
 	// Autoprobe is sriov_drivers_autoprobe: whether new VFs are bound to a
 	// driver by the kernel as they are created.
 	Autoprobe bool
@@ -38,7 +41,7 @@ func (s Sysfs) State(addr string) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
-	st := State{NumVFs: pf.NumVFs, Autoprobe: true}
+	st := State{Driver: s.Driver(addr), Override: s.DriverOverride(addr), NumVFs: pf.NumVFs, Autoprobe: true}
 	// Older kernels and fake trees may lack the file: the kernel's
 	// default is on.
 	if v, err := readInt(filepath.Join(s.DevicePath(addr), "sriov_drivers_autoprobe")); err == nil {
@@ -126,14 +129,14 @@ func (s Sysfs) SetNumVFs(pf string, n int) error {
 		return nil
 	}
 	if cur != 0 {
-		if err := writeSysfs(f, "0"); err != nil {
+		if err := s.write(f, "0"); err != nil {
 			return fmt.Errorf("set sriov_numvfs of %s to 0: %w", pf, err)
 		}
 	}
 	if n == 0 {
 		return nil
 	}
-	if err := writeSysfs(f, strconv.Itoa(n)); err != nil {
+	if err := s.write(f, strconv.Itoa(n)); err != nil {
 		return fmt.Errorf("set sriov_numvfs of %s to %d: %w", pf, n, err)
 	}
 	return nil
@@ -152,43 +155,86 @@ func (s Sysfs) SetAutoprobe(pf string, on bool) error {
 	if _, err := os.Stat(f); err != nil {
 		return nil // no such knob here: nothing a job could have changed
 	}
-	if err := writeSysfs(f, v); err != nil {
+	if err := s.write(f, v); err != nil {
 		return fmt.Errorf("set sriov_drivers_autoprobe of %s to %s: %w", pf, v, err)
 	}
 	return nil
 }
 
-// Rebind gives a VF of pf back the driver it had: driver_override set to
-// what it was, the current driver unbound, and the kernel asked to probe
-// (drivers_probe), which binds the override or else the matching driver.
-// With want "" it leaves the VF unbound. Unbinding vfio-pci from a VF that a
-// process holds blocks in the kernel: callers look for holders first.
+// Rebind gives a VF of pf back the driver it had and its driver_override
+// as it was (bind). Unbinding vfio-pci from a VF that a process holds
+// blocks in the kernel: callers look for holders first.
 func (s Sysfs) Rebind(pf, vf, want, override string) error {
 	if err := s.VetVF(pf, vf); err != nil {
 		return err
 	}
-	dev := s.DevicePath(vf)
-	if err := writeSysfs(filepath.Join(dev, "driver_override"), override+"\n"); err != nil {
-		return fmt.Errorf("set driver_override of %s to %q: %w", vf, override, err)
+	return s.bind(vf, want, override)
+}
+
+// BindPF gives the PF back its own driver and driver_override (bind): a
+// job may unbind the PF, which takes its netdev and, with most PF
+// drivers, its VFs away. Callers look for holders first when the PF is on
+// a vfio driver.
+func (s Sysfs) BindPF(pf, want, override string) error {
+	if err := s.vetPF(pf); err != nil {
+		return err
 	}
-	if cur := s.Driver(vf); cur != "" {
-		if cur == want {
+	return s.bind(pf, want, override)
+}
+
+// bind puts the PCI function at addr on driver want ("" leaves it
+// unbound) and leaves its driver_override as override. drivers_probe binds
+// the driver named in driver_override, or else the one the kernel matches
+// by device ID (igbvf for an igb VF); and a VF whose PF has
+// sriov_drivers_autoprobe 0 is probed only with an override. A VF that was
+// on vfio-pci with its override cleared afterwards (the bash plugin and
+// kubevirtci's configure_vf_driver leave VFs so) would come back on
+// igbvf. So the probe goes through the wanted driver: driver_override is
+// want during the probe, then what it was recorded as, empty included
+// (an override only matters at the next probe; the binding stays).
+func (s Sysfs) bind(addr, want, override string) (err error) {
+	dev := s.DevicePath(addr)
+	setOverride := func(v string) error {
+		if s.DriverOverride(addr) == v {
 			return nil
 		}
-		if err := writeSysfs(filepath.Join(dev, "driver", "unbind"), vf); err != nil {
-			return fmt.Errorf("unbind %s from %s: %w", vf, cur, err)
+		if err := s.write(filepath.Join(dev, "driver_override"), v+"\n"); err != nil {
+			return fmt.Errorf("set driver_override of %s to %q: %w", addr, v, err)
+		}
+		return nil
+	}
+	cur := s.Driver(addr)
+	if cur == want {
+		return setOverride(override)
+	}
+	if err := setOverride(want); err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, setOverride(override)) }()
+	if cur != "" {
+		if err := s.write(filepath.Join(dev, "driver", "unbind"), addr); err != nil {
+			return fmt.Errorf("unbind %s from %s: %w", addr, cur, err)
 		}
 	}
 	if want == "" {
 		return nil
 	}
-	if err := writeSysfs(filepath.Join(s.Root, "bus", "pci", "drivers_probe"), vf); err != nil {
-		return fmt.Errorf("probe a driver for %s: %w", vf, err)
+	if err := s.write(filepath.Join(s.Root, "bus", "pci", "drivers_probe"), addr); err != nil {
+		return fmt.Errorf("probe a driver for %s: %w", addr, err)
 	}
-	if got := s.Driver(vf); got != want {
-		return fmt.Errorf("%s is bound to %q after the probe, want %q", vf, got, want)
+	if got := s.Driver(addr); got != want {
+		return fmt.Errorf("%s is bound to %q after the probe, want %q", addr, got, want)
 	}
 	return nil
+}
+
+// write writes a sysfs attribute (writeSysfs), or hands it to the fake
+// kernel a test of this package set.
+func (s Sysfs) write(path, value string) error {
+	if s.kernel != nil {
+		return s.kernel(path, value)
+	}
+	return writeSysfs(path, value)
 }
 
 // writeSysfs writes an attribute in one write(2), as the kernel's sysfs

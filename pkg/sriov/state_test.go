@@ -70,7 +70,7 @@ func TestStateReadsDriversAndOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := State{NumVFs: 3, Autoprobe: true, VFs: []VFState{
+	want := State{Driver: "igb", NumVFs: 3, Autoprobe: true, VFs: []VFState{
 		{0, "0000:3b:10.0", "igbvf", ""},
 		{1, "0000:3b:10.1", "vfio-pci", "vfio-pci"},
 		{2, "0000:3b:10.2", "", ""},
@@ -119,9 +119,10 @@ func TestWritesTouchOnlyThisPFsVFs(t *testing.T) {
 	}
 }
 
-// Rebind writes driver_override, the old driver's unbind and drivers_probe,
-// in that order, and only for the vetted VF (the fake files just keep the
-// last value written; the kernel's own answer is checked in the VM).
+// Rebind writes driver_override, the old driver's unbind, drivers_probe and
+// driver_override again (its recorded value), and only for the vetted VF
+// (the fake files just keep the last value written; bind_test.go plays the
+// kernel's part, and the kernel's own answer is checked in the VM).
 func TestRebindWritesTheVFsFiles(t *testing.T) {
 	root := jobTree(t)
 	s := Sysfs{Root: root}

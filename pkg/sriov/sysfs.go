@@ -25,6 +25,10 @@ import (
 // in tests).
 type Sysfs struct {
 	Root string
+	// kernel, set only by this package's tests, stands in for the kernel
+	// behind the tree's writable files: a fake tree cannot bind a driver
+	// on drivers_probe, and the order of the writes is what a test checks.
+	kernel func(path, value string) error
 }
 
 // PF is an SR-IOV physical function.

@@ -108,8 +108,13 @@ type Record struct {
 // SRIOV is what a job can change about a PF's SR-IOV configuration and
 // the node gets back at release.
 type SRIOV struct {
-	NumVFs           int  `json:"numVFs"`
-	DriversAutoprobe bool `json:"driversAutoprobe"`
+	// PFDriver and PFDriverOverride are the PF's own driver and
+	// driver_override; both "" in records of earlier releases, which did
+	// not record them: such a record leaves the PF's driver as it is.
+	PFDriver         string `json:"pfDriver,omitempty"`
+	PFDriverOverride string `json:"pfDriverOverride,omitempty"`
+	NumVFs           int    `json:"numVFs"`
+	DriversAutoprobe bool   `json:"driversAutoprobe"`
 	// VFs lists every VF the PF had, with or without a netdev.
 	VFs []VF `json:"vfs"`
 	// Restored is set once the configuration is back as recorded.
@@ -213,6 +218,11 @@ func (r *Record) Validate() error {
 // into driver_override.
 func (s *SRIOV) validate() []error {
 	var errs []error
+	for _, d := range []string{s.PFDriver, s.PFDriverOverride} {
+		if d != "" && !driverName.MatchString(d) {
+			errs = append(errs, fmt.Errorf("sriov PF: bad driver name %q", d))
+		}
+	}
 	if s.NumVFs < 0 || len(s.VFs) > s.NumVFs {
 		errs = append(errs, fmt.Errorf("sriov: %d VFs listed for numVFs %d", len(s.VFs), s.NumVFs))
 	}

@@ -3,10 +3,12 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,7 +47,8 @@ func (l link) String() string {
 // netnsLinks lists every netdev in the netns at path ("" is the VM's own
 // netns). PCI netdevs are keyed by PCI address, taken from netlink's
 // parent-device attribute, which works in any netns (host sysfs only lists
-// devices that are in the host netns); the others are returned by name.
+// devices that are in the host netns), or, on a kernel that does not send
+// it, from that netns's own sysfs; the others are returned by name.
 func netnsLinks(path string) (pci map[string]link, other []string, err error) {
 	var h netlinksafe.Handle
 	if path == "" {
@@ -67,16 +70,26 @@ func netnsLinks(path string) (pci map[string]link, other []string, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("list links in %q: %w", path, err)
 	}
+	var fromSysfs map[int]string
+	if !kernelSendsParents {
+		if fromSysfs, err = sysfsPCIs(path); err != nil {
+			return nil, nil, err
+		}
+	}
 	pci = map[string]link{}
 	for _, l := range list {
 		a := l.Attrs()
+		addr := a.ParentDev
 		if a.ParentDevBus != "pci" {
+			addr = fromSysfs[a.Index]
+		}
+		if addr == "" {
 			other = append(other, a.Name)
 			continue
 		}
-		pci[a.ParentDev] = link{
+		pci[addr] = link{
 			Name:     a.Name,
-			PCI:      a.ParentDev,
+			PCI:      addr,
 			MAC:      a.HardwareAddr.String(),
 			MTU:      a.MTU,
 			Up:       a.Flags&unix.IFF_UP != 0,
@@ -85,6 +98,106 @@ func netnsLinks(path string) (pci map[string]link, other []string, err error) {
 	}
 	sort.Strings(other)
 	return pci, other, nil
+}
+
+// kernelSendsParents is whether the kernel names a link's parent device
+// over netlink (IFLA_PARENT_DEV_NAME, from 5.14 on; not Debian 11's 5.10).
+// setup finds out on the first PF.
+var kernelSendsParents = true
+
+// sendsParents asks netlink for the link of a PF found through sysfs.
+func sendsParents(p pf) (bool, error) {
+	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(p.Name)
+	if err != nil {
+		return false, err
+	}
+	return l.Attrs().ParentDevBus == "pci", nil
+}
+
+// sysfsPCIs maps the ifindex of each netdev of the netns at path ("" is
+// the VM's own) that sits on a PCI function to the function's address, as
+// a sysfs mounted for that netns lists them (ip netns exec does the same:
+// sysfs shows the netdevs of the netns that mounted it).
+func sysfsPCIs(path string) (map[int]string, error) {
+	if path == "" {
+		return classNetPCIs("/sys")
+	}
+	dir, err := os.MkdirTemp("", "e2e-sysfs")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(dir)
+	if err := inNetns(path, func() error { return unix.Mount("sysfs", dir, "sysfs", 0, "") }); err != nil {
+		return nil, fmt.Errorf("mount a sysfs of netns %q: %w", path, err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	return classNetPCIs(dir)
+}
+
+// classNetPCIs reads class/net of the sysfs at root.
+func classNetPCIs(root string) (map[int]string, error) {
+	entries, err := os.ReadDir(filepath.Join(root, "class", "net"))
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]string{}
+	for _, e := range entries {
+		dir := filepath.Join(root, "class", "net", e.Name())
+		target, err := os.Readlink(filepath.Join(dir, "device"))
+		if err != nil {
+			continue // a virtual netdev
+		}
+		s, err := readSysfs(filepath.Join(dir, "ifindex"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		idx, err := strconv.Atoi(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s/ifindex: %w", dir, err)
+		}
+		if sub, _ := os.Readlink(filepath.Join(dir, "device", "subsystem")); filepath.Base(sub) == "pci" {
+			out[idx] = filepath.Base(target)
+		}
+	}
+	return out, nil
+}
+
+// inNetns runs f on a thread of its own inside the netns at path. A thread
+// that cannot be brought back to the VM's netns stays locked, and ends with
+// its goroutine.
+func inNetns(path string, f func() error) error {
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	done := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			done <- err
+			return
+		}
+		ferr := f()
+		if err := netns.Set(orig); err != nil {
+			done <- errors.Join(ferr, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- ferr
+	}()
+	return <-done
 }
 
 func mustLinks(t testing.TB, path string) map[string]link {

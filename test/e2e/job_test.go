@@ -49,6 +49,16 @@ type job struct {
 // vfio-pci for the VMs under test.
 func startJob(t *testing.T, h *harness, wantPF string) *job {
 	t.Helper()
+	j := addJob(t, h, wantPF, 0)
+	j.enterKind(t, h)
+	j.recreateVFs(t)
+	return j
+}
+
+// addJob is the job's ADD: a PF (wantPF, or any) with every VF netdev but
+// netdevless (VFs the node keeps off a netdev driver).
+func addJob(t *testing.T, h *harness, wantPF string, netdevless int) *job {
+	t.Helper()
 	j := &job{pod: h.newPod()}
 	res, err := h.libAdd(j.pod, "net1")
 	if err != nil {
@@ -58,12 +68,24 @@ func startJob(t *testing.T, h *harness, wantPF string) *job {
 	if wantPF != "" && j.pf != wantPF {
 		t.Fatalf("job ADD took %s, want %s", j.pf, wantPF)
 	}
-	if got, want := len(res.Interfaces)-1, len(vfsOf[j.pf]); got != want {
-		t.Fatalf("job ADD gave PF %s with %d VF netdevs, want all %d: %+v", j.pf, got, want, res.Interfaces)
+	if got, want := len(res.Interfaces)-1, len(vfsOf[j.pf])-netdevless; got != want {
+		t.Fatalf("job ADD gave PF %s with %d VF netdevs, want %d: %+v", j.pf, got, want, res.Interfaces)
 	}
+	return j
+}
+
+// enterKind moves the PF on into a kind node's netns and sets it up.
+func (j *job) enterKind(t *testing.T, h *harness) {
+	t.Helper()
 	j.kind = h.newPod()
 	run(t, "ip", "-n", j.pod.name, "link", "set", "net1", "netns", j.kind.name)
 	run(t, "ip", "-n", j.kind.name, "link", "set", "net1", "up")
+}
+
+// recreateVFs is the job's sriov_numvfs 0, then 6, and VFs 0 and 1 bound
+// to vfio-pci.
+func (j *job) recreateVFs(t *testing.T) {
+	t.Helper()
 	numvfs := filepath.Join(pciDevices, j.pf, "sriov_numvfs")
 	for _, n := range []string{"0", "6"} {
 		if err := writeSysfs(numvfs, n); err != nil {
@@ -84,7 +106,6 @@ func startJob(t *testing.T, h *harness, wantPF string) *job {
 			t.Fatalf("job: %v", err)
 		}
 	}
-	return j
 }
 
 // end plays the ending and the runtime's DEL; the PF's release may still

@@ -64,6 +64,12 @@ func setup() error {
 	if len(pfs) < 3 {
 		return fmt.Errorf("want 3 SR-IOV PFs, found %v", pfs)
 	}
+	if kernelSendsParents, err = sendsParents(pfs[0]); err != nil {
+		return err
+	}
+	if !kernelSendsParents {
+		fmt.Printf("e2e: netlink names no parent device on this kernel; PCI netdevs found through sysfs\n")
+	}
 	start := time.Now()
 	vfsOf = map[string][]string{}
 	for _, p := range pfs {

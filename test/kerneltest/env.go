@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -265,6 +266,45 @@ func (e *Env) addNetdev(pci, name string) {
 	must(e.t, os.MkdirAll(netDir, 0o755))
 	must(e.t, os.Symlink("../../", filepath.Join(netDir, "device")))
 	must(e.t, os.Symlink("../../devices/pci0000:00/"+pci+"/net/"+name, filepath.Join(e.SysfsRoot, "class", "net", name)))
+}
+
+// NetdevAnew gives a VF a new netdev on the host, as its driver does when a
+// job re-creates the VFs or rebinds one: an ifb link under a kernel name,
+// without the plugin's tag, that sysfs lists under the VF's PCI function
+// with its ifindex and bus, as /sys does. Real sysfs is all that names its
+// PCI function where the kernel sends no parent device over netlink
+// (before 5.14); an ifb never has one. An ifb's MAC cannot be changed,
+// so it is made with mac (the one the plugin would give it back). The
+// VF's old netdev, wherever it is, is the caller's to delete.
+func (e *Env) NetdevAnew(vf VF, name string, mac net.HardwareAddr) {
+	e.t.Helper()
+	dev := filepath.Join(e.SysfsRoot, "devices", "pci0000:00", vf.PCI)
+	if vf.Name != "" {
+		must(e.t, os.RemoveAll(filepath.Join(dev, "net", vf.Name)))
+		_ = os.Remove(filepath.Join(e.SysfsRoot, "class", "net", vf.Name))
+	}
+	var index int
+	err := e.Host.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac}}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			index = l.Attrs().Index
+		}
+		return err
+	})
+	if err != nil {
+		e.t.Fatalf("create link %q: %v", name, err)
+	}
+	netDir := filepath.Join(dev, "net", name)
+	must(e.t, os.MkdirAll(netDir, 0o755))
+	must(e.t, os.Symlink("../../../"+vf.PCI, filepath.Join(netDir, "device")))
+	e.writeFile(filepath.Join(netDir, "ifindex"), fmt.Sprint(index))
+	if _, err := os.Lstat(filepath.Join(dev, "subsystem")); err != nil {
+		must(e.t, os.Symlink("../../../bus/pci", filepath.Join(dev, "subsystem")))
+	}
+	must(e.t, os.Symlink("../../devices/pci0000:00/"+vf.PCI+"/net/"+name, filepath.Join(e.SysfsRoot, "class", "net", name)))
 }
 
 // RemoveVF makes a VF's PCI function disappear, as lowering sriov_numvfs

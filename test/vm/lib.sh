@@ -109,7 +109,7 @@ EOF
 # apt-cache show prints deb822 records; --no-all-versions keeps the one apt
 # picks from the suite. Fails when the suite does not have the package.
 apt_field() {
-	apt-cache show --no-all-versions "$1" 2>/dev/null |
+	apt-cache "${kapt[@]}" show --no-all-versions "$1" 2>/dev/null |
 		awk -v f="$2: " 'index($0, f) == 1 { print substr($0, length(f) + 1); exit }' | grep .
 }
 
@@ -145,10 +145,74 @@ ensure_host_packages() {
 # kernel_suites LABEL: the suites a kernel label comes from.
 kernel_suites() {
 	case "$1" in
+	5.10) echo "bullseye" ;;
 	6.1) echo "bookworm bookworm-security bookworm-updates" ;;
 	6.12) echo "bookworm-backports" ;;
-	*) die "unknown kernel $1 (want 6.1 or 6.12)" ;;
+	*) die "unknown kernel $1 (want 5.10, 6.1 or 6.12)" ;;
 	esac
+}
+
+# Debian 11 (bullseye) is a suite this bookworm host does not use: apt reads
+# it through a sources file and lists of our own under the cache, so the
+# host's apt never sees it. bullseye lives on the same mirror as bookworm.
+oldstable_dir=$cache/apt-bullseye
+oldstable_apt=()
+oldstable_updated=
+
+ensure_oldstable_source() {
+	((${#oldstable_apt[@]} == 0)) || return 0
+	local uri key
+	read -r uri key < <(debian_mirror_uri) ||
+		die "no bookworm entry in the apt sources to derive bullseye from"
+	mkdir -p "$oldstable_dir/lists/partial" "$oldstable_dir/cache" "$oldstable_dir/parts"
+	echo "deb [signed-by=${key:-/usr/share/keyrings/debian-archive-keyring.gpg}] $uri bullseye main" \
+		>"$oldstable_dir/sources.list"
+	oldstable_apt=(
+		-o "Dir::Etc::SourceList=$oldstable_dir/sources.list"
+		-o "Dir::Etc::SourceParts=$oldstable_dir/parts"
+		-o "Dir::State::Lists=$oldstable_dir/lists"
+		-o "Dir::Cache=$oldstable_dir/cache"
+	)
+}
+
+# kapt holds the apt options for the kernel being resolved: none for the
+# host's own suites, the private lists for bullseye.
+kapt=()
+
+# kernel_apt LABEL: make apt able to answer for LABEL's suites; sets kapt.
+kernel_apt() {
+	case "$1" in
+	5.10)
+		ensure_oldstable_source
+		kapt=("${oldstable_apt[@]}")
+		;;
+	*)
+		kapt=()
+		ensure_apt_lists
+		;;
+	esac
+}
+
+# kernel_apt_update: refresh the lists kapt reads, at most once per run.
+kernel_apt_update() {
+	if ((${#kapt[@]} == 0)); then
+		apt_update
+		return
+	fi
+	[[ -z $oldstable_updated ]] || return 0
+	log "apt-get update (bullseye, lists under $oldstable_dir)"
+	"${apt_env[@]}" apt-get "${apt_opts[@]}" "${kapt[@]}" update >"$work/apt-update-bullseye.log" 2>&1 ||
+		{ sleep 5 && quietly "${apt_env[@]}" apt-get "${apt_opts[@]}" "${kapt[@]}" update; }
+	oldstable_updated=1
+}
+
+# kernel_lists_fresh: whether kernel_apt_update has run for kapt.
+kernel_lists_fresh() {
+	if ((${#kapt[@]} == 0)); then
+		[[ -n $apt_updated ]]
+	else
+		[[ -n $oldstable_updated ]]
+	fi
 }
 
 # resolve_kernel SUITE...: print "PACKAGE VERSION" of the versioned image
@@ -177,12 +241,12 @@ ensure_kernel() {
 	local label=$1 suites pkg ver dir deb
 	local dl=$work/deb-$label
 	suites=$(kernel_suites "$label") || exit 1
-	ensure_apt_lists
-	# At most twice: apt_update refreshes the lists only once per run.
+	kernel_apt "$label"
+	# At most twice: the lists are refreshed only once per run.
 	while :; do
 		# shellcheck disable=SC2086 # suites is a word list
 		if ! read -r pkg ver < <(resolve_kernel $suites); then
-			apt_update
+			kernel_apt_update
 			# shellcheck disable=SC2086
 			read -r pkg ver < <(resolve_kernel $suites) || {
 				use_cached_kernel "$label"
@@ -198,14 +262,14 @@ ensure_kernel() {
 		log "linux $label: downloading $pkg $ver"
 		rm -rf "$dl"
 		mkdir -p "$dl"
-		(cd "$dl" && apt-get -q download "$pkg=$ver" >"$work/download.log" 2>&1) && break
-		if [[ -n $apt_updated ]]; then
+		(cd "$dl" && apt-get -q "${kapt[@]}" download "$pkg=$ver" >"$work/download.log" 2>&1) && break
+		if kernel_lists_fresh; then
 			cat "$work/download.log"
 			die "linux $label: apt-get download $pkg=$ver failed"
 		fi
 		# Old lists can name a version the mirror has since dropped.
 		log "linux $label: download failed; refreshing apt's lists"
-		apt_update
+		kernel_apt_update
 	done
 	deb=$(find "$dl" -name '*.deb' | head -n1)
 	unpack_kernel "$label" "$deb" "$dir"
@@ -234,7 +298,7 @@ unpack_kernel() {
 		'*/kernel/drivers/i2c/*' '*/kernel/drivers/ptp/*' '*/kernel/drivers/pps/*' \
 		'*/kernel/drivers/hwmon/*' '*/kernel/lib/*' '*/kernel/drivers/net/veth.ko*' \
 		'*/kernel/drivers/vfio/*' '*/kernel/virt/*' \
-		'*/kernel/net/8021q/*' '*/kernel/net/802/*' '*/kernel/net/llc/*' '*/kernel/net/tls/*' \
+		'*/kernel/net/*' \
 		'*/kernel/drivers/net/macvlan.ko*' '*/kernel/drivers/net/bonding/*'
 	cp "$(find "$x" -name 'vmlinuz-*' | head -n1)" "$tmp/vmlinuz"
 	basename "$(find "$x" -type d -path '*/lib/modules/*' -prune -print -quit)" >"$tmp/release"

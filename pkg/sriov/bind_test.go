@@ -1,0 +1,176 @@
+package sriov
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// fakeKernel plays the kernel behind a jobTree's writable files, as far
+// as binding goes: a driver's unbind file unbinds, and drivers_probe binds
+// the driver driver_override names, else the one the device ID matches
+// (igb for a PF, igbvf for a VF), and a VF of a PF whose
+// sriov_drivers_autoprobe is 0 only through an override
+// (pci_device_can_probe). It keeps every write, in order.
+type fakeKernel struct {
+	t      *testing.T
+	root   string
+	writes []string
+}
+
+func newFakeKernel(t *testing.T, root string) (*fakeKernel, Sysfs) {
+	k := &fakeKernel{t: t, root: root}
+	return k, Sysfs{Root: root, kernel: k.write}
+}
+
+func (k *fakeKernel) dev(addr string) string {
+	return filepath.Join(k.root, "bus", "pci", "devices", addr)
+}
+
+func (k *fakeKernel) write(path, value string) error {
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	rel, err := filepath.Rel(k.root, filepath.Join(dir, filepath.Base(path)))
+	if err != nil {
+		return err
+	}
+	k.writes = append(k.writes, rel+"="+strings.TrimSpace(value))
+	switch {
+	case rel == "bus/pci/drivers_probe":
+		k.probe(value)
+		return nil
+	case filepath.Base(rel) == "unbind":
+		return os.Remove(filepath.Join(k.dev(value), "driver"))
+	}
+	return os.WriteFile(path, []byte(value), 0o644)
+}
+
+func (k *fakeKernel) probe(addr string) {
+	s := Sysfs{Root: k.root}
+	if s.Driver(addr) != "" {
+		return
+	}
+	override := s.DriverOverride(addr)
+	drv := "igb"
+	if pf, err := os.Readlink(filepath.Join(k.dev(addr), "physfn")); err == nil {
+		drv = "igbvf"
+		auto, _ := os.ReadFile(filepath.Join(k.dev(filepath.Base(pf)), "sriov_drivers_autoprobe"))
+		if strings.TrimSpace(string(auto)) == "0" && override == "" {
+			return
+		}
+	}
+	if override != "" {
+		drv = override
+	}
+	if err := os.Symlink("../../../bus/pci/drivers/"+drv, filepath.Join(k.dev(addr), "driver")); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// bindAs puts a device of the tree on drv ("" for none) with override.
+func (k *fakeKernel) bindAs(addr, drv, override string) {
+	k.t.Helper()
+	link := filepath.Join(k.dev(addr), "driver")
+	_ = os.Remove(link)
+	if drv != "" {
+		if err := os.Symlink("../../../bus/pci/drivers/"+drv, link); err != nil {
+			k.t.Fatal(err)
+		}
+	}
+	if override == "" {
+		override = "(null)"
+	}
+	if err := os.WriteFile(filepath.Join(k.dev(addr), "driver_override"), []byte(override+"\n"), 0o644); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+func (k *fakeKernel) want(addr, drv, override string) {
+	k.t.Helper()
+	s := Sysfs{Root: k.root}
+	if got, gotOverride := s.Driver(addr), s.DriverOverride(addr); got != drv || gotOverride != override {
+		k.t.Errorf("%s is on %q with driver_override %q, want %q and %q (writes: %q)", addr, got, gotOverride, drv, override, k.writes)
+	}
+}
+
+// A VF that was on vfio-pci with its driver_override cleared at ADD (the
+// bash plugin and kubevirtci's configure_vf_driver leave VFs so), and that
+// the job's re-creation put on igbvf, goes back to vfio-pci: the probe
+// goes through vfio-pci's override, which is then cleared again.
+func TestRebindWithoutRecordedOverride(t *testing.T) {
+	root := jobTree(t)
+	k, s := newFakeKernel(t, root)
+	vf := "0000:3b:10.1"
+	k.bindAs(vf, "igbvf", "")
+	if err := s.Rebind("0000:3b:00.0", vf, "vfio-pci", ""); err != nil {
+		t.Fatal(err)
+	}
+	k.want(vf, "vfio-pci", "")
+	dev := "devices/pci0000:00/" + vf + "/driver_override"
+	want := []string{dev + "=vfio-pci", "bus/pci/drivers/igbvf/unbind=" + vf, "bus/pci/drivers_probe=" + vf, dev + "="}
+	if !slices.Equal(k.writes, want) {
+		t.Errorf("writes %q, want %q", k.writes, want)
+	}
+}
+
+// A recorded override stays, and a VF already on its driver only gets its
+// override back.
+func TestRebindKeepsARecordedOverride(t *testing.T) {
+	root := jobTree(t)
+	k, s := newFakeKernel(t, root)
+	vf := "0000:3b:10.2"
+	if err := s.Rebind("0000:3b:00.0", vf, "vfio-pci", "vfio-pci"); err != nil {
+		t.Fatal(err)
+	}
+	k.want(vf, "vfio-pci", "vfio-pci")
+	k.writes = nil
+	k.bindAs(vf, "vfio-pci", "")
+	if err := s.Rebind("0000:3b:00.0", vf, "vfio-pci", "vfio-pci"); err != nil {
+		t.Fatal(err)
+	}
+	k.want(vf, "vfio-pci", "vfio-pci")
+	if len(k.writes) != 1 {
+		t.Errorf("a VF on its driver was rebound: %q", k.writes)
+	}
+}
+
+// With sriov_drivers_autoprobe 0 the kernel probes a VF only through an
+// override: a VF that had igbvf and no override gets igbvf back.
+func TestRebindWithAutoprobeOff(t *testing.T) {
+	root := jobTree(t)
+	k, s := newFakeKernel(t, root)
+	if err := s.SetAutoprobe("0000:3b:00.0", false); err != nil {
+		t.Fatal(err)
+	}
+	vf := "0000:3b:10.2" // no driver, as a VF created with autoprobe off
+	if err := s.Rebind("0000:3b:00.0", vf, "igbvf", ""); err != nil {
+		t.Fatal(err)
+	}
+	k.want(vf, "igbvf", "")
+}
+
+// A PF the job unbound gets its driver back; BindPF refuses anything that
+// is not an SR-IOV PF.
+func TestBindPF(t *testing.T) {
+	root := jobTree(t)
+	k, s := newFakeKernel(t, root)
+	pf := "0000:3b:00.0"
+	k.bindAs(pf, "", "")
+	if err := s.BindPF(pf, "igb", ""); err != nil {
+		t.Fatal(err)
+	}
+	k.want(pf, "igb", "")
+	k.writes = nil
+	for _, notPF := range []string{"0000:3b:10.0", "0000:99:00.0", "../3b:00.0"} {
+		if err := s.BindPF(notPF, "igb", ""); err == nil {
+			t.Errorf("BindPF(%s) succeeded", notPF)
+		}
+	}
+	if len(k.writes) > 0 {
+		t.Errorf("BindPF of no PF wrote %q", k.writes)
+	}
+}
