@@ -34,10 +34,12 @@ const (
 //     podAntiAffinity) gets both PFs with their VFs. The kubelet did not
 //     allocate them, so the agent withdraws them from its count while the
 //     job holds them (allocatable 0) and gives them back after.
+//
 //  2. The network gains the resourceName annotation and the job requests
 //     prow/sriov: 2; it gets exactly the kubelet's allocation and the
 //     PFs stay counted as allocated (allocatable 2). A job still without
 //     the request keeps working on the annotated network.
+//
 //  3. requireDeviceID on: a job without the request is refused with the
 //     plugin's error naming the missing deviceID, a job with it runs.
 //
