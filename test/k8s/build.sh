@@ -11,6 +11,10 @@
 #   dpkg-deb -x (nothing is installed on the host).
 #   multus v4 (thin plugin) and the NetworkAttachmentDefinition CRD: from their
 #   upstream modules.
+#   With K8S_KUBELET_VERSION set to an older release (make k8s-e2e's second
+#   pass), that release's kubelet as well, into $K8S_CACHE/<its version>/bin,
+#   from test/k8s/components-<its minor>: one go.mod holds one version of
+#   k8s.io/kubernetes, so each older kubelet has a module of its own.
 #
 # A cold build takes 15-40 minutes of both cores and ~4 GB of Go build cache;
 # it runs under `nice -n 15` and prints each piece as it goes. A warm cache
@@ -19,6 +23,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
+K8S_KUBELET_VERSION=${K8S_KUBELET_VERSION:-$K8S_VERSION}
 MULTUS_VERSION=${MULTUS_VERSION:-v4.2.2}
 NAD_VERSION=${NAD_VERSION:-v1.7.7}
 K8S_CACHE=${K8S_CACHE:-/var/cache/sriov-passthrough-cni-k8s}
@@ -49,13 +54,38 @@ piece() {
 	log "$name: done in $(($(date +%s) - t0))s"
 }
 
-go_build() { # OUTPUT PACKAGE [DIR]
-	(cd "${3:-$here/components}" && CGO_ENABLED=0 "${NICE[@]}" "$GO" build -trimpath \
-		-ldflags "-s -w $KUBE_LDFLAGS" -o "$bin/$1" "$2")
+# go_build OUTPUT PACKAGE [DIR]: builds PACKAGE of the module in DIR into
+# $bin/OUTPUT. A cold build of a Kubernetes command takes minutes: every 30 s
+# it prints how many packages it has compiled of those it depends on (go
+# build -v names each package as it compiles it; cached ones are skipped).
+go_build() {
+	local dir=${3:-$here/components} out total ticker rc=0
+	out=$(mktemp)
+	total=$(cd "$dir" && CGO_ENABLED=0 "$GO" list -deps "$2" | wc -l)
+	(
+		while sleep 30; do
+			kill -0 $$ 2>/dev/null || exit 0
+			log "$1: $(grep -c . "$out") of $total packages compiled"
+		done
+	) &
+	ticker=$!
+	(cd "$dir" && CGO_ENABLED=0 "${NICE[@]}" "$GO" build -v -trimpath \
+		-ldflags "-s -w $KUBE_LDFLAGS" -o "$bin/$1" "$2") 2>"$out" || rc=$?
+	kill "$ticker" 2>/dev/null || true
+	wait "$ticker" 2>/dev/null || true
+	[ "$rc" = 0 ] || tail -n 40 "$out" >&2
+	rm -f "$out"
+	return "$rc"
 }
 
-KUBE_LDFLAGS="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=${K8S_VERSION%%.*} -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean"
-KUBE_LDFLAGS=${KUBE_LDFLAGS/gitMajor=v/gitMajor=}
+# kube_ldflags VERSION: what Kubernetes' own build stamps into its binaries,
+# so that each reports VERSION (the kubelet's node status, kubectl version).
+kube_ldflags() {
+	local v=$1 major minor
+	major=${v%%.*} minor=$(echo "$v" | cut -d. -f2)
+	echo "-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=${major#v} -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+}
+KUBE_LDFLAGS=$(kube_ldflags "$K8S_VERSION")
 
 debs() { # unpack Debian packages into $cache/deb
 	local tmp
@@ -100,3 +130,19 @@ for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; 
 	piece "$c" "$go_stamp" go_build "$c" "k8s.io/kubernetes/cmd/$c"
 done
 log "all pieces present ($built built): kubernetes=$K8S_VERSION multus=$MULTUS_VERSION in $cache"
+
+# An older kubelet, for a node that runs it under the $K8S_VERSION control
+# plane (the version skew Kubernetes supports: up to three minors older).
+if [ "$K8S_KUBELET_VERSION" != "$K8S_VERSION" ]; then
+	mod=$here/components-${K8S_KUBELET_VERSION%.*}
+	if [ "$(cd "$mod" 2>/dev/null && "$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)" != "$K8S_KUBELET_VERSION" ]; then
+		echo "k8s-build: no module for kubelet $K8S_KUBELET_VERSION: $mod/go.mod must require k8s.io/kubernetes $K8S_KUBELET_VERSION (make one as test/k8s/components-v1.34 is made)" >&2
+		exit 1
+	fi
+	cache=$K8S_CACHE/$K8S_KUBELET_VERSION bin=$K8S_CACHE/$K8S_KUBELET_VERSION/bin
+	KUBE_LDFLAGS=$(kube_ldflags "$K8S_KUBELET_VERSION")
+	mkdir -p "$bin"
+	piece kubelet "$K8S_KUBELET_VERSION go.sum:$(sha256sum "$mod/go.sum" | cut -c1-12)" \
+		go_build kubelet k8s.io/kubernetes/cmd/kubelet "$mod"
+	log "kubelet $K8S_KUBELET_VERSION present in $cache"
+fi

@@ -7,7 +7,9 @@
 # K8S_E2E_SHELL=1, waits for a person to drive the cluster).
 #
 # Inputs (from run.sh): W work dir, C component cache, IMAGES dir of OCI
-# archives, SCENARIOS test binary, PLUGIN_TAG_A/B image tags, REPO checkout.
+# archives, SCENARIOS test binary, PLUGIN_TAG_A/B image tags, REPO checkout,
+# KUBELET the kubelet binary and K8S_KUBELET_VERSION its release (an older
+# one than the control plane's in make k8s-e2e's second pass).
 set -euo pipefail
 
 NODE=sriovpt-node
@@ -264,10 +266,17 @@ kubelet_up() {
 		imageGCHighThresholdPercent: 100
 		imageGCLowThresholdPercent: 99
 	YAML
-	supervise kubelet kubelet --config "$W/kubelet.yaml" --kubeconfig "$W/pki/node.kubeconfig" \
+	supervise kubelet "$KUBELET" --config "$W/kubelet.yaml" --kubeconfig "$W/pki/node.kubeconfig" \
 		--hostname-override "$NODE" --node-ip "$NODE_IP"
 	wait_for "node $NODE Ready" 180 node_ready
-	step "kubelet: node $NODE Ready"
+	# The node reports the kubelet's own version: proof of which one runs.
+	local v
+	v=$(kubectl get node "$NODE" -o jsonpath='{.status.nodeInfo.kubeletVersion}')
+	if [ "$v" != "$K8S_KUBELET_VERSION" ]; then
+		echo "k8s-e2e: node $NODE reports kubelet $v, want $K8S_KUBELET_VERSION" >&2
+		return 1
+	fi
+	step "kubelet $v: node $NODE Ready"
 }
 
 node_ready() {

@@ -14,11 +14,16 @@
 #                        (Ctrl-C tears it down)
 #   K8S_E2E_TMP=DIR      where the run's work dir is made (default /tmp)
 #   K8S_E2E_FAIL_AFTER=deploy  fail on purpose once deployed (cleanup test)
+#   K8S_KUBELET_VERSION=V the node's kubelet from release V (default: the
+#                        control plane's, K8S_VERSION); build.sh builds it
+#                        from test/k8s/components-<its minor>
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 here=$repo/test/k8s
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
+K8S_KUBELET_VERSION=${K8S_KUBELET_VERSION:-$K8S_VERSION}
+export K8S_VERSION K8S_KUBELET_VERSION
 K8S_CACHE=${K8S_CACHE:-/var/cache/sriov-passthrough-cni-k8s}
 C=$K8S_CACHE/$K8S_VERSION
 GO=${GO:-go}
@@ -78,7 +83,7 @@ teardown() {
 	rm -rf "$W"
 	if [ "$rc" = 0 ] && [ -n "${summary:-}" ]; then
 		log "torn down: no process, mount, cgroup, link or file of the run left"
-		echo "k8s-e2e: kubernetes=$K8S_VERSION $summary"
+		echo "k8s-e2e: kubernetes=$K8S_VERSION kubelet=$K8S_KUBELET_VERSION $summary"
 	fi
 	exit "$rc"
 }
@@ -147,7 +152,7 @@ build_images() {
 	done
 }
 
-export W C REPO=$repo K8S_VERSION
+export W C REPO=$repo KUBELET=$K8S_CACHE/$K8S_KUBELET_VERSION/bin/kubelet
 export PAUSE_IMAGE=localhost/pause:k8s-e2e BUSYBOX_IMAGE=localhost/busybox:k8s-e2e
 export PLUGIN_IMAGE=localhost/sriov-passthrough-cni PLUGIN_TAG_A=k8s-e2e-a PLUGIN_TAG_B=k8s-e2e-b
 export IMAGES=$W/images SCENARIOS=$W/build/scenarios.test

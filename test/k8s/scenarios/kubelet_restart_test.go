@@ -47,6 +47,14 @@ const (
 // (failureThreshold 3), while the agent registers within milliseconds of
 // the new socket. A pod that went unready here would mean the agent did
 // not register for some 20s.
+//
+// A kubelet older than v1.35 does not keep it: on its start every running
+// container is unready until its first readiness probe passes (what the
+// ChangeContainerStatusOnKubeletRestart gate, on before v1.35 and off from
+// then, governs), so the pod turns unready whatever the agent does. Against
+// such a kubelet the assertion is on the probes themselves: the restarted
+// kubelet's own counter shows the agent's readiness probe passing the first
+// time it runs and never failing, and the pod is Ready again.
 func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
 	requireNodeWhole(t)
 	want := len(pfNames())
@@ -84,6 +92,14 @@ func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
 		sock.ModTime().Sub(killed).Round(time.Millisecond), killed.Add(registered).Sub(sock.ModTime()).Round(time.Millisecond), want, listed.Seconds())
 
 	pod := agentPod(t)
+	resetsReadiness := kubeletMinor(t) < 35
+	if resetsReadiness {
+		waitFor(t, "the restarted kubelet's first readiness probe of the agent", 2*time.Minute, func() (bool, error) {
+			passed, failed, err := agentReadinessProbes(pod)
+			return passed+failed > 0, err
+		})
+		requireReadinessNeverFailed(t, pod)
+	}
 	waitFor(t, "the agent's readiness probe through the new kubelet", 2*time.Minute, func() (bool, error) {
 		_, err := kubectlErr(nil, "-n", "sriov-passthrough-cni", "exec", pod, "-c", "agent", "--",
 			"sriov-passthrough-agent", "probe", "ready")
@@ -101,7 +117,14 @@ func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
 	if got := checkJob(t, "kubelet-restart-held", 1); !slices.Equal(got, held) {
 		t.Fatalf("after the kubelet restart the job holds %v, had %v", got, held)
 	}
-	if after := agentPodReady(t); after != readyBefore {
+	if resetsReadiness {
+		requireReadinessNeverFailed(t, pod)
+		// The installer container's probe runs every 30s: the pod is Ready
+		// once both containers' first probes after the restart passed.
+		waitFor(t, "the agent pod Ready again", 2*time.Minute, func() (bool, error) {
+			return strings.HasPrefix(agentPodReady(t), "True "), nil
+		})
+	} else if after := agentPodReady(t); after != readyBefore {
 		t.Errorf("the agent pod's Ready condition was %q before the kubelet restart and %q after: it turned unready", readyBefore, after)
 	}
 	deleteJobs(t)
@@ -114,6 +137,61 @@ func agentPodReady(t *testing.T) string {
 	t.Helper()
 	return kubectl(t, nil, "-n", "sriov-passthrough-cni", "get", "pod", agentPod(t), "-o",
 		`jsonpath={.status.conditions[?(@.type=="Ready")].status} since {.status.conditions[?(@.type=="Ready")].lastTransitionTime}`)
+}
+
+// kubeletMinor is the minor version of the node's kubelet, as it reports
+// itself in the node's status (34 for v1.34.4).
+func kubeletMinor(t *testing.T) int {
+	t.Helper()
+	v := kubectl(t, nil, "get", "node", env.node, "-o", "jsonpath={.status.nodeInfo.kubeletVersion}")
+	var major, minor int
+	if _, err := fmt.Sscanf(strings.TrimSpace(v), "v%d.%d", &major, &minor); err != nil {
+		t.Fatalf("kubelet version %q: %v", v, err)
+	}
+	return minor
+}
+
+var probeCount = regexp.MustCompile(`(?m)^prober_probe_total\{([^}]*)\} (\d+)`)
+
+// agentReadinessProbes counts the readiness probes of the agent container
+// of pod that the kubelet ran since it started, from its probe metrics
+// (through the API server's node proxy): passed, and failed or in error.
+func agentReadinessProbes(pod string) (passed, failed int, err error) {
+	out, err := kubectlErr(nil, "get", "--raw", "/api/v1/nodes/"+env.node+"/proxy/metrics/probes")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, m := range probeCount.FindAllStringSubmatch(out, -1) {
+		labels := m[1]
+		if !strings.Contains(labels, `container="agent"`) || !strings.Contains(labels, `pod="`+pod+`"`) ||
+			!strings.Contains(labels, `probe_type="Readiness"`) {
+			continue
+		}
+		n, err := strconv.Atoi(m[2])
+		if err != nil {
+			return 0, 0, err
+		}
+		if strings.Contains(labels, `result="successful"`) {
+			passed += n
+		} else {
+			failed += n
+		}
+	}
+	return passed, failed, nil
+}
+
+// requireReadinessNeverFailed fails the test unless the kubelet probed the
+// agent's readiness and every probe passed.
+func requireReadinessNeverFailed(t *testing.T, pod string) {
+	t.Helper()
+	passed, failed, err := agentReadinessProbes(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if passed == 0 || failed > 0 {
+		t.Errorf("the restarted kubelet probed the agent's readiness: %d passed, %d failed or in error; want every probe passed", passed, failed)
+	}
+	t.Logf("the restarted kubelet's readiness probes of the agent: %d passed, none failed", passed)
 }
 
 // kubeletDevices asks the kubelet's pod-resources API which prow/sriov
