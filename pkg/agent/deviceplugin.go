@@ -46,8 +46,10 @@ func NewDevicePlugin(resource string, log *slog.Logger) *DevicePlugin {
 func (d *DevicePlugin) Looked() <-chan struct{} { return d.looked }
 
 // Update publishes a new look at the node. Streams are woken only when a
-// device was added, removed, or changed health.
+// device was added, removed, or changed health. The plugin keeps a copy:
+// streams read it after Update returns, while the caller may reuse pfs.
 func (d *DevicePlugin) Update(pfs []PF) {
+	pfs = slices.Clone(pfs)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	select {
