@@ -6,6 +6,7 @@ package k8s
 
 import (
 	"bufio"
+	"cmp"
 	"net"
 	"os"
 	"os/exec"
@@ -59,9 +60,13 @@ func look(t *testing.T, base string) hostView {
 	return v
 }
 
-// TestTeardown interrupts runs at three points and checks that the host is as
-// before each: same links, sysctls and hostname; no cgroup, mount, process or
-// file of the run left.
+// oldKubelet is the kubelet of make k8s-e2e's second pass (the Makefile's
+// K8S_OLD_KUBELET passes it on; this is the same default).
+var oldKubelet = cmp.Or(os.Getenv("K8S_OLD_KUBELET"), "v1.34.4")
+
+// TestTeardown interrupts runs at four points, one of them with the older
+// kubelet, and checks that the host is as before each: same links, sysctls
+// and hostname; no cgroup, mount, process or file of the run left.
 func TestTeardown(t *testing.T) {
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -78,6 +83,9 @@ func TestTeardown(t *testing.T) {
 		{name: "SIGTERM while a job holds a PF", env: []string{"K8S_E2E_RUN=TestReadmeProwJobs"}, signal: syscall.SIGTERM, after: "Running with"},
 		{name: "SIGINT during bring-up", signal: syscall.SIGINT, after: "control plane: etcd and kube-apiserver ready"},
 		{name: "failure after deploy", env: []string{"K8S_E2E_FAIL_AFTER=deploy"}},
+		// make k8s-e2e's second pass: the node's kubelet three minors
+		// older, with its own ways of making cgroups and sockets.
+		{name: "SIGTERM while a job holds a PF on kubelet " + oldKubelet, env: []string{"K8S_E2E_RUN=TestReadmeProwJobs", "K8S_KUBELET_VERSION=" + oldKubelet}, signal: syscall.SIGTERM, after: "Running with"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -131,12 +139,12 @@ func TestTeardown(t *testing.T) {
 
 // ownEnv is this process's environment without the knobs a person may have
 // set for a run of their own (K8S_E2E_SHELL would park every case's cluster
-// until the test times out; K8S_E2E_RUN and the others change what a case
-// runs): each case sets the ones it needs.
+// until the test times out; K8S_E2E_RUN, K8S_KUBELET_VERSION and the others
+// change what a case runs): each case sets the ones it needs.
 func ownEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "K8S_E2E_") {
+		if !strings.HasPrefix(kv, "K8S_E2E_") && !strings.HasPrefix(kv, "K8S_KUBELET_VERSION=") {
 			env = append(env, kv)
 		}
 	}
