@@ -243,8 +243,15 @@ func (c *NetConf) applyNode(set map[string]bool) error {
 	c.NodeUnknown = n.Unknown
 	c.ReservedInterfacesFile, c.StateDir, c.SysfsRoot, c.LogFile = n.ReservedInterfacesFile, n.StateDir, n.SysfsRoot, n.LogFile
 	c.RequireDeviceID = n.RequireDeviceID
-	if !set["logLevel"] {
-		c.LogLevel = n.LogLevel
+	if n.LogLevel != "" {
+		// Checked here, where the file is known: the same check on the
+		// merged config would blame the network configuration.
+		if _, err := ParseLogLevel(n.LogLevel); err != nil {
+			return types.NewError(types.ErrInvalidNetworkConfig, "invalid node configuration", fmt.Sprintf("%s: %v", path, err))
+		}
+		if !set["logLevel"] {
+			c.LogLevel = n.LogLevel
+		}
 	}
 	var errs []error
 	merge := func(field string, nad, node any, equal bool, apply func()) {

@@ -178,6 +178,13 @@ func TestNodeConfigRejectsWrongTypesAndBadValues(t *testing.T) {
 			}
 		}
 	}
+	// A bad logLevel in the node file is blamed on that file, not on the
+	// network configuration the engineer would then search in vain.
+	node := writeNode(t, `{"logLevel":"loud"}`)
+	if _, err := Parse([]byte(`{"name":"n"}`), node); err == nil || !strings.Contains(err.Error(), node) ||
+		!strings.Contains(err.Error(), "invalid node configuration") {
+		t.Errorf("node logLevel \"loud\": %v, want an invalid node configuration naming %s", err, node)
+	}
 	// No file: no node configuration, defaults as before.
 	c, err := NodeConf(filepath.Join(t.TempDir(), "absent.json"))
 	if err != nil || c.StateDir != DefaultStateDir || c.RequireDeviceID {
