@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
@@ -228,6 +229,55 @@ func TestRegistersOnceWithEachKubelet(t *testing.T) {
 		if a, r := k.settled(t, pci); a != 1 || r != 0 {
 			t.Fatalf("restart %d (listening %s after its cleanup): %d registrations accepted, %d refused; want 1, 0", i, delay, a, r)
 		}
+	}
+}
+
+// A kubelet's socket file exists from its bind(2), and it refuses
+// connections until its listen(2), with no event for the agent in
+// between. Here the kubelet was gone long enough for the agent's retries
+// to back off to seconds, then a new kubelet.sock appears refusing for
+// 300 ms: the agent must be registered soon after it listens, not when
+// its doubled backoff runs out (5 s in a v1.34 kubelet restart in
+// make k8s-e2e).
+func TestRegistersSoonAfterAKubeletSocketStartsListening(t *testing.T) {
+	dir := t.TempDir()
+	const pci = "0000:3b:00.0"
+	k := startKubelet(t, dir)
+	startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
+	k.registered(t)
+	k.kill() // kubelet.sock stays and refuses: the agent's tries fail
+	time.Sleep(2500 * time.Millisecond)
+
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "kubelet.sock.new")
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: tmp}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, kubeletSocket)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := unix.Listen(fd, 16); err != nil {
+		t.Fatal(err)
+	}
+	listening := time.Now()
+	f := os.NewFile(uintptr(fd), kubeletSocket)
+	l, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2 := &fakeKubelet{dir: dir, srv: grpc.NewServer(), regs: make(chan *pluginapi.RegisterRequest, 16),
+		endpoints: map[string]*grpc.ClientConn{}, devices: map[string]string{}}
+	pluginapi.RegisterRegistrationServer(k2.srv, k2)
+	go k2.srv.Serve(l)
+	t.Cleanup(k2.kill)
+	k2.registered(t)
+	if took := time.Since(listening); took > time.Second {
+		t.Errorf("registered %s after the kubelet listened; want well under a second", took.Round(time.Millisecond))
 	}
 }
 

@@ -28,7 +28,7 @@ const kubeletSocket = "kubelet.sock"
 
 // Registration retries: a failed registration (or a socket that could not
 // be served) is tried again after retryFirst, doubling up to retryMax; an
-// event in the directory tries at once. recheck is how often the loop
+// event in the directory tries at once and starts the doubling over. recheck is how often the loop
 // looks again when nothing happens, in case an event was missed.
 const (
 	retryFirst = 100 * time.Millisecond
@@ -188,6 +188,14 @@ func (s *Server) Run(ctx context.Context) error {
 				timer.Stop()
 				return errors.New("device-plugin directory watch ended")
 			}
+			// The directory changed: whatever failed before may work
+			// now, and the next failure waits retryFirst again. A
+			// restarting kubelet removes and creates files in a burst,
+			// and its socket file exists (bind) a moment before it
+			// accepts (listen), with no event in between: backoffs
+			// doubled by the burst's failed tries left a kubelet that was
+			// up without the agent for 5 s.
+			backoff = retryFirst
 		case e := <-s.ended:
 			// The kubelet ended the stream of the registration that
 			// counts, while it still runs: it dropped us (a v1.36
