@@ -231,3 +231,65 @@ func TestTestBedNodeConfigIsDeploysWithSysfsRoot(t *testing.T) {
 		t.Errorf("%s: the DaemonSet mounts %q, the ConfigMap is %q", testBed, got, cm.Name)
 	}
 }
+
+// The overlay docs/configuration.md shows, with a node.json of its own,
+// rendered over deploy/ as an admin's overlay uses it: its node.json is
+// the ConfigMap's, under a name of its own, and the DaemonSet mounts that.
+func TestNodeConfigOverlaySnippet(t *testing.T) {
+	s := readmeSnippets(t)["node-config-overlay"]
+	if len(s) != 1 {
+		t.Fatalf("want one node-config-overlay snippet, found %d", len(s))
+	}
+	dir := copyDeploy(t)
+	own := []byte("{\n  \"requireDeviceID\": true\n}\n")
+	for name, data := range map[string][]byte{"kustomization.yaml": []byte("resources:\n- deploy\n" + s[0].body), "node.json": own} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := parseRendered(t, render(t, filepath.Join(dir, "deploy")))
+	m := parseRendered(t, render(t, dir))
+	if len(m.configMaps) != 1 {
+		t.Fatalf("%s: the overlay renders %d ConfigMaps, want one", s[0].where(), len(m.configMaps))
+	}
+	cm := m.configMaps[0]
+	if cm.Data["node.json"] != string(own) || cm.Name == base.configMaps[0].Name {
+		t.Errorf("%s: the overlay's ConfigMap is %s with %q; want the overlay's node.json under another name than deploy/'s %s",
+			s[0].where(), cm.Name, cm.Data["node.json"], base.configMaps[0].Name)
+	}
+	if got := configMapVolume(t, m.daemonSets[0]); got != cm.Name {
+		t.Errorf("%s: the DaemonSet mounts %q, the overlay's ConfigMap is %q", s[0].where(), got, cm.Name)
+	}
+}
+
+// docs/deploy.md's pruning selects by a label that both this release's
+// ConfigMap and the previous releases' carry, and keeps the one named by
+// the DaemonSet's node-config volume, in the DaemonSet's namespace.
+func TestPruneSnippetFindsEveryNodeConfig(t *testing.T) {
+	s := readmeSnippets(t)["prune-node-configs"]
+	if len(s) != 1 {
+		t.Fatalf("want one prune-node-configs snippet, found %d", len(s))
+	}
+	body, where := s[0].body, s[0].where()
+	m := parseRendered(t, render(t, filepath.Join(repoRoot(t), "deploy")))
+	ds, cm := m.daemonSets[0], m.configMaps[0]
+	sel := regexp.MustCompile(`get configmap -l (\S+)`).FindStringSubmatch(body)
+	if sel == nil {
+		t.Fatalf("%s: no `get configmap -l SELECTOR`", where)
+	}
+	for _, pair := range strings.Split(sel[1], ",") {
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok || cm.Labels[k] != v || previousConfigMapLabels[k] != v {
+			t.Errorf("%s: selector term %q: want a label=value on the rendered ConfigMap (%v) and on the previous releases' (%v)",
+				where, pair, cm.Labels, previousConfigMapLabels)
+		}
+	}
+	if !strings.Contains(body, `volumes[?(@.name=="`+nodeConfigVolume+`")].configMap.name`) {
+		t.Errorf("%s: does not read the ConfigMap in use from the DaemonSet's %s volume", where, nodeConfigVolume)
+	}
+	for _, want := range []string{"-n " + ds.Namespace + " get ds " + ds.Name, "-n " + cm.Namespace + " get configmap", "-n " + cm.Namespace + " delete"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("%s: no %q", where, want)
+		}
+	}
+}
