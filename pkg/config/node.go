@@ -18,8 +18,8 @@ import (
 )
 
 // DefaultNodeConfigFile is the node-local configuration that the plugin and
-// the node agent both read. The DaemonSet installs it from its ConfigMap
-// (deploy/node-config.yaml).
+// the node agent both read. The DaemonSet's agent installs it from its
+// ConfigMap, which kustomize generates from deploy/node.json.
 const DefaultNodeConfigFile = "/etc/sriov-passthrough-cni/node.json"
 
 // NodeConfigEnv names the environment variable that points the plugin at
@@ -58,7 +58,7 @@ var NodeOnlyFields = []string{"stateDir", "nodeConfigFile", "sysfsRoot", "logFil
 // (LoadNodeBytes), so a rollback after an admin set a new field still
 // reads node.json. Releases before it read node.json strictly: the one
 // before logFile and logLevel existed refuses a node.json that sets
-// either, and deploy's node-config.yaml therefore leaves them out.
+// either, and deploy's node.json therefore leaves them out.
 type Node struct {
 	PFNames                []string `json:"pfNames,omitempty"`
 	ReservedInterfaces     []string `json:"reservedInterfaces,omitempty"`
@@ -216,8 +216,8 @@ func refuseNodeOnly(fields []string, nodeFile string) error {
 	return types.NewError(types.ErrInvalidNetworkConfig,
 		fmt.Sprintf("field %s is node-only: not allowed in the network configuration", strings.Join(found, ", ")),
 		fmt.Sprintf("remove it from the NetworkAttachmentDefinition (or conf file); stateDir, sysfsRoot, logFile and "+
-			"reservedInterfacesFile belong in the node configuration file %s (installed from the ConfigMap in "+
-			"deploy/node-config.yaml), and the node chooses that file itself (%s in the plugin's environment, default %s)",
+			"reservedInterfacesFile belong in the node configuration file %s (installed from the ConfigMap "+
+			"made from deploy/node.json), and the node chooses that file itself (%s in the plugin's environment, default %s)",
 			nodeFile, NodeConfigEnv, DefaultNodeConfigFile))
 }
 

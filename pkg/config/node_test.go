@@ -60,7 +60,7 @@ func TestNodeOnlyFieldsInTheNetworkConfigAreRefused(t *testing.T) {
 		_, err := Parse([]byte(`{"name":"n","pfNames":["ens1"],"`+field+`":`+value+`}`), node)
 		var e *types.Error
 		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, `"`+field+`"`) ||
-			!strings.Contains(e.Msg, "node-only") || !strings.Contains(e.Details, node) || !strings.Contains(e.Details, "deploy/node-config.yaml") {
+			!strings.Contains(e.Msg, "node-only") || !strings.Contains(e.Details, node) || !strings.Contains(e.Details, "deploy/node.json") {
 			t.Errorf("%s=%s: got %#v, want code 7 naming the field and the node file", field, value, err)
 		}
 	}

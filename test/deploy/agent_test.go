@@ -72,7 +72,9 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 		config.DefaultStateDir:            {config.DefaultStateDir, false, ""},
 		"/host/etc":                       {"/etc", true, ""},
 		"/host/etc/sriov-passthrough-cni": {"/etc/sriov-passthrough-cni", false, ""},
-		"/config":                         {"configmap:sriov-passthrough-cni-node", true, ""},
+		// The generator's name; rendered, it gets node.json's hash
+		// (TestNodeConfigIsGenerated).
+		"/config": {"configmap:" + nodeConfigName, true, ""},
 		// The health socket (-health-socket's default directory): the
 		// probes need no port on the node's network.
 		"/run/sriov-passthrough-agent": {"emptyDir", false, ""},
@@ -93,10 +95,7 @@ func TestAgentHasExactlyItsGrants(t *testing.T) {
 		t.Errorf("agent mounts:\n got %v\nwant %v", got, want)
 	}
 	// The node configuration it installs is one the plugin accepts.
-	if len(m.configMaps) != 1 {
-		t.Fatalf("want one ConfigMap, got %d", len(m.configMaps))
-	}
-	node, err := config.LoadNodeBytes([]byte(m.configMaps[0].Data["node.json"]))
+	node, err := config.LoadNodeBytes(readRepoFile(t, nodeConfigFile))
 	if err != nil {
 		t.Errorf("node.json: %v", err)
 	}

@@ -34,14 +34,31 @@ type networkAttachmentDefinition struct {
 
 // kustomization holds the fields deploy/kustomization.yaml may use.
 type kustomization struct {
-	metav1.TypeMeta `json:",inline"`
-	Resources       []string `json:"resources"`
-	Images          []struct {
+	metav1.TypeMeta    `json:",inline"`
+	Resources          []string             `json:"resources"`
+	ConfigMapGenerator []configMapGenerator `json:"configMapGenerator,omitempty"`
+	Labels             []struct {
+		Pairs            map[string]string `json:"pairs"`
+		IncludeSelectors bool              `json:"includeSelectors,omitempty"`
+		IncludeTemplates bool              `json:"includeTemplates,omitempty"`
+	} `json:"labels,omitempty"`
+	Images []struct {
 		Name    string `json:"name"`
 		NewName string `json:"newName,omitempty"`
 		NewTag  string `json:"newTag,omitempty"`
 		Digest  string `json:"digest,omitempty"`
 	} `json:"images,omitempty"`
+}
+
+type configMapGenerator struct {
+	Name      string   `json:"name"`
+	Namespace string   `json:"namespace,omitempty"`
+	Behavior  string   `json:"behavior,omitempty"`
+	Files     []string `json:"files,omitempty"`
+	Options   struct {
+		Labels                map[string]string `json:"labels,omitempty"`
+		DisableNameSuffixHash bool              `json:"disableNameSuffixHash,omitempty"`
+	} `json:"options,omitempty"`
 }
 
 // manifests is everything in deploy/, decoded strictly.
@@ -197,6 +214,13 @@ func TestKustomizationListsEveryManifest(t *testing.T) {
 	sort.Strings(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("kustomization resources %v, want every manifest in deploy/: %v", got, want)
+	}
+	for _, g := range k.ConfigMapGenerator {
+		for _, f := range g.Files {
+			if _, err := os.Stat(filepath.Join(repoRoot(t), "deploy", f)); err != nil {
+				t.Errorf("configMapGenerator %s: %v", g.Name, err)
+			}
+		}
 	}
 	ds := m.daemonSets[0]
 	image := ds.Spec.Template.Spec.Containers[0].Image
@@ -393,22 +417,10 @@ func checkPluginConf(t *testing.T, what string, data []byte) *config.NetConf {
 // kubectl's built-in kustomize renders deploy/ as `kubectl apply -k` would;
 // the output must still decode strictly and carry the image override.
 func TestKustomizeBuild(t *testing.T) {
-	kubectl := findKubectl(t)
-	out, err := exec.Command(kubectl, "kustomize", filepath.Join(repoRoot(t), "deploy")).Output()
-	if err != nil {
-		t.Fatalf("kubectl kustomize deploy: %v", err)
-	}
-	var m manifests
-	for i, doc := range docSeparator.Split(string(out), -1) {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		if err := m.add([]byte(doc)); err != nil {
-			t.Errorf("rendered document %d: %v", i+1, err)
-		}
-	}
-	if len(m.namespaces) != 1 || len(m.daemonSets) != 1 || len(m.nads) != 1 {
-		t.Fatalf("rendered %d Namespace, %d DaemonSet, %d NAD; want one each", len(m.namespaces), len(m.daemonSets), len(m.nads))
+	m := parseRendered(t, render(t, filepath.Join(repoRoot(t), "deploy")))
+	if len(m.namespaces) != 1 || len(m.configMaps) != 1 || len(m.daemonSets) != 1 || len(m.nads) != 1 {
+		t.Fatalf("rendered %d Namespace, %d ConfigMap, %d DaemonSet, %d NAD; want one each",
+			len(m.namespaces), len(m.configMaps), len(m.daemonSets), len(m.nads))
 	}
 	k := loadManifests(t).kustomization
 	img := k.Images[0]
@@ -520,15 +532,7 @@ func TestCnitoolConfComponent(t *testing.T) {
 		plain: {"/opt/cni/bin"},
 		with:  {"/opt/cni/bin", "/etc/cni/net.d"},
 	} {
-		var m manifests
-		for _, doc := range docSeparator.Split(rendered, -1) {
-			if strings.TrimSpace(doc) != "" {
-				if err := m.add([]byte(doc)); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		pod := m.daemonSets[0].Spec.Template.Spec
+		pod := parseRendered(t, rendered).daemonSets[0].Spec.Template.Spec
 		checkInstallerDirs(t, pod, pod.Containers[0], want)
 	}
 }
@@ -537,21 +541,46 @@ func TestCnitoolConfComponent(t *testing.T) {
 // the component (deploy/ as a resource, deploy/components/<name> listed).
 func renderWithComponent(t *testing.T, name string) (plain, with string) {
 	t.Helper()
-	kubectl := findKubectl(t)
-	dir := t.TempDir()
-	if out, err := exec.Command("cp", "-r", filepath.Join(repoRoot(t), "deploy"), dir).CombinedOutput(); err != nil {
-		t.Fatalf("copy deploy/: %v: %s", err, out)
-	}
+	dir := copyDeploy(t)
 	kust := "resources:\n- deploy\ncomponents:\n- deploy/components/" + name + "\n"
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	render := func(root string) string {
-		out, err := exec.Command(kubectl, "kustomize", root).CombinedOutput()
-		if err != nil {
-			t.Fatalf("kubectl kustomize %s: %v\n%s", root, err, out)
-		}
-		return string(out)
+	return render(t, filepath.Join(dir, "deploy")), render(t, dir)
+}
+
+// copyDeploy copies deploy/ into a new temporary directory and returns
+// that directory: deploy/ is DIR/deploy in it.
+func copyDeploy(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("cp", "-r", filepath.Join(repoRoot(t), "deploy"), dir).CombinedOutput(); err != nil {
+		t.Fatalf("copy deploy/: %v: %s", err, out)
 	}
-	return render(filepath.Join(dir, "deploy")), render(dir)
+	return dir
+}
+
+// render runs kubectl kustomize on a kustomization directory.
+func render(t *testing.T, root string) string {
+	t.Helper()
+	out, err := exec.Command(findKubectl(t), "kustomize", root).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v\n%s", root, err, out)
+	}
+	return string(out)
+}
+
+// parseRendered decodes kustomize's output strictly.
+func parseRendered(t *testing.T, rendered string) manifests {
+	t.Helper()
+	var m manifests
+	for i, doc := range docSeparator.Split(rendered, -1) {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		if err := m.add([]byte(doc)); err != nil {
+			t.Fatalf("rendered document %d: %v", i+1, err)
+		}
+	}
+	return m
 }

@@ -98,16 +98,39 @@ func predictableName(t *testing.T, pci string) string {
 	return fmt.Sprintf("enp%ds%df%d", bus, slot, fn)
 }
 
-const nodeConfigMap = "sriov-passthrough-cni-node"
+// nodeConfigMap is the ConfigMap the DaemonSet mounts as its node
+// configuration: kustomize names it after a hash of node.json, so it is
+// read from the DaemonSet rather than known.
+func nodeConfigMap(t *testing.T) string {
+	t.Helper()
+	name := strings.TrimSpace(kubectl(t, nil, "-n", "sriov-passthrough-cni", "get", "ds", "sriov-passthrough-cni", "-o",
+		`jsonpath={.spec.template.spec.volumes[?(@.name=="node-config")].configMap.name}`))
+	if name == "" {
+		t.Fatal("the DaemonSet mounts no node-config ConfigMap")
+	}
+	return name
+}
+
+// nodeConfig returns the node.json the DaemonSet's agents install, decoded.
+func nodeConfig(t *testing.T) (raw string, conf map[string]any) {
+	t.Helper()
+	raw = kubectl(t, nil, "-n", "sriov-passthrough-cni", "get", "configmap", nodeConfigMap(t), "-o", `jsonpath={.data.node\.json}`)
+	decodeJSON(t, raw, &conf)
+	return raw, conf
+}
 
 // setNodeConfig sets one field of the DaemonSet's node.json and restarts
 // the agent, which installs it for the plugin on start. Cleanup puts the
 // ConfigMap back as it was and restarts the agent again.
+//
+// It edits the live ConfigMap in place rather than node.json through the
+// generator: the scenario is about the agent's pool, and an edit in place
+// leaves the DaemonSet's template, and with it which revision the other
+// scenarios find, as it was. TestTodaysJobsThroughTheCutoverStages changes
+// node.json the way an admin does, and the DaemonSet rolls.
 func setNodeConfig(t *testing.T, field string, value any) {
 	t.Helper()
-	orig := kubectl(t, nil, "-n", "sriov-passthrough-cni", "get", "configmap", nodeConfigMap, "-o", `jsonpath={.data.node\.json}`)
-	conf := map[string]any{}
-	decodeJSON(t, orig, &conf)
+	orig, conf := nodeConfig(t)
 	conf[field] = value
 	changed, _ := json.MarshalIndent(conf, "", "  ")
 	t.Cleanup(func() {
@@ -123,7 +146,7 @@ func setNodeConfig(t *testing.T, field string, value any) {
 func putNodeConfig(t *testing.T, nodeJSON string) {
 	t.Helper()
 	patch, _ := json.Marshal(map[string]any{"data": map[string]string{"node.json": nodeJSON}})
-	kubectl(t, nil, "-n", "sriov-passthrough-cni", "patch", "configmap", nodeConfigMap, "--type=merge", "-p", string(patch))
+	kubectl(t, nil, "-n", "sriov-passthrough-cni", "patch", "configmap", nodeConfigMap(t), "--type=merge", "-p", string(patch))
 }
 
 // restartAgentPod deletes the DaemonSet's pod and waits until its
@@ -135,12 +158,19 @@ func restartAgentPod(t *testing.T) time.Time {
 	old := agentPod(t)
 	kubectl(t, nil, "-n", "sriov-passthrough-cni", "delete", "pod", old, "--wait=true", "--timeout=120s")
 	gone := time.Now()
-	waitFor(t, "a new agent pod, ready", 2*time.Minute, func() (bool, error) {
+	waitForNewAgent(t, old)
+	t.Logf("agent pod %s deleted; %s ready %.1fs later", old, agentPod(t), time.Since(gone).Seconds())
+	return gone
+}
+
+// waitForNewAgent waits until the DaemonSet's only pod is another than old
+// and its agent is ready.
+func waitForNewAgent(t *testing.T, old string) {
+	t.Helper()
+	waitFor(t, "a new agent pod, ready, and the only one", 2*time.Minute, func() (bool, error) {
 		out, err := kubectlErr(nil, "-n", "sriov-passthrough-cni", "get", "pod", "-o",
 			`jsonpath={range .items[*]}{.metadata.name}={.status.containerStatuses[?(@.name=="agent")].ready}{" "}{end}`)
 		f := strings.Fields(out)
 		return len(f) == 1 && !strings.HasPrefix(f[0], old+"=") && strings.HasSuffix(f[0], "=true"), err
 	})
-	t.Logf("agent pod %s deleted; %s ready %.1fs later", old, agentPod(t), time.Since(gone).Seconds())
-	return gone
 }

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -40,10 +42,15 @@ const (
 //     PFs stay counted as allocated (allocatable 2). A job still without
 //     the request keeps working on the annotated network.
 //
-//  3. requireDeviceID on: a job without the request is refused with the
-//     plugin's error naming the missing deviceID, a job with it runs.
+//  3. requireDeviceID on, as docs/deploy.md has an admin do it: node.json
+//     changed in the overlay and applied, so the generated ConfigMap gets a
+//     new name and the DaemonSet rolls to it. A job without the request is
+//     refused with the plugin's error naming the missing deviceID, a job
+//     with it runs.
 //
-// And back: requireDeviceID off again, today's job runs again.
+// And back: the overlay as it was applied again, the DaemonSet rolls back
+// to its first ConfigMap, today's job runs again. docs/deploy.md's pruning
+// then removes the stage's ConfigMap, left behind, and nothing else.
 func TestTodaysJobsThroughTheCutoverStages(t *testing.T) {
 	requireNodeWhole(t)
 	want := len(pfNames())
@@ -88,20 +95,19 @@ func TestTodaysJobsThroughTheCutoverStages(t *testing.T) {
 	deleteJobs(t)
 
 	// Stage 3, and back.
-	orig := kubectl(t, nil, "-n", "sriov-passthrough-cni", "get", "configmap", nodeConfigMap, "-o", `jsonpath={.data.node\.json}`)
-	conf := map[string]any{}
-	decodeJSON(t, orig, &conf)
-	conf["requireDeviceID"] = true
-	strict, _ := json.MarshalIndent(conf, "", "  ")
+	overlay, first := currentOverlay(t), nodeConfigMap(t)
 	restored := false
 	t.Cleanup(func() {
 		if !restored {
-			putNodeConfig(t, orig)
-			restartAgentPod(t)
+			applyAndRoll(t, overlay)
 		}
 	})
-	putNodeConfig(t, string(strict)+"\n")
-	restartAgentPod(t)
+	applyAndRoll(t, nodeConfigOverlay(t, overlay, "requireDeviceID", true))
+	stage3 := nodeConfigMap(t)
+	if stage3 == first {
+		t.Fatalf("node.json changed, the DaemonSet still mounts ConfigMap %s", first)
+	}
+	t.Logf("stage 3: node.json with requireDeviceID applied, the DaemonSet rolled from ConfigMap %s to %s", first, stage3)
 	createTodaysJob(t, "todays-job-refused", false)
 	why := waitPodEvent(t, "todays-job-refused", "no deviceID")
 	t.Logf("stage 3 refuses a job without prow/sriov: %s", why)
@@ -109,12 +115,98 @@ func TestTodaysJobsThroughTheCutoverStages(t *testing.T) {
 	runTodaysJob(t, "todays-job-stage3", true)
 	deleteJobs(t)
 
-	putNodeConfig(t, orig)
-	restartAgentPod(t)
+	applyAndRoll(t, overlay)
 	restored = true
+	if got := nodeConfigMap(t); got != first {
+		t.Fatalf("the overlay applied again, the DaemonSet mounts ConfigMap %s, want %s", got, first)
+	}
 	runTodaysJob(t, "todays-job-back", false)
 	deleteJobs(t)
 	waitAllocatable(t, want, "after the stages")
+	pruneNodeConfigs(t, first, stage3)
+}
+
+// currentOverlay is run.sh's overlay of the image whose binary is
+// installed: applying it changes no image.
+func currentOverlay(t *testing.T) string {
+	t.Helper()
+	tag := os.Getenv("PLUGIN_TAG_A")
+	if fileHash(t, cniBinary) == binaryHash(t, os.Getenv("PLUGIN_TAG_B")) {
+		tag = os.Getenv("PLUGIN_TAG_B")
+	}
+	return filepath.Join(env.work, "overlay-"+tag)
+}
+
+// nodeConfigOverlay writes an admin's overlay of base whose node.json is
+// the one the DaemonSet runs with field set to value, through the
+// generator as docs/configuration.md shows, and returns its directory.
+func nodeConfigOverlay(t *testing.T, base, field string, value any) string {
+	t.Helper()
+	_, conf := nodeConfig(t)
+	conf[field] = value
+	node, _ := json.MarshalIndent(conf, "", "  ")
+	dir := t.TempDir()
+	rel, err := filepath.Rel(dir, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kust := "resources:\n- " + rel + "\n" +
+		"configMapGenerator:\n- name: sriov-passthrough-cni-node\n  namespace: sriov-passthrough-cni\n" +
+		"  behavior: replace\n  files:\n  - node.json\n"
+	for name, data := range map[string][]byte{"kustomization.yaml": []byte(kust), "node.json": append(node, '\n')} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// applyAndRoll applies an overlay whose pod template differs from the
+// running one and waits until the DaemonSet has rolled: its only pod is a
+// new one, with the agent ready.
+func applyAndRoll(t *testing.T, overlay string) {
+	t.Helper()
+	old := agentPod(t)
+	start := time.Now()
+	kubectl(t, nil, "apply", "-k", overlay)
+	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
+	waitForNewAgent(t, old)
+	t.Logf("applied %s: agent pod %s replaced by %s in %.1fs", filepath.Base(overlay), old, agentPod(t), time.Since(start).Seconds())
+}
+
+// pruneNodeConfigs runs docs/deploy.md's pruning of node-config
+// ConfigMaps: the one the DaemonSet mounts stays, and so does every
+// ConfigMap that is not this deploy's (kube-root-ca.crt); stale goes.
+func pruneNodeConfigs(t *testing.T, inUse, stale string) {
+	t.Helper()
+	list := func() []string {
+		out := kubectl(t, nil, "-n", "sriov-passthrough-cni", "get", "configmap", "-o", "jsonpath={.items[*].metadata.name}")
+		names := strings.Fields(out)
+		slices.Sort(names)
+		return names
+	}
+	before := list()
+	if !slices.Contains(before, stale) || !slices.Contains(before, inUse) {
+		t.Fatalf("ConfigMaps %v before pruning: want %s (in use) and %s (left behind by the apply)", before, inUse, stale)
+	}
+	data, err := os.ReadFile(filepath.Join(os.Getenv("REPO"), "docs", "deploy.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?m)^<!-- test/deploy: prune-node-configs -->\n```sh\n((?s:.*?))```").FindSubmatch(data)
+	if m == nil {
+		t.Fatal("docs/deploy.md: no prune-node-configs snippet")
+	}
+	if out, err := exec.Command("bash", "-c", string(m[1])).CombinedOutput(); err != nil {
+		t.Fatalf("docs/deploy.md's pruning: %v\n%s", err, out)
+	}
+	after := list()
+	want := slices.DeleteFunc(slices.Clone(before), func(n string) bool { return n == stale })
+	if !slices.Equal(after, want) {
+		t.Fatalf("after docs/deploy.md's pruning the ConfigMaps are %v, want %v", after, want)
+	}
+	t.Logf("docs/deploy.md's pruning: ConfigMaps %v -> %v", before, after)
+	waitAllocatable(t, len(pfNames()), "after pruning")
 }
 
 // createTodaysNetwork makes the network the bash plugin's installer made,
@@ -209,11 +301,7 @@ func waitPodEvent(t *testing.T, pod, sub string) string {
 // docs/deploy.md says: delete it, apply.
 func takeOverFromTheBashInstaller(t *testing.T) {
 	t.Helper()
-	tag := os.Getenv("PLUGIN_TAG_A")
-	if fileHash(t, cniBinary) == binaryHash(t, os.Getenv("PLUGIN_TAG_B")) {
-		tag = os.Getenv("PLUGIN_TAG_B")
-	}
-	overlay := filepath.Join(env.work, "overlay-"+tag)
+	overlay := currentOverlay(t)
 	kubectl(t, nil, "-n", "sriov-passthrough-cni", "delete", "ds", "sriov-passthrough-cni", "--wait=true", "--timeout=120s")
 	// Whatever happens next, the cluster ends with deploy/'s DaemonSet.
 	t.Cleanup(func() {
