@@ -196,7 +196,8 @@ func printProfile(b *testing.B, log []byte, f pf) {
 			}
 		}
 		if len(order) == 0 {
-			b.Fatalf("the plugin logged no %s steps at debug level", cmd)
+			fmt.Printf("bench-vm: kernel=%s %s steps: none logged (a plugin from before the step timing)\n", kernelRelease(), cmd)
+			continue
 		}
 		var out []string
 		for _, name := range order {
