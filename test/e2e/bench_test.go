@@ -32,45 +32,121 @@ import (
 //     config on stdin, names from sysfs): the floor with two process
 //     starts in it.
 //
-// It ends with one line of medians and ratios, which `make bench-vm`
-// prints per kernel.
+// Each round runs every method once, in an order that rotates from round
+// to round, so a guest that slows down over the run slows all of them
+// alike; ratios are the medians of each round's ratio. The last run (b.N
+// above 1: -test.benchtime Nx runs once with b.N = 1 first) ends with one
+// line of medians and ratios, which make bench-vm prints per kernel, then
+// the profile.
 func BenchmarkAddDel(b *testing.B) {
 	f := pfs[0]
-	var log []byte
-	b.Run("plugin", func(b *testing.B) {
-		rounds["plugin"], log = benchExec(b, filepath.Join(pluginDir, "sriov-passthrough-cni"), f)
-	})
-	b.Run("floor-inproc", func(b *testing.B) {
-		names := []string{baseline[f.PCI].Name}
-		for _, v := range vfsOf[f.PCI] {
-			names = append(names, baseline[v].Name)
-		}
-		rounds["floor-inproc"] = eachPod(b, func(path string) error {
+	names := []string{baseline[f.PCI].Name}
+	for _, v := range vfsOf[f.PCI] {
+		names = append(names, baseline[v].Name)
+	}
+	node, logFile, conf := benchNode(b, f)
+	type method struct {
+		name string
+		op   func(path string) error
+	}
+	methods := []method{
+		{"plugin", func(path string) error {
+			return execAddDel(filepath.Join(pluginDir, "sriov-passthrough-cni"), path, node, conf)
+		}},
+		{"floor-inproc", func(path string) error {
 			if err := floor.Add(path, "net1", names); err != nil {
 				return err
 			}
 			return floor.Del(path, "net1", names)
-		})
-	})
-	floor := os.Getenv("E2E_FLOOR")
-	if floor != "" {
-		b.Run("floor-exec", func(b *testing.B) { rounds["floor-exec"], _ = benchExec(b, floor, f) })
+		}},
 	}
-	p, in, ex := median(rounds["plugin"]), median(rounds["floor-inproc"]), median(rounds["floor-exec"])
-	line := fmt.Sprintf("bench-vm: kernel=%s rounds=%d plugin_ms=%.0f floor_inproc_ms=%.0f", kernelRelease(), len(rounds["plugin"]), msOf(p), msOf(in))
-	if in > 0 {
-		line += fmt.Sprintf(" vs_inproc=%.2f", float64(p)/float64(in))
+	if bin := os.Getenv("E2E_FLOOR"); bin != "" {
+		fnode, _, fconf := benchNode(b, f)
+		methods = append(methods, method{"floor-exec", func(path string) error { return execAddDel(bin, path, fnode, fconf) }})
 	}
-	if ex > 0 {
-		line += fmt.Sprintf(" floor_exec_ms=%.0f vs_exec=%.2f", msOf(ex), float64(p)/float64(ex))
+	// Another build of the plugin (an older commit), timed in the same
+	// rounds: a before/after that one run's noise cannot fake.
+	if bin := os.Getenv("E2E_PLUGIN_BASE"); bin != "" {
+		bnode, _, bconf := benchNode(b, f)
+		methods = append(methods, method{"plugin-base", func(path string) error { return execAddDel(bin, path, bnode, bconf) }})
+	}
+	times := map[string][]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := range methods {
+			m := methods[(i+j)%len(methods)]
+			times[m.name] = append(times[m.name], inFreshPod(b, m.op))
+		}
+	}
+	b.StopTimer()
+	for _, m := range methods {
+		b.ReportMetric(msOf(median(times[m.name])), m.name+"-ms")
+	}
+	if b.N == 1 {
+		return
+	}
+	line := fmt.Sprintf("bench-vm: kernel=%s rounds=%d plugin_ms=%.0f", kernelRelease(), b.N, msOf(median(times["plugin"])))
+	for _, floor := range []string{"floor-inproc", "floor-exec", "plugin-base"} {
+		if len(times[floor]) == 0 {
+			continue
+		}
+		med, lo, hi := pairedRatio(times["plugin"], times[floor])
+		short := strings.TrimPrefix(strings.TrimPrefix(floor, "floor-"), "plugin-")
+		line += fmt.Sprintf(" floor_%s_ms=%.0f vs_%s=%.2f (quartiles %.2f-%.2f)", short, msOf(median(times[floor])), short, med, lo, hi)
 	}
 	fmt.Println(line)
+	log, err := os.ReadFile(logFile)
+	if err != nil {
+		b.Fatal(err)
+	}
 	printProfile(b, log, f)
 }
 
-// rounds keeps each method's round times from the last run of its
-// benchmark (the testing package runs each once with b.N = 1 first).
-var rounds = map[string][]time.Duration{}
+// pairedRatio is the median and the quartiles of a[i]/b[i].
+func pairedRatio(a, b []time.Duration) (med, lo, hi float64) {
+	var r []float64
+	for i := range min(len(a), len(b)) {
+		r = append(r, float64(a[i])/float64(b[i]))
+	}
+	slices.Sort(r)
+	n := len(r)
+	return r[n/2], r[n/4], r[(3*n)/4]
+}
+
+// inFreshPod runs op on a fresh pod netns made outside the timer, checks
+// that the host is as before, and returns op's time.
+func inFreshPod(b *testing.B, op func(path string) error) time.Duration {
+	b.Helper()
+	b.StopTimer()
+	defer b.StartTimer()
+	const name = "e2e-bench"
+	if err := runQuiet("ip", "netns", "add", name); err != nil {
+		b.Fatal(err)
+	}
+	b.StartTimer()
+	t0 := time.Now()
+	err := op("/var/run/netns/" + name)
+	took := time.Since(t0)
+	b.StopTimer()
+	_ = runQuiet("ip", "netns", "delete", name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := diffHost(); err != nil {
+		b.Fatal(err)
+	}
+	return took
+}
+
+// execAddDel runs bin's ADD then DEL on the pod netns at path.
+func execAddDel(bin, path, node string, conf []byte) error {
+	for _, cmd := range []string{"ADD", "DEL"} {
+		if out, err := pluginCmd(bin, cmd, path, node, conf).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), cmd, err, out)
+		}
+	}
+	return nil
+}
 
 func median(d []time.Duration) time.Duration {
 	if len(d) == 0 {
@@ -89,34 +165,6 @@ func kernelRelease() string {
 		return "unknown"
 	}
 	return unix.ByteSliceToString(u.Release[:])
-}
-
-// eachPod runs op b.N times, each with a fresh netns made outside the
-// timer, and returns each round's time.
-func eachPod(b *testing.B, op func(path string) error) []time.Duration {
-	b.Helper()
-	var times []time.Duration
-	for i := 0; i < b.N; i++ {
-		b.StopTimer()
-		name := fmt.Sprintf("e2e-bench%d", i)
-		if err := runQuiet("ip", "netns", "add", name); err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-		t0 := time.Now()
-		err := op("/var/run/netns/" + name)
-		times = append(times, time.Since(t0))
-		b.StopTimer()
-		_ = runQuiet("ip", "netns", "delete", name)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := diffHost(); err != nil {
-			b.Fatalf("after round %d: %v", i, err)
-		}
-		b.StartTimer()
-	}
-	return times
 }
 
 // benchNode sets up a node for a benchmarked plugin: a node config whose
@@ -146,22 +194,6 @@ func pluginCmd(bin, cmd, path, node string, conf []byte, wrap ...string) *exec.C
 		"CNI_IFNAME=net1", "CNI_PATH=" + pluginDir, "PATH=/bin:/usr/bin", nodeEnv(node)}
 	c.Stdin = bytes.NewReader(conf)
 	return c
-}
-
-// benchExec times ADD+DEL of bin, exec'd as a runtime does, and returns
-// the round times and the plugin's log (at debug level: its step times).
-func benchExec(b *testing.B, bin string, f pf) ([]time.Duration, []byte) {
-	node, logFile, conf := benchNode(b, f)
-	times := eachPod(b, func(path string) error {
-		for _, cmd := range []string{"ADD", "DEL"} {
-			if out, err := pluginCmd(bin, cmd, path, node, conf).CombinedOutput(); err != nil {
-				return fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), cmd, err, out)
-			}
-		}
-		return nil
-	})
-	log, _ := os.ReadFile(logFile) // the floor writes none
-	return times, log
 }
 
 // printProfile prints, for ADD and DEL apart, the median time of each step

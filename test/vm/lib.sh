@@ -408,6 +408,9 @@ build_binaries() {
 		else
 			(cd "$repo" && CGO_ENABLED=0 quietly go build -trimpath -ldflags '-s -w' -o "$out/floor" ./test/e2e/floorcni)
 		fi
+		if [[ -n ${BENCH_PLUGIN_BASE:-} ]]; then
+			cp "$BENCH_PLUGIN_BASE" "$out/plugin-base"
+		fi
 	fi
 	cp "$here/guest/"*.sh "$out/"
 	build_base_initramfs

@@ -38,6 +38,8 @@
 #                       (default: test/e2e/floorcni, built here)
 #   SRIOVPT_VM_BENCH_KERNELS  kernels bench runs on (default "6.1 6.12")
 #   BENCH_ROUNDS        ADD+DEL cycles per method and kernel (default 10)
+#   BENCH_PLUGIN_BASE   another static plugin build (an older commit) timed
+#                       in the same rounds: vs_base is the plugin's ratio to it
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
