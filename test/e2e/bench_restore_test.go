@@ -40,11 +40,18 @@ func BenchmarkRestore(b *testing.B) {
 	if p > 0 && k > 0 {
 		fmt.Printf("bench restore: plugin %v/op, kernel-minimum %v/op, plugin/minimum %.2f\n",
 			p.Round(time.Millisecond), k.Round(time.Millisecond), float64(p)/float64(k))
+		printSteps(b, "restore DEL", "DEL", restoreLog)
 	}
 }
 
+// restoreLog is the plugin's debug log of BenchmarkRestore's last run.
+var restoreLog []byte
+
 func benchRestore(b *testing.B, f pf, plugin bool) {
-	node, _, conf := benchNode(b, f)
+	node, logFile, conf := benchNode(b, f)
+	if plugin {
+		defer func() { restoreLog, _ = os.ReadFile(logFile) }()
+	}
 	bin := filepath.Join(pluginDir, "sriov-passthrough-cni")
 	exec1 := func(cmd, path string) error {
 		if out, err := pluginCmd(bin, cmd, path, node, conf).CombinedOutput(); err != nil {

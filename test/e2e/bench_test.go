@@ -204,38 +204,7 @@ func pluginCmd(bin, cmd, path, node string, conf []byte, wrap ...string) *exec.C
 func printProfile(b *testing.B, log []byte, f pf) {
 	b.Helper()
 	for _, cmd := range []string{"ADD", "DEL"} {
-		steps := map[string][]time.Duration{}
-		var order []string
-		for _, line := range strings.Split(string(log), "\n") {
-			if !strings.Contains(line, "msg=steps") || !strings.Contains(line, " cmd="+cmd+" ") {
-				continue
-			}
-			_, list, ok := strings.Cut(line, `steps="`)
-			if !ok {
-				continue
-			}
-			list, _, _ = strings.Cut(list, `"`)
-			for _, kv := range strings.Fields(list) {
-				name, v, _ := strings.Cut(kv, "=")
-				d, err := time.ParseDuration(v)
-				if err != nil {
-					b.Fatalf("step %q in %q: %v", kv, line, err)
-				}
-				if _, seen := steps[name]; !seen {
-					order = append(order, name)
-				}
-				steps[name] = append(steps[name], d)
-			}
-		}
-		if len(order) == 0 {
-			fmt.Printf("bench-vm: kernel=%s %s steps: none logged (a plugin from before the step timing)\n", kernelRelease(), cmd)
-			continue
-		}
-		var out []string
-		for _, name := range order {
-			out = append(out, fmt.Sprintf("%s=%.1f", name, msOf(median(steps[name]))))
-		}
-		fmt.Printf("bench-vm: kernel=%s %s steps (median ms of %d): %s\n", kernelRelease(), cmd, len(steps[order[0]]), strings.Join(out, " "))
+		printSteps(b, cmd, cmd, log)
 	}
 	strace, err := exec.LookPath("strace")
 	if err != nil {
@@ -265,6 +234,44 @@ func printProfile(b *testing.B, log []byte, f pf) {
 	if err := diffHost(); err != nil {
 		b.Fatalf("after the profile: %v", err)
 	}
+}
+
+// printSteps prints the median time of each step of the plugin's cmd
+// that its debug log holds, under the label what.
+func printSteps(b *testing.B, what, cmd string, log []byte) {
+	b.Helper()
+	steps := map[string][]time.Duration{}
+	var order []string
+	for _, line := range strings.Split(string(log), "\n") {
+		if !strings.Contains(line, "msg=steps") || !strings.Contains(line, " cmd="+cmd+" ") {
+			continue
+		}
+		_, list, ok := strings.Cut(line, `steps="`)
+		if !ok {
+			continue
+		}
+		list, _, _ = strings.Cut(list, `"`)
+		for _, kv := range strings.Fields(list) {
+			name, v, _ := strings.Cut(kv, "=")
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				b.Fatalf("step %q in %q: %v", kv, line, err)
+			}
+			if _, seen := steps[name]; !seen {
+				order = append(order, name)
+			}
+			steps[name] = append(steps[name], d)
+		}
+	}
+	if len(order) == 0 {
+		fmt.Printf("bench-vm: kernel=%s %s steps: none logged (a plugin from before the step timing)\n", kernelRelease(), what)
+		return
+	}
+	var out []string
+	for _, name := range order {
+		out = append(out, fmt.Sprintf("%s=%.1f", name, msOf(median(steps[name]))))
+	}
+	fmt.Printf("bench-vm: kernel=%s %s steps (median ms of %d): %s\n", kernelRelease(), what, len(steps[order[0]]), strings.Join(out, " "))
 }
 
 // syscallCounts reads strace -c's table: the total calls, and the calls of
