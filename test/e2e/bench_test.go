@@ -54,10 +54,11 @@ func BenchmarkAddDel(b *testing.B) {
 			return execAddDel(filepath.Join(pluginDir, "sriov-passthrough-cni"), path, node, conf)
 		}},
 		{"floor-inproc", func(path string) error {
-			if err := floor.Add(path, "net1", names); err != nil {
+			up, err := floor.Add(path, "net1", names)
+			if err != nil {
 				return err
 			}
-			return floor.Del(path, "net1", names)
+			return floor.Del(path, "net1", names, up)
 		}},
 	}
 	if bin := os.Getenv("E2E_FLOOR"); bin != "" {
@@ -85,14 +86,20 @@ func BenchmarkAddDel(b *testing.B) {
 	if b.N == 1 {
 		return
 	}
-	line := fmt.Sprintf("bench-vm: kernel=%s rounds=%d plugin_ms=%.0f", kernelRelease(), b.N, msOf(median(times["plugin"])))
+	// On a line of its own: the testing package has printed the
+	// benchmark's name and waits to print its numbers after it.
+	line := fmt.Sprintf("\nbench-vm: kernel=%s rounds=%d plugin_ms=%.0f", kernelRelease(), b.N, msOf(median(times["plugin"])))
 	for _, floor := range []string{"floor-inproc", "floor-exec", "plugin-base"} {
 		if len(times[floor]) == 0 {
 			continue
 		}
 		med, lo, hi := pairedRatio(times["plugin"], times[floor])
 		short := strings.TrimPrefix(strings.TrimPrefix(floor, "floor-"), "plugin-")
-		line += fmt.Sprintf(" floor_%s_ms=%.0f vs_%s=%.2f (quartiles %.2f-%.2f)", short, msOf(median(times[floor])), short, med, lo, hi)
+		name := "floor_" + short
+		if short == "base" {
+			name = "base"
+		}
+		line += fmt.Sprintf(" %s_ms=%.0f vs_%s=%.2f (quartiles %.2f-%.2f)", name, msOf(median(times[floor])), short, med, lo, hi)
 	}
 	fmt.Println(line)
 	log, err := os.ReadFile(logFile)

@@ -8,29 +8,37 @@ package floor
 
 import (
 	"fmt"
+	"net"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // Add moves the netdevs names (the PF first, by its host name) from this
-// netns into the netns at path and gives the PF the name ifname there.
-func Add(path, ifname string, names []string) error {
+// netns into the netns at path, gives the PF the name ifname there and
+// sets it up, and sets up each VF that was up here (a move takes a device
+// down): the plugin keeps admin states, so its floor must too. It returns
+// the names of the devices that were up here, for Del.
+func Add(path, ifname string, names []string) (up []string, err error) {
 	host, pod, podNS, err := handles(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer host.Close()
 	defer pod.Close()
 	defer podNS.Close()
 	for _, n := range names {
 		l, err := host.LinkByName(n)
+		if err == nil && l.Attrs().Flags&net.FlagUp != 0 {
+			up = append(up, n)
+		}
 		if err == nil {
 			err = host.LinkSetNsFd(l, int(podNS))
 		}
 		if err != nil {
-			return fmt.Errorf("move %q to the pod: %w", n, err)
+			return nil, fmt.Errorf("move %q to the pod: %w", n, err)
 		}
 	}
 	l, err := pod.LinkByName(names[0])
@@ -40,12 +48,22 @@ func Add(path, ifname string, names []string) error {
 	if err == nil {
 		err = pod.LinkSetUp(l)
 	}
-	return err
+	for _, n := range up {
+		if err != nil || n == names[0] {
+			continue
+		}
+		var vf netlink.Link
+		if vf, err = pod.LinkByName(n); err == nil {
+			err = pod.LinkSetUp(vf)
+		}
+	}
+	return up, err
 }
 
 // Del undoes Add: the PF, ifname in the pod, set down and given its host
-// name back, then every netdev moved to this netns.
-func Del(path, ifname string, names []string) error {
+// name back, every netdev moved to this netns, and those that were up
+// here (up, from Add) set up again.
+func Del(path, ifname string, names, up []string) error {
 	host, pod, podNS, err := handles(path)
 	if err != nil {
 		return err
@@ -75,6 +93,15 @@ func Del(path, ifname string, names []string) error {
 		}
 		if err != nil {
 			return fmt.Errorf("move %q home: %w", n, err)
+		}
+	}
+	for _, n := range up {
+		l, err := host.LinkByName(n)
+		if err == nil {
+			err = host.LinkSetUp(l)
+		}
+		if err != nil {
+			return fmt.Errorf("set %q up again: %w", n, err)
 		}
 	}
 	return nil

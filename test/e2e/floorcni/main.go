@@ -24,7 +24,8 @@ import (
 	"github.com/kubevirt/sriov-passthrough-cni/test/e2e/floor"
 )
 
-// stateDir holds one file per attachment: the PF's host name, then its VFs'.
+// stateDir holds one file per attachment: a line of names (the PF's host
+// name, then its VFs'), a line of those that were up.
 const stateDir = "/run/sriovpt-floor"
 
 func main() {
@@ -56,10 +57,12 @@ func run() error {
 		if err := os.MkdirAll(stateDir, 0o700); err != nil {
 			return err
 		}
-		if err := os.WriteFile(file, []byte(strings.Join(names, "\n")), 0o600); err != nil {
+		up, err := floor.Add(path, ifname, names)
+		if err != nil {
 			return err
 		}
-		if err := floor.Add(path, ifname, names); err != nil {
+		// One line of names, one of those that were up.
+		if err := os.WriteFile(file, []byte(strings.Join(names, " ")+"\n"+strings.Join(up, " ")), 0o600); err != nil {
 			return err
 		}
 		fmt.Printf(`{"cniVersion":"1.1.0","interfaces":[{"name":%q,"sandbox":%q}]}`+"\n", ifname, path)
@@ -69,7 +72,8 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		if err := floor.Del(path, ifname, strings.Split(string(b), "\n")); err != nil {
+		names, up, _ := strings.Cut(string(b), "\n")
+		if err := floor.Del(path, ifname, strings.Fields(names), strings.Fields(up)); err != nil {
 			return err
 		}
 		return os.Remove(file)
