@@ -15,8 +15,8 @@ func (s Step) At(n int) string { return string(s) + "@" + strconv.Itoa(n) }
 const (
 	AddRecordAdding   Step = "add/record-adding"   // the record is on disk, phase adding
 	AddTagged         Step = "add/tagged"          // a device has its altname tag (per device)
-	AddToTransit      Step = "add/to-transit"      // a renamed device is in transit (per device)
-	AddRenamed        Step = "add/renamed"         // the devices in transit have their pod names
+	AddToTransit      Step = "add/to-transit"      // a device whose host name the pod has is in transit (per device)
+	AddRenamed        Step = "add/renamed"         // the renamed devices have their pod names
 	AddToPod          Step = "add/to-pod"          // a device is in the pod (per device)
 	AddUp             Step = "add/up"              // a device is up in the pod (per device)
 	AddRecordAttached Step = "add/record-attached" // the record says attached
@@ -25,6 +25,7 @@ const (
 // The steps of the release path (DEL, GC, ADD's rollback, repair).
 const (
 	ReleaseRecordReleasing Step = "release/record-releasing" // the record says releasing
+	ReleaseRenamedInPlace  Step = "release/renamed-in-place" // a device has its host name where it was found (per device)
 	ReleaseToTransit       Step = "release/to-transit"       // a device is in transit (per device)
 	ReleaseRenamed         Step = "release/renamed"          // the devices in transit have their host names
 	ReleaseToHost          Step = "release/to-host"          // a device is on the host (per device)
@@ -45,7 +46,7 @@ const (
 // one without an edit.
 var All = []Step{
 	AddRecordAdding, AddTagged, AddToTransit, AddRenamed, AddToPod, AddUp, AddRecordAttached,
-	ReleaseRecordReleasing, ReleaseToTransit, ReleaseRenamed, ReleaseToHost, ReleaseRestored, ReleaseRecordRemoved,
+	ReleaseRecordReleasing, ReleaseRenamedInPlace, ReleaseToTransit, ReleaseRenamed, ReleaseToHost, ReleaseRestored, ReleaseRecordRemoved,
 	ReleaseSRIOVRestored,
 }
 

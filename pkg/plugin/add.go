@@ -22,7 +22,8 @@ import (
 )
 
 // Add hands a free PF and all its VF netdevs to the pod.
-func (p *Plugin) Add(args *skel.CmdArgs) error {
+func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
+	clock := newStepClock()
 	if err := config.ValidateIfName(args.IfName); err != nil {
 		return err
 	}
@@ -34,6 +35,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return err
 	}
 	defer o.close()
+	defer func() { clock.log(o, err) }()
+	o.mark = clock.mark
+	o.mark("config")
 	pod, err := o.openPodNS()
 	if err != nil {
 		return err
@@ -45,10 +49,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return err
 	}
 	defer unlock()
+	o.mark("lock")
 	recs := o.eng.Repair()
 	if err := o.refuseExisting(recs); err != nil {
 		return err
 	}
+	o.mark("repair")
 	view, err := o.viewHost()
 	if err != nil {
 		return types.NewError(types.ErrInternal, "inspect host netns", err.Error())
@@ -58,10 +64,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		o.log.Warn("no PF for attachment", "error", err)
 		return err
 	}
+	o.mark("choose")
 	rec, links, err := o.plan(chosen, view, pod)
 	if err != nil {
 		return err
 	}
+	o.mark("plan")
 	res, err := o.attach(rec, links, pod)
 	if err != nil {
 		return err
@@ -150,13 +158,22 @@ func deviceOf(addr string, l netlink.Link, podName string, vfIndex int) state.De
 // before the first device moves; on any failure every device goes back to
 // the host under its original name and the record goes away.
 func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ types.Result, err error) {
-	// The transit netns outlives the rollback below (defers run last in,
-	// first out), so a rollback finds devices parked there.
-	transit, err := netdev.Temp()
-	if err != nil {
-		return nil, asCNIError(err, "create transit netns")
+	// The transit netns, made only when a device needs it, outlives the
+	// rollback below (defers run last in, first out), so a rollback finds
+	// devices parked there.
+	var transit *netdev.NS
+	defer func() { transit.Close() }()
+	getTransit := func() (*netdev.NS, error) {
+		if transit != nil {
+			return transit, nil
+		}
+		t, err := netdev.Temp()
+		if err != nil {
+			return nil, fmt.Errorf("create transit netns: %w", err)
+		}
+		transit = t
+		return t, nil
 	}
-	defer transit.Close()
 	var undo undoList
 	defer func() {
 		if err != nil {
@@ -169,15 +186,18 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 		return nil, err
 	}
 	failpoint.Hit(failpoint.AddRecordAdding)
+	o.mark("record-adding")
 	undo.push(func() error { return o.eng.Release(rec, []*netdev.NS{pod, transit}, 0) })
 
-	if err := o.moveToPod(rec, links, transit, pod); err != nil {
+	if err := o.moveToPod(rec, links, getTransit, pod); err != nil {
 		return nil, err
 	}
+	o.mark("move")
 	podLinks, err := o.bringUp(rec, pod)
 	if err != nil {
 		return nil, err
 	}
+	o.mark("up")
 	res := o.result(rec, podLinks)
 	removeInfo, err := o.writeDeviceInfo(rec.PF().PCIAddress)
 	if err != nil {
@@ -196,68 +216,104 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 	if rec.Result, err = json.Marshal(res); err != nil {
 		return nil, fmt.Errorf("encode result: %w", err)
 	}
+	o.mark("result")
 	rec.Phase = state.Attached
 	if err := o.store.Save(rec); err != nil {
 		return nil, err
 	}
 	failpoint.Hit(failpoint.AddRecordAttached)
+	o.mark("record-attached")
 	o.log.Info("attached PF", "pf", rec.PF().PCIAddress, "hostName", rec.PF().OriginalName, "vfs", len(rec.Devices)-1, "netns", rec.Netns)
 	return res, nil
 }
 
-// moveToPod tags each device on the host and moves it into the pod. A
-// device that is renamed goes through a private transit netns: host ->
-// transit, rename there, transit -> pod. Renaming in transit never races
-// udev or NetworkManager on the host, and never collides with names the
-// pod already has (its eth0). A device that keeps its name (a VF, as a
-// rule) needs no rename and goes straight to the pod: each netns move
-// costs the kernel an RCU barrier, and that, not the plugin, is most of
-// ADD's time (docs/bench.md has the numbers).
-func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit, pod *netdev.NS) error {
+// moveToPod tags each device on the host and moves it into the pod, where
+// a device that is renamed (the PF, to CNI_IFNAME) gets its pod name: the
+// pod's netns is the runtime's and ours until ADD returns, so no udev or
+// NetworkManager renames there. Each netns move costs the kernel an RCU
+// barrier, and that, not the plugin, is most of ADD's time (docs/bench.md
+// has the numbers), so every device makes exactly one move. Only a device
+// whose host name the pod already has (the kernel refuses that move with
+// EEXIST, before touching the device) goes through a private transit
+// netns: host -> transit, renamed there, transit -> pod.
+func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit func() (*netdev.NS, error), pod *netdev.NS) error {
+	renamed := map[string]string{} // PCI address -> pod name, of devices renamed in the pod
+	viaTransit := false
 	for i, l := range links {
 		d := &rec.Devices[i]
 		if err := o.host.AddTag(l, d.PCIAddress); err != nil {
 			return err
 		}
 		failpoint.Hit(failpoint.AddTagged)
-		if d.PodName == d.OriginalName {
-			if err := o.host.Move(l, pod); err != nil {
+		err := o.host.Move(l, pod)
+		if errors.Is(err, unix.EEXIST) && d.PodName != d.OriginalName {
+			t, terr := transit()
+			if terr != nil {
+				return terr
+			}
+			if err := o.host.Move(l, t); err != nil {
 				return err
 			}
-			failpoint.Hit(failpoint.AddToPod)
-			o.log.Info("moved device to pod", "pci", d.PCIAddress, "from", d.OriginalName, "to", d.PodName, "vf", d.VFIndex)
+			failpoint.Hit(failpoint.AddToTransit)
+			viaTransit = true
 			continue
 		}
-		if err := o.host.Move(l, transit); err != nil {
-			return err
-		}
-		failpoint.Hit(failpoint.AddToTransit)
-	}
-	inTransit, err := transit.ByPCI()
-	if err != nil {
-		return err
-	}
-	names := make(map[string]string, len(rec.Devices))
-	for _, d := range rec.Devices {
-		names[d.PCIAddress] = d.PodName
-	}
-	if err := transit.RenameAll(inTransit, names); err != nil {
-		return err
-	}
-	failpoint.Hit(failpoint.AddRenamed)
-	for _, d := range rec.Devices {
-		if d.PodName == d.OriginalName {
-			continue
-		}
-		l, ok := inTransit[d.PCIAddress]
-		if !ok {
-			return fmt.Errorf("device %s (%s) vanished from the transit netns", d.PCIAddress, d.OriginalName)
-		}
-		if err := transit.Move(l, pod); err != nil {
+		if err != nil {
 			return err
 		}
 		failpoint.Hit(failpoint.AddToPod)
+		if d.PodName != d.OriginalName {
+			renamed[d.PCIAddress] = d.PodName
+		}
 		o.log.Info("moved device to pod", "pci", d.PCIAddress, "from", d.OriginalName, "to", d.PodName, "vf", d.VFIndex)
+	}
+	if len(renamed) > 0 {
+		inPod, err := pod.ByPCI()
+		if err != nil {
+			return err
+		}
+		if err := pod.RenameAll(inPod, renamed); err != nil {
+			return err
+		}
+	}
+	if viaTransit {
+		if err := o.throughTransit(rec, transit, pod); err != nil {
+			return err
+		}
+	}
+	failpoint.Hit(failpoint.AddRenamed)
+	return nil
+}
+
+// throughTransit renames the devices parked in transit to their pod names
+// and moves them on into the pod.
+func (o *op) throughTransit(rec *state.Record, transit func() (*netdev.NS, error), pod *netdev.NS) error {
+	t, err := transit()
+	if err != nil {
+		return err
+	}
+	inTransit, err := t.ByPCI()
+	if err != nil {
+		return err
+	}
+	names := make(map[string]string, len(inTransit))
+	for _, d := range rec.Devices {
+		if _, ok := inTransit[d.PCIAddress]; ok {
+			names[d.PCIAddress] = d.PodName
+		}
+	}
+	if err := t.RenameAll(inTransit, names); err != nil {
+		return err
+	}
+	for addr, l := range inTransit {
+		if _, ours := names[addr]; !ours {
+			continue
+		}
+		if err := t.Move(l, pod); err != nil {
+			return err
+		}
+		failpoint.Hit(failpoint.AddToPod)
+		o.log.Info("moved device to pod through transit", "pci", addr, "to", names[addr])
 	}
 	return nil
 }

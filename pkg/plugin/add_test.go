@@ -282,6 +282,34 @@ func TestAddVFNameTakenInPodIsRenamed(t *testing.T) {
 	assertHostIntact(t, e)
 }
 
+// The PF moves into the pod under its host name and is renamed there, one
+// move; a pod that already has a link by that name makes the kernel refuse
+// the move (EEXIST), and the PF goes through the transit netns instead.
+func TestAddPFNameTakenInPodGoesThroughTransit(t *testing.T) {
+	e := kerneltest.New(t)
+	e.AddPF("ens1f0", 2)
+	pod := e.NewPod()
+	if err := pod.Do(func(ns.NetNS) error {
+		return netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: "ens1f0"}})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	own := kerneltest.Links(t, pod)["ens1f0"].Attrs().Index
+	add(t, e, pod, "c1", "net1", e.Conf(nil))
+	podLinks := kerneltest.Links(t, pod)
+	if got, want := names(podLinks), []string{"ens1f0", "ens1f0v0", "ens1f0v1", "net1"}; !slices.Equal(got, want) {
+		t.Fatalf("pod has %v, want %v", got, want)
+	}
+	if podLinks["ens1f0"].Attrs().Index != own {
+		t.Errorf("the pod's own ens1f0 was replaced")
+	}
+	del(t, e, pod, "c1", "net1", e.Conf(nil))
+	assertHostIntact(t, e)
+	if _, ok := kerneltest.Links(t, pod)["ens1f0"]; !ok {
+		t.Errorf("the pod's own ens1f0 is gone after DEL")
+	}
+}
+
 func TestAddVFWithoutNetdevIsLeftAlone(t *testing.T) {
 	e := kerneltest.New(t)
 	e.AddPFWithVFs("ens1f0", 3, map[int]bool{1: true})

@@ -14,12 +14,16 @@ import (
 // the state dir cannot be used but provably holds no record of this
 // attachment, and fails only when it could have restored a device and did
 // not, so the runtime retries.
-func (p *Plugin) Del(args *skel.CmdArgs) error {
+func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
+	clock := newStepClock()
 	o, err := p.begin(args, true)
 	if err != nil {
 		return err
 	}
 	defer o.close()
+	defer func() { clock.log(o, err) }()
+	o.mark = clock.mark
+	o.mark("config")
 	key := state.Key(args.ContainerID, args.IfName)
 	unlock, err := o.lock()
 	if err != nil {
@@ -33,6 +37,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return o.ipamDel()
 	}
 	defer unlock()
+	o.mark("lock")
 
 	rec, err := o.store.Get(key)
 	if err != nil {

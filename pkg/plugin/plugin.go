@@ -83,6 +83,8 @@ type op struct {
 	// rollback. It works on the same sysfs, records and host netns.
 	eng   *release.Engine
 	close func()
+	// mark ends a step of the command's debug timing (stepClock).
+	mark func(step string)
 }
 
 // begin parses the configuration and CNI_ARGS, opens the log and the host
@@ -130,11 +132,13 @@ func (p *Plugin) begin(args *skel.CmdArgs, releasing bool) (*op, error) {
 		sys:   sriov.Sysfs{Root: conf.SysfsRoot},
 		store: state.Store{Dir: conf.StateDir},
 		close: func() { host.Close(); closeLog() },
+		mark:  func(string) {},
 	}
 	o.eng = &release.Engine{
 		Store: o.store, Sys: o.sys, Host: host, Log: logger,
 		LockTimeout: p.LockTimeout, ProcRoot: p.ProcRoot, DevRoot: p.DevRoot,
 		ReleaseIPAM: o.ipamDelRecord,
+		Mark:        func(step string) { o.mark(step) },
 	}
 	return o, nil
 }

@@ -44,11 +44,20 @@ type Engine struct {
 	// lives: the agent's choice, whose container has neither the IPAM
 	// plugins nor the host files they keep their leases in.
 	ReleaseIPAM func(rec *state.Record) error
+	// Mark, when set, ends a named step of the caller's timing (the
+	// plugin's debug log of where a command's time went).
+	Mark func(step string)
 
 	// lockedMACs holds the VFs (by PCI address) whose PF driver refused to
 	// lift a MAC set through the PF: their netdev's MAC cannot be set, and
 	// a refusal there is no reason to fail the release.
 	lockedMACs map[string]bool
+}
+
+func (e *Engine) mark(step string) {
+	if e.Mark != nil {
+		e.Mark(step)
+	}
 }
 
 func (e *Engine) macLocked() map[string]bool {

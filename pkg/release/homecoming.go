@@ -113,8 +113,9 @@ func (h *homecoming) untaggedAtHost(d *state.Device) (netlink.Link, bool) {
 }
 
 // bringHome starts every newly located device on its way: a device on
-// the host under its original name stays; one elsewhere that has its
-// original name goes straight home; the others go to transit.
+// the host under its original name stays; one elsewhere gets its original
+// name where it is and goes straight home; the others (its name taken
+// there, or on the host) go to transit.
 func (h *homecoming) bringHome() error {
 	for _, d := range h.rec.Pending() {
 		loc := h.found[d.PCIAddress]
@@ -124,6 +125,9 @@ func (h *homecoming) bringHome() error {
 		if h.stillParked(loc, d) {
 			loc.route = parked
 			continue
+		}
+		if err := h.renameInPlace(loc, d); err != nil {
+			return err
 		}
 		if loc.link.Attrs().Name == d.OriginalName {
 			if loc.from == h.e.Host {
@@ -165,6 +169,33 @@ func (h *homecoming) stillParked(loc *location, d *state.Device) bool {
 		}
 	}
 	return true
+}
+
+// renameInPlace gives a device found in the pod (or a netns the workload
+// made) its original name there, so it can go home in one netns move
+// instead of two through transit: each move costs the kernel an
+// rcu_barrier(), and the PF, renamed to CNI_IFNAME in the pod, is the one
+// device that always needs a rename. The netns is the dying pod's; nothing
+// else renames in it now. The kernel renames only a device that is down
+// (the move home takes it down anyway). A name taken there (EEXIST) leaves
+// the device as it is, for transit. A device on the host is never renamed
+// here: udev and NetworkManager watch the host's names.
+func (h *homecoming) renameInPlace(loc *location, d *state.Device) error {
+	if loc.from == h.e.Host || loc.link.Attrs().Name == d.OriginalName {
+		return nil
+	}
+	if err := loc.from.SetDown(loc.link); err != nil {
+		return err
+	}
+	err := loc.from.Rename(loc.link, d.OriginalName)
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	failpoint.Hit(failpoint.ReleaseRenamedInPlace)
+	return nil
 }
 
 // sendHome moves a device that already has its original name straight to

@@ -35,6 +35,7 @@ func (e *Engine) ReleaseRecord(rec *state.Record, settle time.Duration) (trusted
 	}
 	pod := netdev.OpenIfAlive(rec.Netns, rec.NetnsID)
 	defer pod.Close()
+	e.mark("vet")
 	return true, e.Release(rec, []*netdev.NS{pod}, settle)
 }
 

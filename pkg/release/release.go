@@ -22,6 +22,7 @@ func (e *Engine) Release(rec *state.Record, places []*netdev.NS, settle time.Dur
 	if err := e.markReleasing(rec); err != nil {
 		return err
 	}
+	e.mark("record-releasing")
 	e.detachNetdevless(rec, log)
 	trip := e.newHomecoming(rec, places)
 	defer trip.close()
@@ -32,11 +33,16 @@ func (e *Engine) Release(rec *state.Record, places []*netdev.NS, settle time.Dur
 		return trip.allFound(), trip.bringHome()
 	})
 	err = errors.Join(err, trip.leaveTransit())
+	e.mark("move")
 	err = errors.Join(err, e.restoreHostState(rec, trip, log))
 	trip.reportMissing(log)
 	trip.close()
+	e.mark("host-state")
 	err = errors.Join(err, e.restoreSRIOV(rec, log))
-	return e.saveOrFinish(rec, err, log)
+	e.mark("sriov")
+	err = e.saveOrFinish(rec, err, log)
+	e.mark("record-removed")
+	return err
 }
 
 // markReleasing records that a release began, so whoever finds the record

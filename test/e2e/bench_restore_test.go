@@ -3,12 +3,9 @@
 package e2e
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -43,24 +40,21 @@ func BenchmarkRestore(b *testing.B) {
 	if p > 0 && k > 0 {
 		fmt.Printf("bench restore: plugin %v/op, kernel-minimum %v/op, plugin/minimum %.2f\n",
 			p.Round(time.Millisecond), k.Round(time.Millisecond), float64(p)/float64(k))
+		printSteps(b, "restore DEL", "DEL", restoreLog)
 	}
 }
 
+// restoreLog is the plugin's debug log of BenchmarkRestore's last run.
+var restoreLog []byte
+
 func benchRestore(b *testing.B, f pf, plugin bool) {
-	dir := b.TempDir()
-	node := filepath.Join(dir, "node.json")
-	writeNode(b, node, map[string]any{"stateDir": filepath.Join(dir, "state"), "logFile": filepath.Join(dir, "log")})
-	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": netName, "type": "sriov-passthrough-cni", "pciBusID": f.PCI})
-	if err != nil {
-		b.Fatal(err)
+	node, logFile, conf := benchNode(b, f)
+	if plugin {
+		defer func() { restoreLog, _ = os.ReadFile(logFile) }()
 	}
 	bin := filepath.Join(pluginDir, "sriov-passthrough-cni")
 	exec1 := func(cmd, path string) error {
-		c := exec.Command(bin)
-		c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=bench", "CNI_NETNS=" + path,
-			"CNI_IFNAME=net1", "CNI_PATH=" + pluginDir, "PATH=/bin:/usr/bin", nodeEnv(node)}
-		c.Stdin = bytes.NewReader(conf)
-		if out, err := c.CombinedOutput(); err != nil {
+		if out, err := pluginCmd(bin, cmd, path, node, conf).CombinedOutput(); err != nil {
 			return fmt.Errorf("%s: %w: %s", cmd, err, out)
 		}
 		return nil
@@ -92,7 +86,7 @@ func benchRestore(b *testing.B, f pf, plugin bool) {
 		_ = runQuiet("ip", "netns", "delete", name)
 		if !plugin {
 			// The minimum did the plugin's DEL by hand: its record goes too.
-			_ = os.RemoveAll(filepath.Join(dir, "state"))
+			_ = os.RemoveAll(filepath.Join(filepath.Dir(node), "state"))
 		}
 		if err != nil {
 			b.Fatal(err)

@@ -39,7 +39,7 @@ type chaosAtt struct {
 var (
 	addSteps = []string{once(fp.AddRecordAdding), perDevice(fp.AddTagged), perDevice(fp.AddToTransit), once(fp.AddRenamed),
 		perDevice(fp.AddToPod), perDevice(fp.AddUp), once(fp.AddRecordAttached)}
-	delSteps = []string{once(fp.ReleaseRecordReleasing), perDevice(fp.ReleaseToTransit), once(fp.ReleaseRenamed),
+	delSteps = []string{once(fp.ReleaseRecordReleasing), perDevice(fp.ReleaseRenamedInPlace), perDevice(fp.ReleaseToTransit), once(fp.ReleaseRenamed),
 		perDevice(fp.ReleaseToHost), perDevice(fp.ReleaseRestored), once(fp.ReleaseRecordRemoved)}
 )
 

@@ -61,12 +61,28 @@ func recoverByDel(t *testing.T, h *harness, p *pod, pcis []string) {
 // The plugin is killed part-way through ADD; the runtime's DEL puts every
 // device back under its original name.
 func TestCrashDuringAddThenDel(t *testing.T) {
-	// Only a renamed device (the PF) goes through the transit netns; VFs
-	// that keep their names go straight to the pod.
-	for _, step := range []string{string(fp.AddRecordAdding), fp.AddTagged.At(3), string(fp.AddToTransit), fp.AddToPod.At(4), string(fp.AddRenamed), string(fp.AddUp)} {
-		t.Run(step, func(t *testing.T) {
+	// Every device moves straight to the pod, the PF under its host name
+	// (to-pod@1), and is renamed there. Only when the pod has a link by
+	// the PF's host name does the PF go through the transit netns.
+	for _, c := range []struct {
+		step  string
+		clash bool
+	}{
+		{string(fp.AddRecordAdding), false}, {fp.AddTagged.At(3), false}, {fp.AddToPod.At(1), false},
+		{fp.AddToPod.At(4), false}, {string(fp.AddRenamed), false}, {string(fp.AddUp), false},
+		{string(fp.AddToTransit), true}, {string(fp.AddRenamed), true},
+	} {
+		step := c.step
+		name := step
+		if c.clash {
+			name += "/pf-name-taken-in-pod"
+		}
+		t.Run(name, func(t *testing.T) {
 			h := failpointHarness(t)
 			p := h.newPod()
+			if c.clash {
+				clashInPod(t, p)
+			}
 			a := wholePF(p, "net1", pfs[0])
 			t.Setenv("SRIOVPT_FAILPOINT", step)
 			if _, err := h.libAdd(p, "net1"); err == nil {
@@ -81,11 +97,26 @@ func TestCrashDuringAddThenDel(t *testing.T) {
 
 // The plugin is killed part-way through DEL; the runtime's next DEL finishes.
 func TestCrashDuringDelThenDel(t *testing.T) {
-	// Only devices that need a rename (the PF) go through the transit netns.
-	for _, step := range []string{string(fp.ReleaseToTransit), string(fp.ReleaseRenamed), fp.ReleaseToHost.At(4)} {
-		t.Run(step, func(t *testing.T) {
+	// The PF gets its host name back in the pod and goes straight home;
+	// through the transit netns only when the pod has a link by that name.
+	for _, c := range []struct {
+		step  string
+		clash bool
+	}{
+		{string(fp.ReleaseRenamedInPlace), false}, {fp.ReleaseToHost.At(1), false}, {fp.ReleaseToHost.At(4), false},
+		{string(fp.ReleaseToTransit), true}, {string(fp.ReleaseRenamed), true},
+	} {
+		step := c.step
+		name := step
+		if c.clash {
+			name += "/pf-name-taken-in-pod"
+		}
+		t.Run(name, func(t *testing.T) {
 			h := failpointHarness(t)
 			p := h.newPod()
+			if c.clash {
+				clashInPod(t, p)
+			}
 			a := wholePF(p, "net1", pfs[0])
 			if _, err := h.libAdd(p, "net1"); err != nil {
 				t.Fatalf("ADD: %v", err)
@@ -138,4 +169,12 @@ func TestCrashDuringSRIOVRestore(t *testing.T) {
 			assertNodeAsBefore(t, h, before, "DEL killed at "+step+" and retried")
 		})
 	}
+}
+
+// clashInPod gives the pod a link named like the first PF on the host, so
+// the kernel refuses to move the PF in under that name (and home from the
+// pod under it): the plugin takes the transit netns.
+func clashInPod(t *testing.T, p *pod) {
+	t.Helper()
+	run(t, "ip", "-n", p.name, "link", "add", pfs[0].Name, "type", "veth", "peer", "name", "e2eclash")
 }

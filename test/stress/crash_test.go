@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/failpoint"
 	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
 )
@@ -58,6 +61,19 @@ var scenarios = []scenario{
 		conf := w.confWith(map[string]any{"ipam": map[string]any{"type": "refusing-ipam"}})
 		return w.exec("ADD", a, opts{failpoint: fp, conf: conf}), []attachment{a}
 	}},
+	// The pod has a link named like the PF on the host: the PF cannot move
+	// in under that name and goes through the transit netns, both ways.
+	{"add-pf-name-taken-in-pod", false, func(w *world, fp string) (run, []attachment) {
+		a := attachment{"a", "net1", w.podWithLink("sp0")}
+		return w.exec("ADD", a, opts{failpoint: fp}), []attachment{a}
+	}},
+	{"del-pf-name-taken-in-pod", false, func(w *world, fp string) (run, []attachment) {
+		a := attachment{"a", "net1", w.podWithLink("sp0")}
+		if r := w.exec("ADD", a, opts{}); r.err != nil {
+			w.t.Fatalf("ADD: %v", r)
+		}
+		return w.exec("DEL", a, opts{failpoint: fp}), []attachment{a}
+	}},
 	{"del", false, func(w *world, fp string) (run, []attachment) {
 		a := w.mustAdd("a")
 		return w.exec("DEL", a, opts{failpoint: fp}), []attachment{a}
@@ -103,6 +119,19 @@ var recoveries = []recovery{
 		}
 		return nil
 	}},
+}
+
+// podWithLink makes a pod netns that already has a link called name, an
+// ifb that is no device of the world.
+func (w *world) podWithLink(name string) *pod {
+	w.t.Helper()
+	p := w.newPod()
+	if err := p.ns.Do(func(ns.NetNS) error {
+		return netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name}})
+	}); err != nil {
+		w.t.Fatalf("link %s in the pod: %v", name, err)
+	}
+	return p
 }
 
 func (w *world) mustAdd(cid string) attachment {

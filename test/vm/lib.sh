@@ -125,6 +125,8 @@ ensure_host_packages() {
 	command -v cpio >/dev/null || want+=(cpio)
 	command -v xz >/dev/null || want+=(xz-utils)
 	command -v ip >/dev/null || want+=(iproute2)
+	# bench counts the plugin's syscalls and netlink round trips in the VM.
+	[[ ${mode:-} != bench ]] || command -v strace >/dev/null || want+=(strace)
 	if ((${#want[@]} == 0)) && qemu_has_igb; then
 		return 0
 	fi
@@ -399,8 +401,16 @@ build_binaries() {
 		(cd "$repo" && CGO_ENABLED=0 quietly go build -trimpath -tags failpoints \
 			-o "$out/failpoints/sriov-passthrough-cni" ./cmd/sriov-passthrough-cni)
 	fi
-	if [[ $mode == bench && -n ${BENCH_FLOOR:-} ]]; then
-		cp "$BENCH_FLOOR" "$out/floor"
+	if [[ $mode == bench ]]; then
+		# The floor exec'd like a plugin (test/e2e/floorcni), or BENCH_FLOOR.
+		if [[ -n ${BENCH_FLOOR:-} ]]; then
+			cp "$BENCH_FLOOR" "$out/floor"
+		else
+			(cd "$repo" && CGO_ENABLED=0 quietly go build -trimpath -ldflags '-s -w' -o "$out/floor" ./test/e2e/floorcni)
+		fi
+		if [[ -n ${BENCH_PLUGIN_BASE:-} ]]; then
+			cp "$BENCH_PLUGIN_BASE" "$out/plugin-base"
+		fi
 	fi
 	cp "$here/guest/"*.sh "$out/"
 	build_base_initramfs
@@ -425,6 +435,9 @@ build_base_initramfs() {
 	done
 	rm -f "$root/bin/ip"
 	copy_with_libs "$(command -v ip)" "$root"
+	if [[ ${mode:-} == bench ]]; then
+		copy_with_libs "$(command -v strace)" "$root"
+	fi
 	install -m 0755 "$here/guest/init" "$root/init"
 	mkdir -p "$root/etc/cni/net.d"
 	cp "$repo"/plugin/*.conf "$root/etc/cni/net.d/"
@@ -580,6 +593,7 @@ run_vm() {
 				printf 'FAIL\t%s (linux %s%s)\t%ss\n' "$module_path" "$label" "${shard:+, $shard}" "$secs"
 			fi
 		else
+			[[ $mode != bench ]] || grep -a '^bench' "$console" || true
 			log "linux $label: $mode $([[ $rc == 0 ]] && echo ok || echo FAILED) (${secs}s)"
 		fi
 	} >"$work/summary-$job"

@@ -6,7 +6,9 @@
 #                          on bookworm-backports' 6.12 kernel and on Debian
 #                          11's 5.10 kernel (not its chaos test)
 #   test/vm/run.sh demo    a guided ADD/DEL of one PF with its 7 VFs
-#   test/vm/run.sh bench   ADD+DEL timings, plugin vs a floor program
+#   test/vm/run.sh bench   ADD+DEL timings on 6.1 and 6.12, one VM after the
+#                          other: the plugin against the floor in process and
+#                          the floor exec'd like a plugin, and a profile
 #
 # Runs as root on Debian 12. Installs what it needs (QEMU with igb from
 # bookworm-backports, busybox-static, cpio, xz-utils), caches kernels under
@@ -32,7 +34,12 @@
 #   E2E_CHAOS_SEED, E2E_CHAOS_ROUNDS  passed to the guest for the chaos test
 #   E2E_JOBS_SEED       passed to the guest for the twenty kind-sriov jobs
 #   SRIOVPT_VM_PLUGIN   use this plugin binary instead of building one (make build)
-#   BENCH_FLOOR         path of a static "floor" program for bench mode
+#   BENCH_FLOOR         path of a static floor program for bench mode
+#                       (default: test/e2e/floorcni, built here)
+#   SRIOVPT_VM_BENCH_KERNELS  kernels bench runs on (default "6.1 6.12")
+#   BENCH_ROUNDS        ADD+DEL cycles per method and kernel (default 10)
+#   BENCH_PLUGIN_BASE   another static plugin build (an older commit) timed
+#                       in the same rounds: vs_base is the plugin's ratio to it
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -60,11 +67,13 @@ main() {
 	local t0=$SECONDS
 	step "host packages" ensure_host_packages
 
-	# e2e runs on every kernel named; demo and bench on the first.
+	# e2e runs on every kernel named, bench on its own list, demo on the
+	# first.
 	local kernels=()
 	read -r -a kernels <<<"${SRIOVPT_VM_KERNELS:-6.1 6.12 5.10}"
+	[[ $mode != bench ]] || read -r -a kernels <<<"${SRIOVPT_VM_BENCH_KERNELS:-6.1 6.12}"
 	((${#kernels[@]})) || kernels=(6.1)
-	[[ $mode == e2e ]] || kernels=("${kernels[0]}")
+	[[ $mode != demo ]] || kernels=("${kernels[0]}")
 
 	local k failed=()
 	for k in "${kernels[@]}"; do
@@ -85,7 +94,8 @@ main() {
 			jobs+=("$k:")
 		fi
 	done
-	if ((${#jobs[@]} > 1)) && [[ -z ${SRIOVPT_VM_SERIAL:-} ]]; then
+	# A benchmark shares the machine with nothing: its VMs boot in turn.
+	if ((${#jobs[@]} > 1)) && [[ -z ${SRIOVPT_VM_SERIAL:-} && $mode != bench ]]; then
 		# Side by side: a TCG guest mostly waits (RCU grace periods on every
 		# netns move), so several fit on two cores in little more than one's time.
 		log "booting ${jobs[*]} side by side; their lines are labelled (SRIOVPT_VM_SERIAL=1: one at a time)"
