@@ -169,6 +169,14 @@ func (n *NS) SetUp(l netlink.Link) error {
 	return nil
 }
 
+// SetDown sets a link administratively down.
+func (n *NS) SetDown(l netlink.Link) error {
+	if err := n.nl.LinkSetDown(l); err != nil {
+		return fmt.Errorf("set %q down in %s netns: %w", l.Attrs().Name, n, err)
+	}
+	return nil
+}
+
 // SetMTU changes a link's MTU if it differs.
 func (n *NS) SetMTU(l netlink.Link, mtu int) error {
 	if mtu == 0 || l.Attrs().MTU == mtu {

@@ -58,6 +58,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		o.log.Warn("no PF for attachment", "error", err)
 		return err
 	}
+	if chosen, view, err = o.toBaseline(chosen, view); err != nil {
+		return err
+	}
 	rec, links, err := o.plan(chosen, view, pod)
 	if err != nil {
 		return err

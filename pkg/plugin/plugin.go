@@ -134,7 +134,7 @@ func (p *Plugin) begin(args *skel.CmdArgs, releasing bool) (*op, error) {
 	o.eng = &release.Engine{
 		Store: o.store, Sys: o.sys, Host: host, Log: logger,
 		LockTimeout: p.LockTimeout, ProcRoot: p.ProcRoot, DevRoot: p.DevRoot,
-		ReleaseIPAM: o.ipamDelRecord,
+		ReleaseIPAM: o.ipamDelRecord, Baseline: conf.Baseline,
 	}
 	return o, nil
 }
