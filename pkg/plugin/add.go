@@ -53,6 +53,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInternal, "inspect host netns", err.Error())
 	}
+	if view, err = o.adoptFree(recs, view); err != nil {
+		return err
+	}
 	chosen, err := o.choosePF(recs, view)
 	if err != nil {
 		o.log.Warn("no PF for attachment", "error", err)

@@ -7,7 +7,48 @@ import (
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/release"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
+
+// adoptFree brings every PF this ADD could take (free, not reserved, not
+// an uplink, in the pool) to the node's sriovBaseline, as ADD repairs
+// first: the agent's container cannot hold a VF's vfio group, so a VF
+// the bash plugin left on vfio-pci is rebound only by the plugin, which
+// runs on the host. The next job on the node heals it, whichever PF the
+// job gets. A PF that cannot be brought there is left as it is and
+// logged; the agent's status says why.
+func (o *op) adoptFree(recs []*state.Record, view *hostView) (*hostView, error) {
+	if o.conf.Baseline == nil {
+		return view, nil
+	}
+	rules, err := o.rules(recs)
+	if err != nil {
+		return nil, err
+	}
+	pfs, err := o.sys.PFs()
+	if err != nil {
+		return nil, types.NewError(types.ErrIOFailure, "discover SR-IOV PFs", err.Error())
+	}
+	changed := false
+	for _, pf := range pfs {
+		b, ok := o.conf.Baseline.For(pf.PCIAddress)
+		if !ok || !rules.Judge(pf, view.policy).OK() {
+			continue
+		}
+		wrote, err := o.eng.ApplyBaseline(b, o.log)
+		changed = changed || wrote
+		if err != nil {
+			o.log.Warn("free PF is not at the node's sriovBaseline; left as it is", "pci", pf.PCIAddress, "error", err)
+		}
+	}
+	if !changed {
+		return view, nil
+	}
+	if view, err = o.viewHost(); err != nil {
+		return nil, types.NewError(types.ErrInternal, "inspect host netns", err.Error())
+	}
+	return view, nil
+}
 
 // toBaseline brings the PF ADD chose to the node's sriovBaseline, when
 // one is declared for it, before ADD records the PF's state: the record
