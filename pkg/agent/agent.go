@@ -115,7 +115,8 @@ func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := View{PFs: pfs, Rules: rules, Records: recs, Known: a.known, Gone: a.gone, Baseline: a.offBaseline}
+	v := View{PFs: pfs, Rules: rules, Records: recs, Known: a.known, Gone: a.gone,
+		Baseline: a.offBaseline, BaselineName: a.baselineName}
 	err = a.inHost(func() error {
 		host, err := netdev.Current(a.Conf.SysfsRoot)
 		if err != nil {

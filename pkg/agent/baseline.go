@@ -48,6 +48,13 @@ func (a *Agent) offBaseline(pf sriov.PF) string {
 	return why
 }
 
+// baselineName is the host name the node's baseline gives the PF at
+// pci, "" for none.
+func (a *Agent) baselineName(pci string) string {
+	b, _ := a.Conf.Baseline.For(pci)
+	return b.Name
+}
+
 // adopt brings the PFs judged off the baseline to it, under the node's
 // lock without waiting for it. A PF whose attempt failed is tried again
 // after repairWindow (its reason stays in its why meanwhile). changed

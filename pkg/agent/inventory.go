@@ -92,6 +92,10 @@ type View struct {
 	// Baseline says how a PF free on the host is off the node's
 	// sriovBaseline, "" when it is at it or has none; nil judges none.
 	Baseline func(sriov.PF) string
+	// BaselineName is the host name the node's baseline gives a PF, ""
+	// for none: the pool and the reservations judge a PF left renamed by
+	// that name as well.
+	BaselineName func(pci string) string
 }
 
 // Judge says, for every PF, where it stands; the list is sorted by PCI
@@ -125,7 +129,11 @@ func Judge(v View) []PF {
 
 func judgeOnHost(pf sriov.PF, v View) PF {
 	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs, Phase: Free}
-	switch verdict := v.Rules.Judge(pf, v.Host); {
+	name := ""
+	if v.BaselineName != nil {
+		name = v.BaselineName(pf.PCIAddress)
+	}
+	switch verdict := v.Rules.JudgeAs(pf, v.Host, name); {
 	case verdict.OK():
 		if v.Baseline != nil {
 			if why := v.Baseline(pf); why != "" {

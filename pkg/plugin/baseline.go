@@ -32,7 +32,7 @@ func (o *op) adoptFree(recs []*state.Record, view *hostView) (*hostView, error) 
 	changed := false
 	for _, pf := range pfs {
 		b, ok := o.conf.Baseline.For(pf.PCIAddress)
-		if !ok || !rules.Judge(pf, view.policy).OK() {
+		if !ok || !rules.JudgeAs(pf, view.policy, b.Name).OK() {
 			continue
 		}
 		wrote, err := o.eng.ApplyBaseline(b, o.log)

@@ -99,9 +99,15 @@ func atBaseline(f pf, name string) error {
 }
 
 // baselineNode declares the baseline for the harness's node: every VF on
-// every PF, and PF f named as the suite found it.
+// every PF, and PF f named as the suite found it. The pool names the PFs
+// as the suite found them: PF f, left as net1, is in it only by the name
+// the baseline gives it back.
 func baselineNode(h *harness, f pf) {
-	h.setNode(map[string]any{"sriovBaseline": map[string]any{
+	var names []string
+	for _, p := range pfs {
+		names = append(names, baseline[p.PCI].Name)
+	}
+	h.setNode(map[string]any{"pfNames": names, "sriovBaseline": map[string]any{
 		"numVFs": "total",
 		"pfs":    []any{map[string]any{"pci": f.PCI, "name": baseline[f.PCI].Name}},
 	}})
