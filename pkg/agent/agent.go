@@ -73,6 +73,10 @@ type Agent struct {
 	mu      sync.Mutex
 	wake    chan struct{}
 	pending bool // a look with repair is owed
+	// baselineFailed holds, per PF, why bringing it to the baseline
+	// failed and when: it is tried again after repairWindow.
+	baselineFailed map[string]baselineFailure
+
 	// awaiting holds the PCI addresses of the devices of every record
 	// that repair would act on and that are not home yet: a host link
 	// event for one of them asks for repair.
@@ -111,7 +115,8 @@ func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := View{PFs: pfs, Rules: rules, Records: recs, Known: a.known, Gone: a.gone}
+	v := View{PFs: pfs, Rules: rules, Records: recs, Known: a.known, Gone: a.gone,
+		Baseline: a.offBaseline, BaselineName: a.baselineName}
 	err = a.inHost(func() error {
 		host, err := netdev.Current(a.Conf.SysfsRoot)
 		if err != nil {
@@ -254,6 +259,18 @@ func (a *Agent) step(repair bool) (retry time.Duration) {
 		a.Log.Error("look at the node; keeping the previous device list", "error", err)
 		return retry
 	}
+	if changed, wait := a.adopt(pfs); changed || wait > 0 {
+		if wait > 0 && (retry == 0 || wait < retry) {
+			retry = wait
+		}
+		if recs, err = store.Peek(); err == nil {
+			pfs, err = a.judge(recs)
+		}
+		if err != nil {
+			a.Log.Error("look at the node; keeping the previous device list", "error", err)
+			return retry
+		}
+	}
 	a.remember(pfs)
 	a.Publish(pfs)
 	if a.Metrics != nil {
@@ -318,7 +335,7 @@ var errLockBusy = errors.New("state lock busy")
 func nodeEngine(conf *config.NetConf, host *netdev.NS, log *slog.Logger, judgeNetns func(path string) error) *release.Engine {
 	return &release.Engine{
 		Store: state.Store{Dir: conf.StateDir}, Sys: sriov.Sysfs{Root: conf.SysfsRoot},
-		Host: host, Log: log, JudgeNetns: judgeNetns,
+		Host: host, Log: log, JudgeNetns: judgeNetns, Baseline: conf.Baseline,
 	}
 }
 

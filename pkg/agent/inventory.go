@@ -30,6 +30,9 @@ const (
 	Missing Phase = "missing"
 	// Ineligible: never handed out (reserved, an uplink, outside pfNames).
 	Ineligible Phase = "ineligible"
+	// OffBaseline: free, but not at the node's sriovBaseline yet; not
+	// handed out until the agent (or an ADD) brings it there.
+	OffBaseline Phase = "off-baseline"
 )
 
 // PF is one SR-IOV PF as the agent reports it.
@@ -56,7 +59,7 @@ type Holder struct {
 }
 
 // Advertised reports whether the kubelet is told about the PF at all.
-func (p PF) Advertised() bool { return p.Phase != Ineligible }
+func (p PF) Advertised() bool { return p.Phase != Ineligible && p.Phase != OffBaseline }
 
 // Healthy reports whether the kubelet may count the PF: free on the host,
 // or held by an attachment the kubelet allocated (it counts those as
@@ -86,6 +89,13 @@ type View struct {
 	// on the host (its name and altnames): a held PF's netdev is in a pod,
 	// and these are the names the pool and the reservations know it by.
 	Seen map[string]policy.Link
+	// Baseline says how a PF free on the host is off the node's
+	// sriovBaseline, "" when it is at it or has none; nil judges none.
+	Baseline func(sriov.PF) string
+	// BaselineName is the host name the node's baseline gives a PF, ""
+	// for none: the pool and the reservations judge a PF left renamed by
+	// that name as well.
+	BaselineName func(pci string) string
 }
 
 // Judge says, for every PF, where it stands; the list is sorted by PCI
@@ -119,8 +129,17 @@ func Judge(v View) []PF {
 
 func judgeOnHost(pf sriov.PF, v View) PF {
 	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs, Phase: Free}
-	switch verdict := v.Rules.Judge(pf, v.Host); {
+	name := ""
+	if v.BaselineName != nil {
+		name = v.BaselineName(pf.PCIAddress)
+	}
+	switch verdict := v.Rules.JudgeAs(pf, v.Host, name); {
 	case verdict.OK():
+		if v.Baseline != nil {
+			if why := v.Baseline(pf); why != "" {
+				p.Phase, p.Why = OffBaseline, why
+			}
+		}
 	case verdict.Fixed:
 		p.Phase, p.Why = Ineligible, verdict.Reason
 	default:

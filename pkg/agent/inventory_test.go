@@ -133,3 +133,49 @@ func TestAHeldPFIsJudgedByItsHostNames(t *testing.T) {
 
 // unpinned marks r as made by an ADD that carried no deviceID.
 func unpinned(r *state.Record) *state.Record { r.Unpinned = true; return r }
+
+// A free PF off the node's sriovBaseline is neither advertised nor
+// healthy until it is brought there, and says why; the baseline is never
+// asked about a PF that is held, reserved or an uplink.
+func TestJudgeKeepsAPFOffTheBaselineOut(t *testing.T) {
+	host := &policy.Host{Links: map[string]policy.Link{}, DefaultRoute: map[int]bool{2: true}, GlobalAddr: map[int]string{}}
+	for i, n := range []string{"eno1", "net1", "ens2", "ens3"} {
+		host.Links[n] = policy.Link{Index: i + 2, Name: n}
+	}
+	asked := map[string]bool{}
+	v := View{
+		PFs: []sriov.PF{
+			{PCIAddress: "0000:01:00.0", Name: "eno1"}, // the uplink
+			{PCIAddress: "0000:02:00.0", Name: "net1"}, // as the bash plugin left it
+			{PCIAddress: "0000:03:00.0", Name: "ens2"}, // reserved
+			{PCIAddress: "0000:04:00.0", Name: "ens3"}, // at the baseline
+			{PCIAddress: "0000:05:00.0"},               // held
+		},
+		Host:    host,
+		Rules:   policy.Rules{Reserved: map[string]bool{"ens2": true}},
+		Records: []*state.Record{record("0000:05:00.0", "ens5", state.Attached, false)},
+		Gone:    func(*state.Record) bool { return false },
+		Baseline: func(pf sriov.PF) string {
+			asked[pf.PCIAddress] = true
+			if pf.Name == "net1" {
+				return "not at the node's sriovBaseline: sriov_numvfs 2, want 7"
+			}
+			return ""
+		},
+	}
+	got := map[string]PF{}
+	for _, p := range Judge(v) {
+		got[p.PCI] = p
+	}
+	if p := got["0000:02:00.0"]; p.Phase != OffBaseline || p.Advertised() || p.Healthy() || !strings.Contains(p.Why, "sriov_numvfs 2, want 7") {
+		t.Errorf("the PF off the baseline: %+v", p)
+	}
+	if p := got["0000:04:00.0"]; p.Phase != Free || !p.Advertised() || !p.Healthy() {
+		t.Errorf("the PF at the baseline: %+v", p)
+	}
+	for pci, ok := range asked {
+		if ok && pci != "0000:02:00.0" && pci != "0000:04:00.0" {
+			t.Errorf("the baseline was asked about %s, which is not free", pci)
+		}
+	}
+}

@@ -55,7 +55,7 @@ func (m *Metrics) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(w, "# TYPE sriovpt_pfs gauge\n")
 	fmt.Fprintf(w, "sriovpt_pfs{state=\"free\"} %d\n", m.byPhase[Free])
 	fmt.Fprintf(w, "sriovpt_pfs{state=\"held\"} %d\n", m.byPhase[Attached]+m.byPhase[Adding])
-	fmt.Fprintf(w, "sriovpt_pfs{state=\"unhealthy\"} %d\n", m.byPhase[Releasing]+m.byPhase[Missing])
+	fmt.Fprintf(w, "sriovpt_pfs{state=\"unhealthy\"} %d\n", m.byPhase[Releasing]+m.byPhase[Missing]+m.byPhase[OffBaseline])
 	fmt.Fprintf(w, "sriovpt_pfs{state=\"ineligible\"} %d\n", m.byPhase[Ineligible])
 	fmt.Fprintf(w, "# HELP sriovpt_pfs_healthy PFs advertised to the kubelet as Healthy.\n")
 	fmt.Fprintf(w, "# TYPE sriovpt_pfs_healthy gauge\n")

@@ -65,6 +65,9 @@ type NetConf struct {
 	DeviceID string `json:"deviceID,omitempty"`
 	// RequireDeviceID comes from the node configuration only.
 	RequireDeviceID bool `json:"-"`
+	// Baseline is the node's declared SR-IOV baseline (node.json's
+	// sriovBaseline), nil for none.
+	Baseline *SRIOVBaseline `json:"-"`
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 
@@ -264,6 +267,7 @@ func (c *NetConf) validateNode() error {
 			errs = append(errs, fmt.Errorf("field %q: %q is not an absolute path", f.field, f.path))
 		}
 	}
+	errs = append(errs, c.Baseline.validate())
 	return errors.Join(errs...)
 }
 

@@ -45,8 +45,9 @@ func NodeConfigPath() string {
 // restore is blocked in the other), nodeConfigFile "" would drop
 // requireDeviceID, the PF pool and the reservations, sysfsRoot would choose
 // what the plugin believes about PFs, logFile would append to any file as
-// root, and reservedInterfacesFile would un-reserve the node's uplinks.
-var NodeOnlyFields = []string{"stateDir", "nodeConfigFile", "sysfsRoot", "logFile", "reservedInterfacesFile"}
+// root, reservedInterfacesFile would un-reserve the node's uplinks, and
+// sriovBaseline would rewrite every free PF's VFs.
+var NodeOnlyFields = []string{"stateDir", "nodeConfigFile", "sysfsRoot", "logFile", "reservedInterfacesFile", "sriovBaseline"}
 
 // Node is the node-local configuration: what only the node may say about
 // its PFs, its state and its logs, said once for the plugin and for the
@@ -77,6 +78,9 @@ type Node struct {
 	// the kubelet may have counted as free: on a node that runs the agent,
 	// fail closed instead.
 	RequireDeviceID bool `json:"requireDeviceID,omitempty"`
+	// SRIOVBaseline is the SR-IOV state free PFs are kept at; nil when
+	// the node declares none.
+	SRIOVBaseline *SRIOVBaseline `json:"sriovBaseline,omitempty"`
 
 	// Unknown lists the file's top-level fields that this release does
 	// not know, as spelt there, sorted; they are ignored.
@@ -215,8 +219,8 @@ func refuseNodeOnly(fields []string, nodeFile string) error {
 	}
 	return types.NewError(types.ErrInvalidNetworkConfig,
 		fmt.Sprintf("field %s is node-only: not allowed in the network configuration", strings.Join(found, ", ")),
-		fmt.Sprintf("remove it from the NetworkAttachmentDefinition (or conf file); stateDir, sysfsRoot, logFile and "+
-			"reservedInterfacesFile belong in the node configuration file %s (installed from the ConfigMap "+
+		fmt.Sprintf("remove it from the NetworkAttachmentDefinition (or conf file); stateDir, sysfsRoot, logFile, "+
+			"reservedInterfacesFile and sriovBaseline belong in the node configuration file %s (installed from the ConfigMap "+
 			"made from deploy/node.json), and the node chooses that file itself (%s in the plugin's environment, default %s)",
 			nodeFile, NodeConfigEnv, DefaultNodeConfigFile))
 }
@@ -243,6 +247,7 @@ func (c *NetConf) applyNode(set map[string]bool) error {
 	c.NodeUnknown = n.Unknown
 	c.ReservedInterfacesFile, c.StateDir, c.SysfsRoot, c.LogFile = n.ReservedInterfacesFile, n.StateDir, n.SysfsRoot, n.LogFile
 	c.RequireDeviceID = n.RequireDeviceID
+	c.Baseline = n.SRIOVBaseline
 	if n.LogLevel != "" {
 		// Checked here, where the file is known: the same check on the
 		// merged config would blame the network configuration.

@@ -59,12 +59,19 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return types.NewError(types.ErrInternal, "inspect host netns", err.Error())
 	}
+	if view, err = o.adoptFree(recs, view); err != nil {
+		return err
+	}
 	chosen, err := o.choosePF(recs, view)
 	if err != nil {
 		o.log.Warn("no PF for attachment", "error", err)
 		return err
 	}
 	o.mark("choose")
+	if chosen, view, err = o.toBaseline(chosen, view); err != nil {
+		return err
+	}
+	o.mark("baseline")
 	rec, links, err := o.plan(chosen, view, pod)
 	if err != nil {
 		return err

@@ -137,8 +137,8 @@ func (p *Plugin) begin(args *skel.CmdArgs, releasing bool) (*op, error) {
 	o.eng = &release.Engine{
 		Store: o.store, Sys: o.sys, Host: host, Log: logger,
 		LockTimeout: p.LockTimeout, ProcRoot: p.ProcRoot, DevRoot: p.DevRoot,
-		ReleaseIPAM: o.ipamDelRecord,
-		Mark:        func(step string) { o.mark(step) },
+		ReleaseIPAM: o.ipamDelRecord, Baseline: conf.Baseline,
+		Mark: func(step string) { o.mark(step) },
 	}
 	return o, nil
 }

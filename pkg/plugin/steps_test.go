@@ -26,7 +26,7 @@ func TestDebugLogTimesEachStep(t *testing.T) {
 		cmd   string
 		steps []string
 	}{
-		{"ADD", []string{"config", "lock", "repair", "choose", "plan", "record-adding", "move", "up", "result", "record-attached"}},
+		{"ADD", []string{"config", "lock", "repair", "choose", "baseline", "plan", "record-adding", "move", "up", "result", "record-attached"}},
 		{"DEL", []string{"config", "lock", "vet", "record-releasing", "move", "host-state", "sriov", "record-removed"}},
 	} {
 		var out, logs bytes.Buffer

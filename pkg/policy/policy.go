@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"unicode/utf8"
 
@@ -59,6 +60,28 @@ func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
 		}
 	}
 	return Verdict{}
+}
+
+// JudgeAs is Judge for a PF that is to be given the host name name (the
+// node's SR-IOV baseline names PFs the bash plugin left renamed, as net1
+// or devN): the pool admits it under either name, and a reservation of
+// either name refuses it. Everything else is judged as the host sees the
+// PF now.
+func (r Rules) JudgeAs(pf sriov.PF, host *Host, name string) Verdict {
+	l, ok := host.Links[pf.Name]
+	if name == "" || name == pf.Name || !ok {
+		return r.Judge(pf, host)
+	}
+	as := &Host{Links: maps.Clone(host.Links)}
+	l.Name = name
+	as.Links[name] = l
+	if reserved := r.reservedAs(name, as); reserved != "" {
+		return Verdict{Reason: fmt.Sprintf("%s, to be named %s, is reserved", pf.Name, reserved), Fixed: true}
+	}
+	if len(r.PFNames) > 0 && slices.ContainsFunc(r.PFNames, func(n string) bool { return as.Named(name, n) }) {
+		r.PFNames = nil // in the pool by the name it is to get
+	}
+	return r.Judge(pf, host)
 }
 
 // Admits applies only the rules about the PF's names: the pool and the

@@ -117,3 +117,37 @@ func TestPodNames(t *testing.T) {
 		t.Error("16-byte fallback name accepted")
 	}
 }
+
+// A PF the bash plugin left renamed net1 is judged by the name the node's
+// baseline gives it back as well: in the pool under either name, refused
+// when either is reserved, and still refused as an uplink or while held.
+func TestJudgeAsTheBaselineName(t *testing.T) {
+	h := host(Link{Index: 2, Name: "net1"}, Link{Index: 3, Name: "dev4"}, Link{Index: 4, Name: "eth0"})
+	h.DefaultRoute[3] = true
+	pool := Rules{PFNames: []string{"ens1f0", "ens1f1"}}
+	if v := pool.Judge(pf("0000:01:00.0", "net1"), h); v.OK() {
+		t.Fatal("net1 is in a pool that does not name it")
+	}
+	if v := pool.JudgeAs(pf("0000:01:00.0", "net1"), h, "ens1f0"); !v.OK() {
+		t.Errorf("net1, to be named ens1f0, in pool [ens1f0 ens1f1]: %+v", v)
+	}
+	if v := pool.JudgeAs(pf("0000:01:00.0", "net1"), h, "ens2f0"); v.OK() || !strings.Contains(v.Reason, "net1 is not in pfNames") {
+		t.Errorf("net1, to be named ens2f0: %+v", v)
+	}
+	reserved := Rules{Reserved: map[string]bool{"ens1f0": true}}
+	if v := reserved.JudgeAs(pf("0000:01:00.0", "net1"), h, "ens1f0"); v.OK() || !v.Fixed || !strings.Contains(v.Reason, "to be named ens1f0, is reserved") {
+		t.Errorf("net1, to be named the reserved ens1f0: %+v", v)
+	}
+	if v := (Rules{}).JudgeAs(pf("0000:02:00.0", "dev4"), h, "ens1f1"); v.OK() || !strings.HasPrefix(v.Reason, "uplink: ") {
+		t.Errorf("dev4, an uplink, to be named ens1f1: %+v", v)
+	}
+	held := Rules{Holders: map[string]string{"0000:01:00.0": "pod ci/job"}}
+	if v := held.JudgeAs(pf("0000:01:00.0", "net1"), h, "ens1f0"); v.OK() {
+		t.Errorf("a held PF: %+v", v)
+	}
+	// The name taken by another link on the host changes nothing of how
+	// that link is judged.
+	if v := (Rules{}).JudgeAs(pf("0000:01:00.0", "net1"), h, "eth0"); !v.OK() {
+		t.Errorf("net1, to be named eth0 (taken): %+v", v)
+	}
+}

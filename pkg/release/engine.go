@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
@@ -44,6 +45,9 @@ type Engine struct {
 	// lives: the agent's choice, whose container has neither the IPAM
 	// plugins nor the host files they keep their leases in.
 	ReleaseIPAM func(rec *state.Record) error
+	// Baseline is the node's declared SR-IOV baseline (nil for none): a
+	// PF released is brought to it once its record is gone.
+	Baseline *config.SRIOVBaseline
 	// Mark, when set, ends a named step of the caller's timing (the
 	// plugin's debug log of where a command's time went).
 	Mark func(step string)

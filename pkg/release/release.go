@@ -70,7 +70,26 @@ func (e *Engine) saveOrFinish(rec *state.Record, err error, log *slog.Logger) er
 	}
 	failpoint.Hit(failpoint.ReleaseRecordRemoved)
 	log.Info("released PF; record removed", "hostName", rec.PF().OriginalName)
+	if err == nil {
+		e.toBaseline(rec.PF().PCIAddress, log)
+	}
 	return err
+}
+
+// toBaseline brings a PF just released to the node's baseline, when one
+// is declared for it. A record written before the baseline was declared
+// gives the PF back as ADD found it; one written since holds the
+// baseline, and this only reads. The release is done whatever happens
+// here: a PF that cannot be brought to the baseline is free, and the
+// agent's status (or the next ADD that takes it) says why.
+func (e *Engine) toBaseline(pci string, log *slog.Logger) {
+	b, ok := e.Baseline.For(pci)
+	if !ok {
+		return
+	}
+	if _, err := e.ApplyBaseline(b, log); err != nil {
+		log.Warn("released PF is not at the node's sriovBaseline", "error", err)
+	}
 }
 
 // retryUntil runs try until it reports done or fails, or timeout has

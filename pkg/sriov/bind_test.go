@@ -174,3 +174,34 @@ func TestBindPF(t *testing.T) {
 		t.Errorf("BindPF of no PF wrote %q", k.writes)
 	}
 }
+
+// A VF the bash plugin left on vfio-pci with its override cleared goes to
+// its default driver: no override during the probe, none after it.
+func TestBindDefault(t *testing.T) {
+	root := jobTree(t)
+	k, s := newFakeKernel(t, root)
+	vf := "0000:3b:10.1"
+	k.bindAs(vf, "vfio-pci", "vfio-pci")
+	got, err := s.BindDefault("0000:3b:00.0", vf)
+	if err != nil || got != "igbvf" {
+		t.Fatalf("BindDefault: %q %v", got, err)
+	}
+	k.want(vf, "igbvf", "")
+	dev := "devices/pci0000:00/" + vf
+	want := []string{dev + "/driver_override=", "bus/pci/drivers/vfio-pci/unbind=" + vf, "bus/pci/drivers_probe=" + vf}
+	if !slices.Equal(k.writes, want) {
+		t.Errorf("writes %q, want %q", k.writes, want)
+	}
+	// Autoprobe off: the kernel binds nothing, and BindDefault says so.
+	if err := s.SetAutoprobe("0000:3b:00.0", false); err != nil {
+		t.Fatal(err)
+	}
+	k.bindAs(vf, "vfio-pci", "")
+	if _, err := s.BindDefault("0000:3b:00.0", vf); err == nil || !strings.Contains(err.Error(), "no driver after the probe") {
+		t.Errorf("autoprobe off: %v", err)
+	}
+	k.writes = nil
+	if _, err := s.BindDefault("0000:3b:00.0", "0000:3b:00.0"); err == nil || len(k.writes) > 0 {
+		t.Errorf("BindDefault of the PF itself: %v, wrote %q", err, k.writes)
+	}
+}

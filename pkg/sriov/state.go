@@ -171,6 +171,39 @@ func (s Sysfs) Rebind(pf, vf, want, override string) error {
 	return s.bind(vf, want, override)
 }
 
+// BindDefault puts a VF of pf on its default driver, the one the kernel
+// matches by device ID (igbvf for an igb VF), and leaves driver_override
+// empty: the baseline a node declares. drivers_probe without an override
+// binds that driver, but a VF whose PF has sriov_drivers_autoprobe 0 is
+// not probed at all then: callers turn autoprobe on first. The driver
+// bound is returned; "" with an error when the probe bound none.
+// Unbinding vfio-pci from a VF that a process holds blocks in the kernel:
+// callers look for holders first.
+func (s Sysfs) BindDefault(pf, vf string) (string, error) {
+	if err := s.VetVF(pf, vf); err != nil {
+		return "", err
+	}
+	dev := s.DevicePath(vf)
+	if s.DriverOverride(vf) != "" {
+		if err := s.write(filepath.Join(dev, "driver_override"), "\n"); err != nil {
+			return "", fmt.Errorf("clear driver_override of %s: %w", vf, err)
+		}
+	}
+	if cur := s.Driver(vf); cur != "" {
+		if err := s.write(filepath.Join(dev, "driver", "unbind"), vf); err != nil {
+			return "", fmt.Errorf("unbind %s from %s: %w", vf, cur, err)
+		}
+	}
+	if err := s.write(filepath.Join(s.Root, "bus", "pci", "drivers_probe"), vf); err != nil {
+		return "", fmt.Errorf("probe the default driver for %s: %w", vf, err)
+	}
+	got := s.Driver(vf)
+	if got == "" {
+		return "", fmt.Errorf("%s has no driver after the probe without driver_override", vf)
+	}
+	return got, nil
+}
+
 // BindPF gives the PF back its own driver and driver_override (bind): a
 // job may unbind the PF, which takes its netdev and, with most PF
 // drivers, its VFs away. Callers look for holders first when the PF is on
