@@ -47,14 +47,15 @@ func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
 	if bad := notRecordable(pf); bad != "" {
 		return Verdict{Reason: fmt.Sprintf("netdev name %q is not valid UTF-8: a state record cannot hold it, so the device could not be given back", bad), Fixed: true}
 	}
-	if why := host.UplinkReason(pf.Name); why != "" {
+	idx := host.index()
+	if why := host.uplinkReason(pf.Name, idx); why != "" {
 		return Verdict{Reason: "uplink: " + why, Fixed: true}
 	}
 	for _, vf := range pf.VFs {
 		if as := r.reservedAs(vf.Name, host); as != "" && vf.Name != "" {
 			return Verdict{Reason: fmt.Sprintf("its VF %s is reserved", as), Fixed: true}
 		}
-		if why := host.UplinkReason(vf.Name); why != "" {
+		if why := host.uplinkReason(vf.Name, idx); why != "" {
 			return Verdict{Reason: "uplink: its VF " + why, Fixed: true}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -59,6 +60,41 @@ func BenchmarkSysfsPF(b *testing.B) {
 		pf, err := s.PF("0000:10:00.0")
 		if err != nil || len(pf.VFs) != 256 {
 			b.Fatalf("PF: %v", err)
+		}
+	}
+}
+
+// BenchmarkPolicyJudge is the PF policy judging the first PF of a node of
+// 8 PFs of 256 VFs each, with 200 pod veths: ADD asks it for the PF and
+// each of its VFs whether it carries the node's traffic.
+func BenchmarkPolicyJudge(b *testing.B) {
+	host := &policy.Host{Links: map[string]policy.Link{}, DefaultRoute: map[int]bool{}, GlobalAddr: map[int]string{}}
+	index := 1
+	add := func(name, kind string) {
+		index++
+		host.Links[name] = policy.Link{Index: index, Name: name, Kind: kind}
+	}
+	add("eno1", "device")
+	host.DefaultRoute[index] = true
+	var first sriov.PF
+	for p := range 8 {
+		pf := sriov.PF{PCIAddress: fmt.Sprintf("0000:%02x:00.0", 0x3b+p), Name: fmt.Sprintf("ens%df0", p), TotalVFs: 256, NumVFs: 256}
+		add(pf.Name, "device")
+		for v := range 256 {
+			vf := sriov.VF{Index: v, PCIAddress: fmt.Sprintf("0000:%02x:%02x.%d", 0x7b+p, v/8, v%8), Name: fmt.Sprintf("ens%df0v%d", p, v)}
+			add(vf.Name, "device")
+			pf.VFs = append(pf.VFs, vf)
+		}
+		if p == 0 {
+			first = pf
+		}
+	}
+	for i := range 200 {
+		add(fmt.Sprintf("veth%d", i), "veth")
+	}
+	for b.Loop() {
+		if v := (policy.Rules{}).Judge(first, host); !v.OK() {
+			b.Fatal(v.Reason)
 		}
 	}
 }
