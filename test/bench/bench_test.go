@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -179,16 +180,24 @@ func TestHarness(t *testing.T) {
 		plugin:     build("sriov-passthrough-cni", "github.com/kubevirt/sriov-passthrough-cni/cmd/sriov-passthrough-cni"),
 		hostDevice: build("host-device", "github.com/containernetworking/plugins/plugins/main/host-device"),
 		vfs:        []int{0, 3}, runs: map[int]int{0: 1, 3: 1}, hdRuns: map[int]int{0: 1, 3: 1}, inProc: true,
+		node: nodeSpec{pfs: 3, vfs: 2, runs: 2, hdRuns: 1},
 	}
 	var log strings.Builder
 	res, err := run(cfg, &log)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
+	if len(res.points) != 3 || res.points[2].pfs != 3 {
+		t.Fatalf("want the points of 0 and 3 VFs and the node of 3 PFs, got %d points", len(res.points))
+	}
 	for _, p := range res.points {
-		for _, m := range []string{"plugin", "floor", "host-device", "plugin-inproc"} {
-			if n := len(p.samples[m]); n != 1 {
-				t.Errorf("%d VFs: %d samples of %s, want 1", p.vfs, n, m)
+		want := map[string]int{"plugin": 1, "floor": 1, "host-device": 1, "plugin-inproc": 1}
+		if p.pfs > 1 {
+			want["plugin"], want["floor"], want["plugin-inproc"] = 2, 2, 2
+		}
+		for m, n := range want {
+			if got := len(p.samples[m]); got != n {
+				t.Errorf("%d VFs, %d PFs: %d samples of %s, want %d", p.vfs, p.pfs, got, m, n)
 			}
 		}
 	}
@@ -210,5 +219,37 @@ func TestHarness(t *testing.T) {
 	}
 	if s := summary(res, 3); !strings.HasPrefix(s, "bench: vfs=3 plugin_ms=") {
 		t.Errorf("summary line %q", s)
+	}
+	if a, b := nodeSummary(res), nodeSummary(again); a != b || !strings.HasPrefix(a, "bench: node=3x2 rounds=2 ") {
+		t.Errorf("node summary %q, from bench.json %q", a, b)
+	}
+}
+
+// TestPairedRatio checks the ratio and its interval on rounds whose
+// ratios are known, and the rounds it asks for at that spread.
+func TestPairedRatio(t *testing.T) {
+	ms := func(v float64) sample { return sample{add: time.Duration(v * float64(time.Millisecond))} }
+	var num, den []sample
+	// Per-round ratios 1.02 and 1.06, alternating: geometric mean ≈ 1.04.
+	for i := range 10 {
+		den = append(den, ms(float64(1000+100*i)))
+		num = append(num, ms(float64(1000+100*i)*[]float64{1.02, 1.06}[i%2]))
+	}
+	r := pairedRatio(num, den)
+	if r.n != 10 || math.Abs(r.est-math.Sqrt(1.02*1.06)) > 1e-4 {
+		t.Fatalf("ratio %+v, want 10 rounds and %.4f", r, math.Sqrt(1.02*1.06))
+	}
+	// sd of the logs ≈ 0.0203; t(9) = 2.262: half width ≈ 1.45%.
+	if h := r.halfWidth(); h < 0.013 || h > 0.016 || r.lo >= r.est || r.hi <= r.est {
+		t.Errorf("interval %s, half width %.4f", r, h)
+	}
+	if n := r.roundsFor(0.025); n < 4 || n > 6 {
+		t.Errorf("rounds for ±2.5%%: %d, want 4 to 6 at this spread", n)
+	}
+	if one := pairedRatio(num[:1], den[:1]); one.String() != "1.02 [one round]" {
+		t.Errorf("one round: %q", one.String())
+	}
+	if none := pairedRatio(nil, den); none.String() != "–" {
+		t.Errorf("no rounds: %q", none.String())
 	}
 }
