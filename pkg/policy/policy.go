@@ -110,15 +110,27 @@ func (r Rules) reservedAs(name string, host *Host) string {
 // Choose picks the first PF (discovery lists them by PCI address) that
 // may be taken. When none may, it says for each PF why it was passed over.
 func (r Rules) Choose(pfs []sriov.PF, host *Host) (sriov.PF, []string, bool) {
+	pf, passedOver, ok, _ := r.ChooseFrom(len(pfs), func(i int) (sriov.PF, error) { return pfs[i], nil }, host)
+	return pf, passedOver, ok
+}
+
+// ChooseFrom is Choose over n PFs that read gives one at a time, in PCI
+// address order: only the PFs up to the one chosen are read, not the
+// hundreds of VFs of every PF on the node. An error of read ends it.
+func (r Rules) ChooseFrom(n int, read func(i int) (sriov.PF, error), host *Host) (sriov.PF, []string, bool, error) {
 	var passedOver []string
-	for _, pf := range pfs {
+	for i := range n {
+		pf, err := read(i)
+		if err != nil {
+			return sriov.PF{}, passedOver, false, err
+		}
 		v := r.Judge(pf, host)
 		if v.OK() {
-			return pf, passedOver, true
+			return pf, passedOver, true, nil
 		}
 		passedOver = append(passedOver, fmt.Sprintf("%s (%s): %s", pf.PCIAddress, nameOr(pf.Name, "no netdev"), v.Reason))
 	}
-	return sriov.PF{}, passedOver, false
+	return sriov.PF{}, passedOver, false, nil
 }
 
 func nameOr(name, alt string) string {
