@@ -180,15 +180,15 @@ func TestHarness(t *testing.T) {
 		plugin:     build("sriov-passthrough-cni", "github.com/kubevirt/sriov-passthrough-cni/cmd/sriov-passthrough-cni"),
 		hostDevice: build("host-device", "github.com/containernetworking/plugins/plugins/main/host-device"),
 		vfs:        []int{0, 3}, runs: map[int]int{0: 1, 3: 1}, hdRuns: map[int]int{0: 1, 3: 1}, inProc: true,
-		node: nodeSpec{pfs: 3, vfs: 2, runs: 2, hdRuns: 1},
+		node: nodeSpec{pfs: 3, vfs: 2, runs: 2, hdRuns: 1, agentEvents: 2},
 	}
 	var log strings.Builder
 	res, err := run(cfg, &log)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
-	if len(res.points) != 3 || res.points[2].pfs != 3 {
-		t.Fatalf("want the points of 0 and 3 VFs and the node of 3 PFs, got %d points", len(res.points))
+	if len(res.points) != 3 || res.points[2].pfs != 3 || len(res.points[2].agent) != 2 {
+		t.Fatalf("want the points of 0 and 3 VFs and the node of 3 PFs with 2 agent events, got %d points", len(res.points))
 	}
 	for _, p := range res.points {
 		want := map[string]int{"plugin": 1, "floor": 1, "host-device": 1, "plugin-inproc": 1}
@@ -199,6 +199,9 @@ func TestHarness(t *testing.T) {
 			if got := len(p.samples[m]); got != n {
 				t.Errorf("%d VFs, %d PFs: %d samples of %s, want %d", p.vfs, p.pfs, got, m, n)
 			}
+		}
+		if s := p.samples["plugin"][0]; s.cpu <= 0 || s.rss <= 0 {
+			t.Errorf("%d VFs: plugin sample without CPU time or RSS: %+v", p.vfs, s)
 		}
 	}
 	var out strings.Builder

@@ -33,6 +33,7 @@ func main() {
 		node      = flag.String("node", "8x256", "also a node of PFSxVFS (fake sysfs, all links present) where one PF is handed out (\"\" to skip)")
 		nodeRuns  = flag.Int("node-runs", 6, "ADD+DEL cycles of the plugin and the floor on the -node")
 		nodeHD    = flag.Int("node-host-device-runs", 2, "host-device cycles on the -node, at most -node-runs")
+		agentN    = flag.Int("agent-events", 20, "netlink events to time the node agent on the -node with (0 to skip)")
 		out       = flag.String("out", "docs", "directory for bench.png and bench.md (\"\" to skip)")
 		compare   = flag.String("compare", "", "a second plugin binary (e.g. an older build) to time next to the first, as plugin-compare")
 		inProc    = flag.Bool("inproc", false, "also time the plugin's ADD and DEL in process (no exec), to tell start-up from work")
@@ -70,7 +71,7 @@ func main() {
 	}
 	if err == nil && *node != "" {
 		cfg.node, err = parseNode(*node)
-		cfg.node.runs, cfg.node.hdRuns = *nodeRuns, min(*nodeHD, *nodeRuns)
+		cfg.node.runs, cfg.node.hdRuns, cfg.node.agentEvents = *nodeRuns, min(*nodeHD, *nodeRuns), *agentN
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -127,7 +128,7 @@ type benchConfig struct {
 }
 
 // nodeSpec is a node of pfs PFs of vfs VFs each, and the cycles to run on it.
-type nodeSpec struct{ pfs, vfs, runs, hdRuns int }
+type nodeSpec struct{ pfs, vfs, runs, hdRuns, agentEvents int }
 
 func parseNode(s string) (nodeSpec, error) {
 	a, b, ok := strings.Cut(s, "x")
@@ -143,6 +144,8 @@ func parseNode(s string) (nodeSpec, error) {
 type sample struct {
 	add, del time.Duration
 	rss      int64 // KiB, peak of ADD and DEL
+	// cpu is the CPU time of ADD and DEL together (usage).
+	cpu time.Duration
 }
 
 // point is every sample taken at one VF count, per method name; sample i
@@ -151,6 +154,9 @@ type sample struct {
 type point struct {
 	vfs, pfs int
 	samples  map[string][]sample
+	// agent is the node agent's time from each netlink event to its
+	// device list update (agentEvents), on the node only.
+	agent []time.Duration
 }
 
 // results is one bench run.
@@ -246,6 +252,13 @@ func measure(cfg benchConfig, spec nodeSpec, log io.Writer) (point, error) {
 		}
 	}
 	fmt.Fprintf(log, "bench: %3d VFs (%d PFs): %d rounds in %.1fs\n", n, spec.pfs, spec.runs, time.Since(start).Seconds())
+	if spec.agentEvents > 0 && spec.pfs > 1 {
+		start = time.Now()
+		if p.agent, err = agentEvents(w, fmt.Sprintf("bpf%d", spec.pfs-1), spec.agentEvents); err != nil {
+			return point{}, fmt.Errorf("agent: %w", err)
+		}
+		fmt.Fprintf(log, "bench: agent: %d events in %.1fs\n", spec.agentEvents, time.Since(start).Seconds())
+	}
 	return p, nil
 }
 
@@ -258,17 +271,18 @@ func cycle(w *world, m method, cid string, hostNames, podNames []string) (sample
 	}
 	defer removePod()
 	var s sample
-	var rss int64
-	if s.add, s.rss, err = m.add(w, pod, cid); err != nil {
+	var u usage
+	if s.add, u, err = m.add(w, pod, cid); err != nil {
 		return s, fmt.Errorf("ADD: %w", err)
 	}
 	if err := checkNames(pod, "pod after ADD", podNames); err != nil {
 		return s, err
 	}
-	if s.del, rss, err = m.del(w, pod, cid); err != nil {
+	s.rss, s.cpu = u.rssKiB, u.cpu
+	if s.del, u, err = m.del(w, pod, cid); err != nil {
 		return s, fmt.Errorf("DEL: %w", err)
 	}
-	s.rss = max(s.rss, rss)
+	s.rss, s.cpu = max(s.rss, u.rssKiB), s.cpu+u.cpu
 	if err := checkNames(pod, "pod after DEL", nil); err != nil {
 		return s, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -20,21 +21,46 @@ import (
 )
 
 // method is one way of handing the world's devices to a pod and back.
-// add and del return the wall time as the runtime sees it and the peak RSS
-// in KiB of the largest process involved (0 for in-process work).
+// add and del return the wall time as the runtime sees it and what the
+// work used.
 type method interface {
 	name() string
-	add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error)
-	del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error)
+	add(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error)
+	del(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error)
+}
+
+// usage is the peak RSS in KiB of the largest process involved (0 for
+// in-process work) and the CPU time (user and system) spent: the child's,
+// or the calling thread's for the floor. CPU time hardly depends on how
+// long the kernel's netns moves sleep in their RCU barrier, which is most
+// of the wall time and most of its noise on a shared machine, so it shows
+// the plugin's own work more steadily than wall time does.
+type usage struct {
+	rssKiB int64
+	cpu    time.Duration
+}
+
+func cpuOf(ru *syscall.Rusage) time.Duration {
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// threadCPU is the CPU time of the calling thread so far; the caller
+// holds its goroutine on the thread.
+func threadCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(unix.RUSAGE_THREAD, &ru); err != nil {
+		return 0
+	}
+	return cpuOf(&ru)
 }
 
 // exe runs a CNI plugin binary as a runtime does: CNI env, config on
 // stdin, with the calling thread in the world's host netns (the child
 // inherits the netns of the thread that forks it).
-func exe(w *world, path string, env []string, stdin []byte) (time.Duration, int64, error) {
+func exe(w *world, path string, env []string, stdin []byte) (time.Duration, usage, error) {
 	var out, errOut bytes.Buffer
 	var took time.Duration
-	var rss int64
+	var u usage
 	err := w.host.Do(func(ns.NetNS) error {
 		cmd := exec.Command(path)
 		if len(wrap) > 0 {
@@ -48,15 +74,15 @@ func exe(w *world, path string, env []string, stdin []byte) (time.Duration, int6
 		took = time.Since(start)
 		if cmd.ProcessState != nil {
 			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-				rss = ru.Maxrss
+				u = usage{rssKiB: ru.Maxrss, cpu: cpuOf(ru)}
 			}
 		}
 		return err
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("%s %v: %w\nstdout: %s\nstderr: %s", filepath.Base(path), env[:3], err, out.Bytes(), errOut.Bytes())
+		return 0, usage{}, fmt.Errorf("%s %v: %w\nstdout: %s\nstderr: %s", filepath.Base(path), env[:3], err, out.Bytes(), errOut.Bytes())
 	}
-	return took, rss, nil
+	return took, u, nil
 }
 
 // wrap, when set, is a command the plugin binaries are run under (strace,
@@ -88,11 +114,11 @@ func nodeEnv(w *world) string { return config.NodeConfigEnv + "=" + w.nodeFile }
 
 func (m *pluginMethod) name() string { return m.label }
 
-func (m *pluginMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *pluginMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return exe(w, m.bin, append(cniEnv("ADD", cid, pod, podIfName, filepath.Dir(m.bin)), nodeEnv(w)), m.conf)
 }
 
-func (m *pluginMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *pluginMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return exe(w, m.bin, append(cniEnv("DEL", cid, pod, podIfName, filepath.Dir(m.bin)), nodeEnv(w)), m.conf)
 }
 
@@ -107,25 +133,25 @@ func (m *hostDeviceMethod) conf(d device) []byte {
 	return b
 }
 
-func (m *hostDeviceMethod) each(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *hostDeviceMethod) each(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	var total time.Duration
-	var peak int64
+	var sum usage
 	for _, d := range w.devices() {
-		took, rss, err := exe(w, m.bin, cniEnv(cmd, cid, pod, d.podName, filepath.Dir(m.bin)), m.conf(d))
+		took, u, err := exe(w, m.bin, cniEnv(cmd, cid, pod, d.podName, filepath.Dir(m.bin)), m.conf(d))
 		if err != nil {
-			return 0, 0, err
+			return 0, usage{}, err
 		}
 		total += took
-		peak = max(peak, rss)
+		sum = usage{rssKiB: max(sum.rssKiB, u.rssKiB), cpu: sum.cpu + u.cpu}
 	}
-	return total, peak, nil
+	return total, sum, nil
 }
 
-func (m *hostDeviceMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *hostDeviceMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return m.each(w, "ADD", pod, cid)
 }
 
-func (m *hostDeviceMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *hostDeviceMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return m.each(w, "DEL", pod, cid)
 }
 
@@ -145,24 +171,30 @@ func (f floorMethod) name() string {
 	return "floor"
 }
 
-func (f floorMethod) add(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
-	start := time.Now()
+func (f floorMethod) add(w *world, pod ns.NetNS, _ string) (time.Duration, usage, error) {
 	want := map[string]string{}
 	for _, d := range w.devices() {
 		want[d.name] = d.podName
 	}
-	err := transfer(w.host, pod, want, podIfName, f.viaTransit)
-	return time.Since(start), 0, err
+	return onThread(func() error { return transfer(w.host, pod, want, podIfName, f.viaTransit) })
 }
 
-func (f floorMethod) del(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
-	start := time.Now()
+// onThread times f with its goroutine held on one thread, for the
+// thread's CPU time.
+func onThread(f func() error) (time.Duration, usage, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cpu, start := threadCPU(), time.Now()
+	err := f()
+	return time.Since(start), usage{cpu: threadCPU() - cpu}, err
+}
+
+func (f floorMethod) del(w *world, pod ns.NetNS, _ string) (time.Duration, usage, error) {
 	want := map[string]string{}
 	for _, d := range w.devices() {
 		want[d.podName] = d.name
 	}
-	err := transfer(pod, w.host, want, "", f.viaTransit)
-	return time.Since(start), 0, err
+	return onThread(func() error { return transfer(pod, w.host, want, "", f.viaTransit) })
 }
 
 // transfer moves the links of src named as the keys of names into dst,
@@ -246,29 +278,29 @@ type inProcMethod struct{ conf []byte }
 
 func (inProcMethod) name() string { return "plugin-inproc" }
 
-func (m inProcMethod) call(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m inProcMethod) call(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	var out, logs bytes.Buffer
 	p := plugin.New()
 	p.NodeConfigFile, p.Stdout, p.Stderr = w.nodeFile, &out, &logs
 	f := map[string]func(*skel.CmdArgs) error{"ADD": p.Add, "DEL": p.Del}[cmd]
 	args := &skel.CmdArgs{ContainerID: cid, Netns: pod.Path(), IfName: podIfName, StdinData: m.conf}
 	var took time.Duration
+	var u usage
 	err := w.host.Do(func(ns.NetNS) error {
-		start := time.Now()
-		err := f(args)
-		took = time.Since(start)
+		var err error
+		took, u, err = onThread(func() error { return f(args) })
 		return err
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("%w\n%s", err, logs.Bytes())
+		return 0, usage{}, fmt.Errorf("%w\n%s", err, logs.Bytes())
 	}
-	return took, 0, nil
+	return took, u, nil
 }
 
-func (m inProcMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m inProcMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return m.call(w, "ADD", pod, cid)
 }
 
-func (m inProcMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m inProcMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return m.call(w, "DEL", pod, cid)
 }

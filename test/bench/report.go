@@ -57,9 +57,10 @@ func pick(ss []sample, f func(sample) time.Duration) []time.Duration {
 	return out
 }
 
-func total(s sample) time.Duration { return s.add + s.del }
-func addOf(s sample) time.Duration { return s.add }
-func delOf(s sample) time.Duration { return s.del }
+func total(s sample) time.Duration       { return s.add + s.del }
+func cpuOfSample(s sample) time.Duration { return s.cpu }
+func addOf(s sample) time.Duration       { return s.add }
+func delOf(s sample) time.Duration       { return s.del }
 
 // row is one line of the table: medians of ADD+DEL per cycle.
 type row struct {
@@ -70,6 +71,7 @@ type row struct {
 	pluginAdd, pluginDl stat
 	floorAdd, floorDel  stat
 	hdAdd, hdDel        stat
+	pluginCPU, floorCPU stat
 	n, nHD              int
 }
 
@@ -91,6 +93,7 @@ func rows(res *results) []row {
 			pluginAdd: statOf(pick(pl, addOf)), pluginDl: statOf(pick(pl, delOf)),
 			floorAdd: statOf(pick(fl, addOf)), floorDel: statOf(pick(fl, delOf)),
 			hdAdd: statOf(pick(hd, addOf)), hdDel: statOf(pick(hd, delOf)),
+			pluginCPU: statOf(pick(pl, cpuOfSample)), floorCPU: statOf(pick(fl, cpuOfSample)),
 			vsFloor: pairedRatio(pl, fl), vsHD: pairedRatio(hd, pl)}
 		for _, s := range pl {
 			r.rssKiB = max(r.rssKiB, s.rss)
@@ -238,11 +241,11 @@ func noise(w io.Writer, rs []row) {
 
 // detail writes ADD and DEL apart, with their spread.
 func detail(w io.Writer, rs []row) {
-	fmt.Fprintln(w, "| VFs | runs (host-device) | plugin ADD | plugin DEL | floor ADD | floor DEL | host-device ADD | host-device DEL |")
-	fmt.Fprintln(w, "|----:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| VFs | runs (host-device) | plugin ADD | plugin DEL | floor ADD | floor DEL | host-device ADD | host-device DEL | plugin CPU, ADD+DEL | floor CPU, ADD+DEL |")
+	fmt.Fprintln(w, "|----:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rs {
-		fmt.Fprintf(w, "| %s | %d (%d) | %s | %s | %s | %s | %s | %s |\n", r.label(), r.n, r.nHD,
-			r.pluginAdd, r.pluginDl, r.floorAdd, r.floorDel, r.hdAdd, r.hdDel)
+		fmt.Fprintf(w, "| %s | %d (%d) | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.label(), r.n, r.nHD,
+			r.pluginAdd, r.pluginDl, r.floorAdd, r.floorDel, r.hdAdd, r.hdDel, r.pluginCPU, r.floorCPU)
 	}
 }
 
@@ -256,8 +259,9 @@ func extras(w io.Writer, res *results) {
 				continue
 			}
 			t, pl := statOf(pick(ss, total)), statOf(pick(p.samples["plugin"], total))
-			fmt.Fprintf(w, "%s, %d VFs, %d PFs: ADD+DEL %.1f ms (ADD %s, DEL %s); plugin %.1f ms; %s/plugin %.2f\n",
-				name, p.vfs, max(p.pfs, 1), t.med, statOf(pick(ss, addOf)), statOf(pick(ss, delOf)), pl.med, name, t.med/pl.med)
+			fmt.Fprintf(w, "%s, %d VFs, %d PFs: ADD+DEL %.1f ms (ADD %s, DEL %s); plugin %.1f ms; %s/plugin %s; CPU %s ms, plugin's %s ms\n",
+				name, p.vfs, max(p.pfs, 1), t.med, statOf(pick(ss, addOf)), statOf(pick(ss, delOf)), pl.med, name, pairedRatio(ss, p.samples["plugin"]),
+				statOf(pick(ss, cpuOfSample)), statOf(pick(p.samples["plugin"], cpuOfSample)))
 		}
 	}
 }
@@ -357,7 +361,7 @@ func report(w io.Writer, res *results) {
 	rs := rows(res)
 	fmt.Fprintf(w, "\nADD+DEL per cycle, median over the runs; ratios paired by round, geometric mean [95%% interval] (kernel %s, %d CPUs):\n\n", res.kernel, res.cpus)
 	table(w, rs)
-	fmt.Fprintln(w, "\nADD and DEL apart, ms, median [interquartile range]:")
+	fmt.Fprintln(w, "\nADD and DEL apart, and CPU time (user+system: the plugin process's, the floor's thread's), ms, median [interquartile range]:")
 	fmt.Fprintln(w)
 	detail(w, rs)
 	fmt.Fprintln(w, "\nNoise: spread of the per-round ratios (sd of their logs) and the rounds it takes for ±2.5%:")
@@ -365,9 +369,23 @@ func report(w io.Writer, res *results) {
 	noise(w, rs)
 	extras(w, res)
 	fmt.Fprintf(w, "plugin process start (exec to exit of a VERSION call): %s ms\n", statOf(res.start))
+	agentLine(w, res)
 	fmt.Fprintln(w, "\nTargets (issues 6 and 20):")
 	targets(w, rs)
 	fmt.Fprintln(w)
+}
+
+// agentLine writes the node agent's cost per event, and issue 20's target
+// for it, when the run measured it.
+func agentLine(w io.Writer, res *results) {
+	for _, p := range res.points {
+		if len(p.agent) == 0 {
+			continue
+		}
+		st := statOf(p.agent)
+		fmt.Fprintf(w, "Node agent, %d PFs x %d VFs: netlink event (an address on a PF, on or off) to the device plugin's Update showing it: %s ms over %d events (issue 20: ≤ 100 ms: %s).\n",
+			p.pfs, p.vfs, st, len(p.agent), map[bool]string{true: "holds", false: "MISSED"}[st.med <= 100])
+	}
 }
 
 // summary is the line `make bench` prints for one VF count of a single
@@ -385,8 +403,14 @@ func summary(res *results, vfs int) string {
 func nodeSummary(res *results) string {
 	for _, r := range rows(res) {
 		if r.pfs > 1 {
-			return fmt.Sprintf("bench: node=%dx%d rounds=%d plugin_ms=%.1f floor_ms=%.1f hostdevice_ms=%.1f vs_floor=%.3f [%.3f–%.3f] vs_hostdevice=%.2f [%.2f–%.2f]",
-				r.pfs, r.vfs, r.n, r.plugin.med, r.floor.med, r.hd.med, r.vsFloor.est, r.vsFloor.lo, r.vsFloor.hi, r.vsHD.est, r.vsHD.lo, r.vsHD.hi)
+			agent := ""
+			for _, p := range res.points {
+				if p.pfs == r.pfs && len(p.agent) > 0 {
+					agent = fmt.Sprintf(" agent_event_ms=%.1f", statOf(p.agent).med)
+				}
+			}
+			return fmt.Sprintf("bench: node=%dx%d rounds=%d plugin_ms=%.1f floor_ms=%.1f hostdevice_ms=%.1f vs_floor=%.3f [%.3f–%.3f] vs_hostdevice=%.2f [%.2f–%.2f]%s",
+				r.pfs, r.vfs, r.n, r.plugin.med, r.floor.med, r.hd.med, r.vsFloor.est, r.vsFloor.lo, r.vsFloor.hi, r.vsHD.est, r.vsHD.lo, r.vsHD.hi, agent)
 		}
 	}
 	return ""
@@ -450,7 +474,9 @@ type rawRun struct {
 type rawPoint struct {
 	VFs int `json:"vfs"`
 	// PFs is the node's PFs, one PF handed out; absent for 1.
-	PFs     int                    `json:"pfs,omitempty"`
+	PFs int `json:"pfs,omitempty"`
+	// AgentMs is the node agent's time per event (agentEvents).
+	AgentMs []float64              `json:"agentMs,omitempty"`
 	Samples map[string][]rawSample `json:"samples"`
 }
 
@@ -458,6 +484,8 @@ type rawSample struct {
 	AddMs  float64 `json:"addMs"`
 	DelMs  float64 `json:"delMs"`
 	RSSKiB int64   `json:"rssKiB,omitempty"`
+	// CPUMs is the CPU time of ADD and DEL (user and system).
+	CPUMs float64 `json:"cpuMs,omitempty"`
 }
 
 func toRaw(res *results) rawRun {
@@ -470,9 +498,12 @@ func toRaw(res *results) rawRun {
 		if p.pfs > 1 {
 			rp.PFs = p.pfs
 		}
+		for _, d := range p.agent {
+			rp.AgentMs = append(rp.AgentMs, ms(d))
+		}
 		for m, ss := range p.samples {
 			for _, s := range ss {
-				rp.Samples[m] = append(rp.Samples[m], rawSample{AddMs: ms(s.add), DelMs: ms(s.del), RSSKiB: s.rss})
+				rp.Samples[m] = append(rp.Samples[m], rawSample{AddMs: ms(s.add), DelMs: ms(s.del), RSSKiB: s.rss, CPUMs: ms(s.cpu)})
 			}
 		}
 		r.Points = append(r.Points, rp)
@@ -497,9 +528,12 @@ func load(path string) (*results, error) {
 	}
 	for _, rp := range r.Points {
 		p := point{vfs: rp.VFs, pfs: max(rp.PFs, 1), samples: map[string][]sample{}}
+		for _, v := range rp.AgentMs {
+			p.agent = append(p.agent, fromMs(v))
+		}
 		for m, ss := range rp.Samples {
 			for _, s := range ss {
-				p.samples[m] = append(p.samples[m], sample{add: fromMs(s.AddMs), del: fromMs(s.DelMs), rss: s.RSSKiB})
+				p.samples[m] = append(p.samples[m], sample{add: fromMs(s.AddMs), del: fromMs(s.DelMs), rss: s.RSSKiB, cpu: fromMs(s.CPUMs)})
 			}
 		}
 		res.points = append(res.points, p)
@@ -588,11 +622,13 @@ func writeMarkdown(w io.Writer, res *results, kept string) {
 	fmt.Fprintln(w)
 	table(w, rs)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "## ADD and DEL apart, ms: median [interquartile range]")
+	fmt.Fprintln(w, "## ADD and DEL apart, and CPU time, ms: median [interquartile range]")
 	fmt.Fprintln(w)
 	detail(w, rs)
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "Plugin process start alone (exec to exit of a VERSION call): %s ms.\n\n", statOf(res.start))
+	agentLine(w, res)
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "## Noise: the spread of the per-round ratios and the rounds it takes")
 	fmt.Fprintln(w)
 	noise(w, rs)
