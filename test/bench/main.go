@@ -27,9 +27,9 @@ func main() {
 	var (
 		pluginBin = flag.String("plugin", "bin/sriov-passthrough-cni", "the built plugin binary")
 		hdBin     = flag.String("host-device", "_output/bench/host-device", "containernetworking host-device binary (\"\" to skip)")
-		vfList    = flag.String("vfs", "0,8,32,128,256", "VF counts to measure on one PF alone (\"\" for none: the -node only)")
+		vfList    = flag.String("vfs", "0,8,32,128", "VF counts to measure on one PF alone (\"\" for none: the -node only); the -node is the 256-VF point")
 		runs      = flag.String("runs", "0:41,8:15,32:9,128:5,256:3", "ADD+DEL cycles of the plugin and the floor per VF count (vfs:runs,...; a bare number for all)")
-		hdRuns    = flag.String("host-device-runs", "0:9,8:5,32:3,128:3,256:2", "host-device cycles per VF count (it is slow), at most -runs")
+		hdRuns    = flag.String("host-device-runs", "0:9,8:5,32:3,128:2,256:2", "host-device cycles per VF count (it is slow), at most -runs")
 		node      = flag.String("node", "8x256", "also a node of PFSxVFS (fake sysfs, all links present) where one PF is handed out (\"\" to skip)")
 		nodeRuns  = flag.Int("node-runs", 6, "ADD+DEL cycles of the plugin and the floor on the -node")
 		nodeHD    = flag.Int("node-host-device-runs", 2, "host-device cycles on the -node, at most -node-runs")

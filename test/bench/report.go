@@ -187,6 +187,15 @@ func (r ratio) String() string {
 	return fmt.Sprintf("%.2f [%.2f–%.2f]", r.est, r.lo, r.hi)
 }
 
+// short is the ratio for the summary line, with its interval when there
+// is one: "1.031[1.012-1.050]" (no spaces: the line is key=value).
+func (r ratio) short(digits int) string {
+	if r.n < 2 {
+		return fmt.Sprintf("%.*f", digits, r.est)
+	}
+	return fmt.Sprintf("%.*f[%.*f-%.*f]", digits, r.est, digits, r.lo, digits, r.hi)
+}
+
 // t975 is the 97.5% quantile of Student's t with df degrees of freedom.
 func t975(df int) float64 {
 	table := []float64{12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -409,8 +418,8 @@ func nodeSummary(res *results) string {
 					agent = fmt.Sprintf(" agent_event_ms=%.1f", statOf(p.agent).med)
 				}
 			}
-			return fmt.Sprintf("bench: node=%dx%d rounds=%d plugin_ms=%.1f floor_ms=%.1f hostdevice_ms=%.1f vs_floor=%.3f [%.3f–%.3f] vs_hostdevice=%.2f [%.2f–%.2f]%s",
-				r.pfs, r.vfs, r.n, r.plugin.med, r.floor.med, r.hd.med, r.vsFloor.est, r.vsFloor.lo, r.vsFloor.hi, r.vsHD.est, r.vsHD.lo, r.vsHD.hi, agent)
+			return fmt.Sprintf("bench: node=%dx%d rounds=%d plugin_ms=%.1f floor_ms=%.1f hostdevice_ms=%.1f vs_floor=%s vs_hostdevice=%s%s",
+				r.pfs, r.vfs, r.n, r.plugin.med, r.floor.med, r.hd.med, r.vsFloor.short(3), r.vsHD.short(2), agent)
 		}
 	}
 	return ""
@@ -674,6 +683,19 @@ const whereText = `
   BenchmarkStoreSaveGet); discovery of a PF with 256 VFs takes ~15 ms on
   the fake sysfs (BenchmarkSysfsPF), most of it filepath.EvalSymlinks per
   virtfn link; one readlink per link would cut it to ~4 ms.
+- **On a node of many PFs** (8 x 256 VFs, 2056 host links) two costs grew
+  with the node, not the PF, and are gone: the PF policy indexed every host
+  link again for the PF and each of its VFs (quadratic: 0.3-0.6 s of CPU
+  per ADD, BenchmarkPolicyJudge, and about 1.5 s per agent event, as the
+  agent judges all 8 PFs), and an unpinned ADD read the VFs of every PF in
+  sysfs before choosing the first (about 4000 reads for the 7 PFs it does
+  not take). What is left above the floor is mostly CPU: the plugin
+  process spends about 1 s of CPU per cycle against the floor's 0.3 s.
+  Most of it is the Go runtime handing its P off around each ~20 ms
+  blocking netns move (futex and nanosleep dominate strace -f -c) and
+  whole-netns link dumps (ByPCI on the host: DEL dumps all 2057 links
+  twice, and on this fake sysfs looks each untagged link up in sysfs,
+  which a real kernel of 5.14 or later answers in the dump itself).
 - **host-device** pays the same ~20 ms moves, twice as many of them (it
   sends every device through a temporary netns: 4 moves per device per
   cycle), plus one process per device per command (~10-15 ms each with its
@@ -689,6 +711,7 @@ Profile it yourself:
     make bench BENCH_FLAGS='-vfs 0,8 -runs 9 -host-device "" -out "" -inproc'   # plugin without exec
     make bench BENCH_FLAGS='-vfs 32 -runs 5 -host-device "" -out "" -compare old-build/sriov-passthrough-cni'
     go -C test/bench test -run XXX -bench . -cpuprofile /tmp/cpu.out
+    make bench BENCH_FLAGS='-vfs "" -node-runs 2 -host-device "" -out "" -inproc -cpuprofile /tmp/node.prof'   # the node, plugin in process
 `
 
 const methodText = `
@@ -702,9 +725,19 @@ round to round, and every cycle is checked (all devices in the pod after
 ADD, all back on the host under their names after DEL). Only ADD and DEL
 are timed.
 
+The 256-VF point is a node: 8 PFs of 256 VFs each (-node 8x256), all 2056
+links in the host netns and all 8 PFs in the fake sysfs, and one PF, the
+first, handed out. Link dumps and sysfs scans that grow with the node show
+there. On that node the bench also runs the node agent (pkg/agent, in
+process, on the world's host netns and sysfs, no resync) and times
+netlink events: a global address put on the last PF (it becomes an uplink
+and leaves the device list) or taken off, to the device plugin's Update
+with the list that shows it, which is what wakes the kubelet's
+ListAndWatch. That includes the agent's 20 ms wait for a burst to settle.
+
 - **plugin**: one exec of bin/sriov-passthrough-cni for ADD and one for DEL,
   with the CNI env and the config on stdin, as a runtime does. Wall time from
-  fork to exit; peak RSS from the child's rusage.
+  fork to exit; peak RSS and CPU time (user+system) from the child's rusage.
 - **host-device**: containernetworking/plugins v1.10.0 host-device, one exec
   per device for ADD (the PF as net1, each VF under its own name) and one per
   device for DEL: what a user would script without this plugin.
@@ -714,18 +747,28 @@ are timed.
   into transit, the rename there and a move on (the PF, net1 in the pod);
   the PF is set up in the pod. No process start, no config, no sysfs, no
   state files, no tags. That is the least the kernel can be asked to do
-  without renaming on the host.
+  without renaming on the host. Its CPU time is its thread's.
 
-ADD+DEL of one cycle is the unit; ratios are of medians from the same run.
+ADD+DEL of one cycle is the unit. Sample i of every method is from round
+i, so a ratio is taken per round (the machine's drift between rounds
+cancels) and the table gives the geometric mean of the per-round ratios
+with its 95% interval (Student's t on their logarithms). The noise table
+gives the spread of one round's ratio and the rounds an interval of ±2.5%
+would need at that spread: whether the run could tell a 5% difference.
+Most of the wall time is the kernel's netns moves asleep in an RCU barrier,
+and that is where the noise of a shared machine lands; CPU time hardly
+depends on it, so the CPU columns show the plugin's own work more steadily.
 The state directory is on the machine's disk, as /var/lib/cni is on a node.
 
-Reproduce (as root; about three to five minutes on 2 cores):
+Reproduce (as root; about six minutes on 2 shared cores):
 
     sudo make bench
 
 It writes docs/bench.md (this page; the part written by hand is kept),
-docs/bench.png and docs/bench.json; its last line is
-` + "`bench: vfs=128 plugin_ms=... floor_ms=... hostdevice_ms=... vs_floor=... vs_hostdevice=...`" + `.
-` + "`_output/bench/bench -h`" + ` (built by make bench) lists the knobs (VF counts, runs per count);
-` + "`make bench BENCH_FLAGS='...'`" + ` passes flags to it.
+docs/bench.png and docs/bench.json; its last two lines are
+` + "`bench: node=8x256 rounds=... plugin_ms=... floor_ms=... hostdevice_ms=... vs_floor=...[lo-hi] vs_hostdevice=...[lo-hi] agent_event_ms=...`" + `
+and ` + "`bench: vfs=128 plugin_ms=... floor_ms=... hostdevice_ms=... vs_floor=... vs_hostdevice=...`" + `.
+` + "`_output/bench/bench -h`" + ` (built by make bench) lists the knobs (VF counts, runs per count,
+the node and its rounds, agent events); ` + "`make bench BENCH_FLAGS='...'`" + ` passes flags to it.
+An interrupted run (SIGINT, SIGTERM, SIGHUP) removes its netns and files before it exits.
 `
