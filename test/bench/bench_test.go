@@ -53,6 +53,33 @@ func BenchmarkSysfsPFs(b *testing.B) {
 	}
 }
 
+// BenchmarkSysfsChooseFirst is discovery as an unpinned ADD runs it on a
+// node of 8 PFs of 256 VFs and 200 veths when the first PF is free: the
+// PFs listed, and only the first read with its VFs.
+func BenchmarkSysfsChooseFirst(b *testing.B) {
+	s := sriov.Sysfs{Root: largeSysfs(b, 8, 256, 200)}
+	for b.Loop() {
+		refs, err := s.PFRefs()
+		if err != nil || len(refs) != 8 {
+			b.Fatalf("PFRefs: %d, %v", len(refs), err)
+		}
+		if pf, err := s.Read(refs[0]); err != nil || len(pf.VFs) != 256 {
+			b.Fatalf("Read: %v", err)
+		}
+	}
+}
+
+// BenchmarkSysfsPFsNode is every PF of that node read with its VFs, as an
+// unpinned ADD did before it read them one at a time.
+func BenchmarkSysfsPFsNode(b *testing.B) {
+	s := sriov.Sysfs{Root: largeSysfs(b, 8, 256, 200)}
+	for b.Loop() {
+		if pfs, err := s.PFs(); err != nil || len(pfs) != 8 {
+			b.Fatalf("PFs: %d, %v", len(pfs), err)
+		}
+	}
+}
+
 // BenchmarkSysfsPF is discovery of one pinned PF with 256 VFs (DEL's vet,
 // a deviceID from multus).
 func BenchmarkSysfsPF(b *testing.B) {

@@ -608,6 +608,15 @@ func plotPNG(path string, rs []row) error {
 			p.Legend.Add(fmt.Sprintf("%s, one PF of a node of %d", s.name, all[len(all)-1].pfs), sc)
 		}
 	}
+	// Room right of the last point: the node's rings sit on the edge.
+	for _, r := range all {
+		p.X.Max = max(p.X.Max, math.Ceil(1.06*float64(r.vfs)/10)*10)
+	}
+	var ticks plot.ConstantTicks
+	for x := 0.0; x <= p.X.Max; x += 50 {
+		ticks = append(ticks, plot.Tick{Value: x, Label: fmt.Sprint(x)})
+	}
+	p.X.Tick.Marker = ticks
 	p.Legend.Top, p.Legend.Left = true, true
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
