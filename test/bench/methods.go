@@ -156,12 +156,12 @@ func (m *hostDeviceMethod) del(w *world, pod ns.NetNS, cid string) (time.Duratio
 }
 
 // floorMethod does only the kernel work the plugin does, in process: one
-// link dump where the devices are, a private transit netns, and per device
-// either one move straight to the target (its name stays) or a move into
-// transit, a rename there and a move on; the PF is set up in the pod. No
+// link dump where the devices are and one move per device straight to the
+// other side; the PF is renamed in the pod (after its move on ADD, set
+// down and renamed before its move on DEL) and set up there on ADD. No
 // config, no sysfs, no state, no tags, no process start. With viaTransit
-// every device goes through transit, as the plugin did before it sent
-// devices that keep their names straight to the pod.
+// every device goes through a transit netns both ways, as the plugin did
+// before it sent devices straight to the pod.
 type floorMethod struct{ viaTransit bool }
 
 func (f floorMethod) name() string {
@@ -176,7 +176,10 @@ func (f floorMethod) add(w *world, pod ns.NetNS, _ string) (time.Duration, usage
 	for _, d := range w.devices() {
 		want[d.name] = d.podName
 	}
-	return onThread(func() error { return transfer(w.host, pod, want, podIfName, f.viaTransit) })
+	if f.viaTransit {
+		return onThread(func() error { return transfer(w.host, pod, want, podIfName, true) })
+	}
+	return onThread(func() error { return moveEach(w.host, pod, want, podIfName, false) })
 }
 
 // onThread times f with its goroutine held on one thread, for the
@@ -194,32 +197,105 @@ func (f floorMethod) del(w *world, pod ns.NetNS, _ string) (time.Duration, usage
 	for _, d := range w.devices() {
 		want[d.podName] = d.name
 	}
-	return onThread(func() error { return transfer(pod, w.host, want, "", f.viaTransit) })
+	if f.viaTransit {
+		return onThread(func() error { return transfer(pod, w.host, want, "", true) })
+	}
+	return onThread(func() error { return moveEach(pod, w.host, want, "", true) })
 }
 
-// transfer moves the links of src named as the keys of names into dst,
-// renamed to the values in a fresh transit netns; up is set up in dst.
+// handles opens a netlink handle in each netns; closeAll closes them.
+func handles(nss ...ns.NetNS) (hs []*netlink.Handle, closeAll func(), err error) {
+	closeAll = func() {
+		for _, h := range hs {
+			h.Close()
+		}
+	}
+	for _, n := range nss {
+		h, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
+		if err != nil {
+			closeAll()
+			return nil, func() {}, err
+		}
+		hs = append(hs, h)
+	}
+	return hs, closeAll, nil
+}
+
+// moveEach moves the links of src named as the keys of names into dst,
+// one move each, and renames those whose name changes to the values:
+// before the move, set down, in src when renameInSrc (DEL: the pod), else
+// after it in dst (ADD: the pod). up is set up in dst.
+func moveEach(src, dst ns.NetNS, names map[string]string, up string, renameInSrc bool) error {
+	hs, closeAll, err := handles(src, dst)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	hSrc, hDst := hs[0], hs[1]
+	links, err := hSrc.LinkList()
+	if err != nil {
+		return err
+	}
+	found := 0
+	for _, l := range links {
+		to, ok := names[l.Attrs().Name]
+		if !ok {
+			continue
+		}
+		found++
+		if to != l.Attrs().Name && renameInSrc {
+			if err := hSrc.LinkSetDown(l); err != nil {
+				return err
+			}
+			if err := hSrc.LinkSetName(l, to); err != nil {
+				return fmt.Errorf("rename %q to %q: %w", l.Attrs().Name, to, err)
+			}
+			l.Attrs().Name = to
+		}
+		if err := hSrc.LinkSetNsFd(l, int(dst.Fd())); err != nil {
+			return fmt.Errorf("move %q: %w", l.Attrs().Name, err)
+		}
+		// The kernel keeps a device's ifindex across netns moves unless
+		// the target uses it.
+		if to != l.Attrs().Name {
+			if err := hDst.LinkSetName(l, to); err != nil {
+				return fmt.Errorf("rename %q to %q: %w", l.Attrs().Name, to, err)
+			}
+			l.Attrs().Name = to
+		}
+		if to == up {
+			if err := hDst.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+	}
+	if found != len(names) {
+		return fmt.Errorf("found %d of %d links", found, len(names))
+	}
+	return nil
+}
+
+// transfer moves the links of src named as the keys of names into dst
+// through a fresh transit netns, renamed there to the values, each device
+// when allViaTransit, else only those renamed; up is set up in dst.
 func transfer(src, dst ns.NetNS, names map[string]string, up string, allViaTransit bool) error {
-	hSrc, err := netlink.NewHandleAt(netns.NsHandle(src.Fd()), unix.NETLINK_ROUTE)
+	hs, closeAll, err := handles(src, dst)
 	if err != nil {
 		return err
 	}
-	defer hSrc.Close()
-	hDst, err := netlink.NewHandleAt(netns.NsHandle(dst.Fd()), unix.NETLINK_ROUTE)
-	if err != nil {
-		return err
-	}
-	defer hDst.Close()
+	defer closeAll()
+	hSrc, hDst := hs[0], hs[1]
 	transit, err := ns.TempNetNS()
 	if err != nil {
 		return err
 	}
 	defer transit.Close()
-	hT, err := netlink.NewHandleAt(netns.NsHandle(transit.Fd()), unix.NETLINK_ROUTE)
+	ht, closeT, err := handles(transit)
 	if err != nil {
 		return err
 	}
-	defer hT.Close()
+	defer closeT()
+	hT := ht[0]
 
 	links, err := hSrc.LinkList()
 	if err != nil {

@@ -681,11 +681,12 @@ const whereText = `
   number of moves times ~20 ms, and moves serialise on the RTNL: no
   parallelism helps.
 - **The plugin's levers are the moves.** The plugin used to send every
-  device host -> transit -> pod and back the same way: 4 moves per VF per
-  cycle. Devices that keep their name (every VF, as a rule) need no rename,
-  so no transit: they now go straight to the pod and straight home, 2 moves
-  per VF per cycle, the minimum. Only the PF (renamed to CNI_IFNAME) and a
-  VF whose name the pod has go through transit. The floor does the same.
+  device host -> transit -> pod and back the same way: 4 moves per device
+  per cycle. Now every device, the PF included, goes straight to the pod
+  and straight home, 2 moves per device per cycle, the minimum; the PF is
+  renamed to CNI_IFNAME in the pod and back there on DEL. Only a device
+  whose name is taken where it goes passes through a transit netns. The
+  floor does the same.
 - **The rest is small.** A fresh plugin process costs ~4 ms to exec and
   start (Go runtime, 7 MB static binary); the state record is written
   twice per ADD and once per DEL with fsync (a few ms on this disk, see
@@ -751,12 +752,12 @@ ListAndWatch. That includes the agent's 20 ms wait for a burst to settle.
   per device for ADD (the PF as net1, each VF under its own name) and one per
   device for DEL: what a user would script without this plugin.
 - **floor**: in-process Go doing only the kernel work the plugin does: one
-  link dump, a fresh transit netns, and per device either one move straight
-  to the other side (a device that keeps its name: every VF here) or a move
-  into transit, the rename there and a move on (the PF, net1 in the pod);
-  the PF is set up in the pod. No process start, no config, no sysfs, no
-  state files, no tags. That is the least the kernel can be asked to do
-  without renaming on the host. Its CPU time is its thread's.
+  link dump and one move per device straight to the other side; the PF is
+  renamed in the pod (net1 after its move on ADD; set down and renamed back
+  before its move on DEL) and set up there on ADD. No process start, no
+  config, no sysfs, no state files, no tags. That is the least the kernel
+  can be asked to do without renaming on the host. Its CPU time is its
+  thread's.
 
 ADD+DEL of one cycle is the unit. Sample i of every method is from round
 i, so a ratio is taken per round (the machine's drift between rounds
