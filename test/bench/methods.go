@@ -221,28 +221,41 @@ func handles(nss ...ns.NetNS) (hs []*netlink.Handle, closeAll func(), err error)
 	return hs, closeAll, nil
 }
 
+// named opens handles in src and dst and lists the links of src named as
+// the keys of names; it fails unless it finds them all.
+func named(src, dst ns.NetNS, names map[string]string) (hSrc, hDst *netlink.Handle, links []netlink.Link, closeAll func(), err error) {
+	hs, closeAll, err := handles(src, dst)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	all, err := hs[0].LinkList()
+	for _, l := range all {
+		if _, ok := names[l.Attrs().Name]; ok {
+			links = append(links, l)
+		}
+	}
+	if err == nil && len(links) != len(names) {
+		err = fmt.Errorf("found %d of %d links", len(links), len(names))
+	}
+	if err != nil {
+		closeAll()
+		return nil, nil, nil, nil, err
+	}
+	return hs[0], hs[1], links, closeAll, nil
+}
+
 // moveEach moves the links of src named as the keys of names into dst,
 // one move each, and renames those whose name changes to the values:
 // before the move, set down, in src when renameInSrc (DEL: the pod), else
 // after it in dst (ADD: the pod). up is set up in dst.
 func moveEach(src, dst ns.NetNS, names map[string]string, up string, renameInSrc bool) error {
-	hs, closeAll, err := handles(src, dst)
+	hSrc, hDst, links, closeAll, err := named(src, dst, names)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	hSrc, hDst := hs[0], hs[1]
-	links, err := hSrc.LinkList()
-	if err != nil {
-		return err
-	}
-	found := 0
 	for _, l := range links {
-		to, ok := names[l.Attrs().Name]
-		if !ok {
-			continue
-		}
-		found++
+		to := names[l.Attrs().Name]
 		if to != l.Attrs().Name && renameInSrc {
 			if err := hSrc.LinkSetDown(l); err != nil {
 				return err
@@ -269,9 +282,6 @@ func moveEach(src, dst ns.NetNS, names map[string]string, up string, renameInSrc
 			}
 		}
 	}
-	if found != len(names) {
-		return fmt.Errorf("found %d of %d links", found, len(names))
-	}
 	return nil
 }
 
@@ -279,12 +289,11 @@ func moveEach(src, dst ns.NetNS, names map[string]string, up string, renameInSrc
 // through a fresh transit netns, renamed there to the values, each device
 // when allViaTransit, else only those renamed; up is set up in dst.
 func transfer(src, dst ns.NetNS, names map[string]string, up string, allViaTransit bool) error {
-	hs, closeAll, err := handles(src, dst)
+	hSrc, hDst, links, closeAll, err := named(src, dst, names)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	hSrc, hDst := hs[0], hs[1]
 	transit, err := ns.TempNetNS()
 	if err != nil {
 		return err
@@ -297,18 +306,9 @@ func transfer(src, dst ns.NetNS, names map[string]string, up string, allViaTrans
 	defer closeT()
 	hT := ht[0]
 
-	links, err := hSrc.LinkList()
-	if err != nil {
-		return err
-	}
 	var parked []netlink.Link
-	found := 0
 	for _, l := range links {
-		to, ok := names[l.Attrs().Name]
-		if !ok {
-			continue
-		}
-		found++
+		to := names[l.Attrs().Name]
 		target := dst
 		if to != l.Attrs().Name || allViaTransit {
 			target = transit
@@ -322,9 +322,6 @@ func transfer(src, dst ns.NetNS, names map[string]string, up string, allViaTrans
 				return err
 			}
 		}
-	}
-	if found != len(names) {
-		return fmt.Errorf("found %d of %d links", found, len(names))
 	}
 	// The kernel keeps a device's ifindex across netns moves unless the
 	// target uses it; a fresh transit netns only has lo.
