@@ -135,16 +135,23 @@ func (o *op) choosePF(recs []*state.Record, view *hostView) (sriov.PF, error) {
 	if addr := o.conf.PinnedPCI(); addr != "" {
 		return o.pinnedPF(addr, rules, view)
 	}
-	pfs, err := o.sys.PFs()
+	// The PFs' VFs are read one PF at a time, up to the one chosen: on a
+	// node of 8 PFs of 256 VFs, reading them all is thousands of sysfs
+	// reads for PFs that are not taken.
+	refs, err := o.sys.PFRefs()
 	if err != nil {
 		return sriov.PF{}, types.NewError(types.ErrIOFailure, "discover SR-IOV PFs", err.Error())
 	}
-	pf, passedOver, ok := rules.Choose(pfs, view.policy)
-	if ok {
+	read := func(i int) (sriov.PF, error) { return o.sys.Read(refs[i]) }
+	pf, passedOver, ok, err := rules.ChooseFrom(len(refs), read, view.policy)
+	switch {
+	case err != nil:
+		return sriov.PF{}, types.NewError(types.ErrIOFailure, "discover SR-IOV PFs", err.Error())
+	case ok:
 		o.log.Info("chose PF", "pf", pf.PCIAddress, "name", pf.Name, "vfs", len(pf.VFs), "passedOver", strings.Join(passedOver, "; "))
 		return pf, nil
 	}
-	why := append(passedOver, heldInPods(recs, pfs)...)
+	why := append(passedOver, heldInPods(recs, refs)...)
 	if len(why) == 0 {
 		why = append(why, fmt.Sprintf("no SR-IOV PF (a netdev whose device has sriov_totalvfs > 0) under %s/class/net", o.conf.SysfsRoot))
 	}
@@ -172,7 +179,7 @@ func (o *op) pinnedPF(addr string, rules policy.Rules, view *hostView) (sriov.PF
 
 // heldInPods names who holds each PF that discovery did not list: a PF in
 // a pod's netns is not under the host's /sys/class/net.
-func heldInPods(recs []*state.Record, listed []sriov.PF) []string {
+func heldInPods(recs []*state.Record, listed []sriov.PFRef) []string {
 	seen := map[string]bool{}
 	for _, pf := range listed {
 		seen[pf.PCIAddress] = true

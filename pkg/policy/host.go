@@ -63,6 +63,12 @@ func (h *Host) Named(name, want string) bool {
 // that is a port of anything is refused too, even when nothing above it
 // carries traffic now: moving it out breaks the node's bond or bridge.
 func (h *Host) UplinkReason(name string) string {
+	return h.uplinkReason(name, h.index())
+}
+
+// uplinkReason is UplinkReason with the links indexed once: Judge asks it
+// for the PF and each of its VFs, and a node has thousands of links.
+func (h *Host) uplinkReason(name string, idx *hostIndex) string {
 	l, ok := h.Links[name]
 	if !ok || name == "" {
 		return ""
@@ -70,11 +76,11 @@ func (h *Host) UplinkReason(name string) string {
 	if why := h.carries(l); why != "" {
 		return l.Name + " " + why
 	}
-	if chain, why := h.upperCarrying(l); why != "" {
+	if chain, why := h.upperCarrying(l, idx); why != "" {
 		return fmt.Sprintf("%s: %s %s", l.Name, chain, why)
 	}
 	if l.MasterIndex != 0 {
-		if m, ok := h.byIndex()[l.MasterIndex]; ok {
+		if m, ok := idx.byIndex[l.MasterIndex]; ok {
 			return fmt.Sprintf("%s is a port of %s %s", l.Name, kindName(m.Kind), m.Name)
 		}
 		return fmt.Sprintf("%s has a master (ifindex %d)", l.Name, l.MasterIndex)
@@ -97,8 +103,7 @@ func (h *Host) carries(l Link) string {
 // returns the first that carries traffic: the chain that leads to it
 // ("its VLAN eth0.100", "its bond bond0, whose VLAN bond0.7") and what it
 // carries.
-func (h *Host) upperCarrying(l Link) (string, string) {
-	byIndex := h.byIndex()
+func (h *Host) upperCarrying(l Link, idx *hostIndex) (string, string) {
 	type step struct {
 		link  Link
 		chain string
@@ -108,7 +113,7 @@ func (h *Host) upperCarrying(l Link) (string, string) {
 	for len(queue) > 0 {
 		cur := queue[0]
 		queue = queue[1:]
-		for _, up := range h.uppers(cur.link, byIndex) {
+		for _, up := range idx.uppers(cur.link) {
 			if seen[up.Index] {
 				continue
 			}
@@ -129,18 +134,18 @@ func (h *Host) upperCarrying(l Link) (string, string) {
 // uppers lists the devices directly above l: those stacked on it, its
 // master, and, when the master is an OVS datapath, the datapath's
 // internal ports (the OVS bridges, which hold the node's address).
-func (h *Host) uppers(l Link, byIndex map[int]Link) []Link {
+func (idx *hostIndex) uppers(l Link) []Link {
 	var out []Link
-	for _, u := range h.Links {
-		if u.ParentIndex == l.Index && u.Index != l.Index {
+	for _, u := range idx.stacked[l.Index] {
+		if u.Index != l.Index {
 			out = append(out, u)
 		}
 	}
-	if m, ok := byIndex[l.MasterIndex]; ok && l.MasterIndex != 0 {
+	if m, ok := idx.byIndex[l.MasterIndex]; ok && l.MasterIndex != 0 {
 		out = append(out, m)
 		if m.Kind == "openvswitch" {
-			for _, u := range h.Links {
-				if u.MasterIndex == m.Index && u.Kind == "openvswitch" && u.Index != l.Index {
+			for _, u := range idx.ports[m.Index] {
+				if u.Kind == "openvswitch" && u.Index != l.Index {
 					out = append(out, u)
 				}
 			}
@@ -151,12 +156,30 @@ func (h *Host) uppers(l Link, byIndex map[int]Link) []Link {
 	return out
 }
 
-func (h *Host) byIndex() map[int]Link {
-	m := make(map[int]Link, len(h.Links))
+// hostIndex is the host's links by ifindex, by the link they are stacked
+// on (ParentIndex) and by their master (MasterIndex): built once per
+// judgment, it makes finding a link's uppers a lookup instead of a walk
+// over every link of the node, for each of a PF's hundreds of VFs.
+type hostIndex struct {
+	byIndex map[int]Link
+	stacked map[int][]Link
+	ports   map[int][]Link
+}
+
+// index indexes the links as they are now. It is not kept: callers (and
+// tests) may change Links between judgments.
+func (h *Host) index() *hostIndex {
+	idx := &hostIndex{byIndex: make(map[int]Link, len(h.Links)), stacked: map[int][]Link{}, ports: map[int][]Link{}}
 	for _, l := range h.Links {
-		m[l.Index] = l
+		idx.byIndex[l.Index] = l
+		if l.ParentIndex != 0 {
+			idx.stacked[l.ParentIndex] = append(idx.stacked[l.ParentIndex], l)
+		}
+		if l.MasterIndex != 0 {
+			idx.ports[l.MasterIndex] = append(idx.ports[l.MasterIndex], l)
+		}
 	}
-	return m
+	return idx
 }
 
 // kindName is how a refusal names a kind of device.

@@ -48,14 +48,15 @@ func (r Rules) Judge(pf sriov.PF, host *Host) Verdict {
 	if bad := notRecordable(pf); bad != "" {
 		return Verdict{Reason: fmt.Sprintf("netdev name %q is not valid UTF-8: a state record cannot hold it, so the device could not be given back", bad), Fixed: true}
 	}
-	if why := host.UplinkReason(pf.Name); why != "" {
+	idx := host.index()
+	if why := host.uplinkReason(pf.Name, idx); why != "" {
 		return Verdict{Reason: "uplink: " + why, Fixed: true}
 	}
 	for _, vf := range pf.VFs {
 		if as := r.reservedAs(vf.Name, host); as != "" && vf.Name != "" {
 			return Verdict{Reason: fmt.Sprintf("its VF %s is reserved", as), Fixed: true}
 		}
-		if why := host.UplinkReason(vf.Name); why != "" {
+		if why := host.uplinkReason(vf.Name, idx); why != "" {
 			return Verdict{Reason: "uplink: its VF " + why, Fixed: true}
 		}
 	}
@@ -132,15 +133,27 @@ func (r Rules) reservedAs(name string, host *Host) string {
 // Choose picks the first PF (discovery lists them by PCI address) that
 // may be taken. When none may, it says for each PF why it was passed over.
 func (r Rules) Choose(pfs []sriov.PF, host *Host) (sriov.PF, []string, bool) {
+	pf, passedOver, ok, _ := r.ChooseFrom(len(pfs), func(i int) (sriov.PF, error) { return pfs[i], nil }, host)
+	return pf, passedOver, ok
+}
+
+// ChooseFrom is Choose over n PFs that read gives one at a time, in PCI
+// address order: only the PFs up to the one chosen are read, not the
+// hundreds of VFs of every PF on the node. An error of read ends it.
+func (r Rules) ChooseFrom(n int, read func(i int) (sriov.PF, error), host *Host) (sriov.PF, []string, bool, error) {
 	var passedOver []string
-	for _, pf := range pfs {
+	for i := range n {
+		pf, err := read(i)
+		if err != nil {
+			return sriov.PF{}, passedOver, false, err
+		}
 		v := r.Judge(pf, host)
 		if v.OK() {
-			return pf, passedOver, true
+			return pf, passedOver, true, nil
 		}
 		passedOver = append(passedOver, fmt.Sprintf("%s (%s): %s", pf.PCIAddress, nameOr(pf.Name, "no netdev"), v.Reason))
 	}
-	return sriov.PF{}, passedOver, false
+	return sriov.PF{}, passedOver, false, nil
 }
 
 func nameOr(name, alt string) string {

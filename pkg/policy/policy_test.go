@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -91,6 +93,35 @@ func TestChooseTakesFirstFreeAndExplainsTheRest(t *testing.T) {
 	_, passed, _ = Rules{}.Choose([]sriov.PF{pf("0000:04:00.0", "")}, h)
 	if len(passed) != 1 || !strings.HasPrefix(passed[0], "0000:04:00.0 (no netdev)") {
 		t.Errorf("passed over: %q", passed)
+	}
+}
+
+// TestChooseFromReadsUpToTheChosen checks that ADD reads the VFs of no PF
+// after the one it takes, and that a failed read ends the choice.
+func TestChooseFromReadsUpToTheChosen(t *testing.T) {
+	h := host(Link{Index: 2, Name: "ens1"}, Link{Index: 3, Name: "ens2"}, Link{Index: 4, Name: "ens3"})
+	h.DefaultRoute[2] = true
+	pfs := []sriov.PF{pf("0000:01:00.0", "ens1"), pf("0000:02:00.0", "ens2"), pf("0000:03:00.0", "ens3")}
+	var read []int
+	got, passed, ok, err := Rules{}.ChooseFrom(len(pfs), func(i int) (sriov.PF, error) {
+		read = append(read, i)
+		return pfs[i], nil
+	}, h)
+	if err != nil || !ok || got.Name != "ens2" || len(passed) != 1 {
+		t.Fatalf("chose %+v ok=%v err=%v passed over %q, want ens2 past ens1", got, ok, err, passed)
+	}
+	if fmt.Sprint(read) != "[0 1]" {
+		t.Errorf("read PFs %v, want [0 1]: none after the chosen one", read)
+	}
+	boom := errors.New("sysfs read failed")
+	_, _, ok, err = Rules{}.ChooseFrom(len(pfs), func(i int) (sriov.PF, error) {
+		if i == 1 {
+			return sriov.PF{}, boom
+		}
+		return pfs[i], nil
+	}, h)
+	if ok || !errors.Is(err, boom) {
+		t.Errorf("ok=%v err=%v, want the read's error", ok, err)
 	}
 }
 

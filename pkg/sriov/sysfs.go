@@ -54,11 +54,37 @@ type VF struct {
 // PFs lists every netdev under class/net whose PCI device can have VFs
 // (sriov_totalvfs > 0), sorted by PCI address.
 func (s Sysfs) PFs() ([]PF, error) {
+	refs, err := s.PFRefs()
+	if err != nil {
+		return nil, err
+	}
+	pfs := make([]PF, 0, len(refs))
+	for _, ref := range refs {
+		pf, err := s.Read(ref)
+		if err != nil {
+			return nil, err
+		}
+		pfs = append(pfs, pf)
+	}
+	return pfs, nil
+}
+
+// PFRef is a PF as PFRefs lists it: where it is, not yet what VFs it has.
+type PFRef struct {
+	PCIAddress string
+	// Name is the PF's netdev under class/net.
+	Name string
+}
+
+// PFRefs is PFs without reading any PF's VFs: a few reads per netdev,
+// where PFs reads two per VF, thousands on a node of several PFs. Read
+// then reads the PFs one at a time.
+func (s Sysfs) PFRefs() ([]PFRef, error) {
 	entries, err := os.ReadDir(filepath.Join(s.Root, "class", "net"))
 	if err != nil {
 		return nil, fmt.Errorf("list network devices in sysfs: %w", err)
 	}
-	var pfs []PF
+	var refs []PFRef
 	for _, e := range entries {
 		dev := filepath.Join(s.Root, "class", "net", e.Name(), "device")
 		total, err := readInt(filepath.Join(dev, "sriov_totalvfs"))
@@ -69,15 +95,20 @@ func (s Sysfs) PFs() ([]PF, error) {
 		if err != nil {
 			return nil, fmt.Errorf("resolve PCI address of %q: %w", e.Name(), err)
 		}
-		pf, err := s.pf(addr, dev)
-		if err != nil {
-			return nil, err
-		}
-		pf.Name = e.Name()
-		pfs = append(pfs, pf)
+		refs = append(refs, PFRef{PCIAddress: addr, Name: e.Name()})
 	}
-	sort.Slice(pfs, func(i, j int) bool { return pfs[i].PCIAddress < pfs[j].PCIAddress })
-	return pfs, nil
+	sort.Slice(refs, func(i, j int) bool { return refs[i].PCIAddress < refs[j].PCIAddress })
+	return refs, nil
+}
+
+// Read reads a PF PFRefs listed, with its VFs, as PFs does.
+func (s Sysfs) Read(ref PFRef) (PF, error) {
+	pf, err := s.pf(ref.PCIAddress, filepath.Join(s.Root, "class", "net", ref.Name, "device"))
+	if err != nil {
+		return PF{}, err
+	}
+	pf.Name = ref.Name
+	return pf, nil
 }
 
 // PF reads one PF by PCI address. It fails with ErrNotPF when the address

@@ -86,6 +86,30 @@ func TestPFs(t *testing.T) {
 	}
 }
 
+// TestPFRefsThenRead checks that listing the PFs first and reading each
+// one then gives what PFs gives.
+func TestPFRefsThenRead(t *testing.T) {
+	s := Sysfs{Root: tree(t)}
+	refs, err := s.PFRefs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []PFRef{{"0000:1a:00.0", "ens0"}, {"0000:3b:00.0", "ens1f0"}}
+	if fmt.Sprint(refs) != fmt.Sprint(want) {
+		t.Fatalf("refs %v, want %v", refs, want)
+	}
+	all, err := s.PFs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ref := range refs {
+		pf, err := s.Read(ref)
+		if err != nil || fmt.Sprintf("%+v", pf) != fmt.Sprintf("%+v", all[i]) {
+			t.Errorf("Read(%v) = %+v, %v; PFs has %+v", ref, pf, err, all[i])
+		}
+	}
+}
+
 func TestPFByAddress(t *testing.T) {
 	s := Sysfs{Root: tree(t)}
 	pf, err := s.PF("0000:3b:00.0")

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/policy"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
@@ -51,6 +53,33 @@ func BenchmarkSysfsPFs(b *testing.B) {
 	}
 }
 
+// BenchmarkSysfsChooseFirst is discovery as an unpinned ADD runs it on a
+// node of 8 PFs of 256 VFs and 200 veths when the first PF is free: the
+// PFs listed, and only the first read with its VFs.
+func BenchmarkSysfsChooseFirst(b *testing.B) {
+	s := sriov.Sysfs{Root: largeSysfs(b, 8, 256, 200)}
+	for b.Loop() {
+		refs, err := s.PFRefs()
+		if err != nil || len(refs) != 8 {
+			b.Fatalf("PFRefs: %d, %v", len(refs), err)
+		}
+		if pf, err := s.Read(refs[0]); err != nil || len(pf.VFs) != 256 {
+			b.Fatalf("Read: %v", err)
+		}
+	}
+}
+
+// BenchmarkSysfsPFsNode is every PF of that node read with its VFs, as an
+// unpinned ADD did before it read them one at a time.
+func BenchmarkSysfsPFsNode(b *testing.B) {
+	s := sriov.Sysfs{Root: largeSysfs(b, 8, 256, 200)}
+	for b.Loop() {
+		if pfs, err := s.PFs(); err != nil || len(pfs) != 8 {
+			b.Fatalf("PFs: %d, %v", len(pfs), err)
+		}
+	}
+}
+
 // BenchmarkSysfsPF is discovery of one pinned PF with 256 VFs (DEL's vet,
 // a deviceID from multus).
 func BenchmarkSysfsPF(b *testing.B) {
@@ -59,6 +88,41 @@ func BenchmarkSysfsPF(b *testing.B) {
 		pf, err := s.PF("0000:10:00.0")
 		if err != nil || len(pf.VFs) != 256 {
 			b.Fatalf("PF: %v", err)
+		}
+	}
+}
+
+// BenchmarkPolicyJudge is the PF policy judging the first PF of a node of
+// 8 PFs of 256 VFs each, with 200 pod veths: ADD asks it for the PF and
+// each of its VFs whether it carries the node's traffic.
+func BenchmarkPolicyJudge(b *testing.B) {
+	host := &policy.Host{Links: map[string]policy.Link{}, DefaultRoute: map[int]bool{}, GlobalAddr: map[int]string{}}
+	index := 1
+	add := func(name, kind string) {
+		index++
+		host.Links[name] = policy.Link{Index: index, Name: name, Kind: kind}
+	}
+	add("eno1", "device")
+	host.DefaultRoute[index] = true
+	var first sriov.PF
+	for p := range 8 {
+		pf := sriov.PF{PCIAddress: fmt.Sprintf("0000:%02x:00.0", 0x3b+p), Name: fmt.Sprintf("ens%df0", p), TotalVFs: 256, NumVFs: 256}
+		add(pf.Name, "device")
+		for v := range 256 {
+			vf := sriov.VF{Index: v, PCIAddress: fmt.Sprintf("0000:%02x:%02x.%d", 0x7b+p, v/8, v%8), Name: fmt.Sprintf("ens%df0v%d", p, v)}
+			add(vf.Name, "device")
+			pf.VFs = append(pf.VFs, vf)
+		}
+		if p == 0 {
+			first = pf
+		}
+	}
+	for i := range 200 {
+		add(fmt.Sprintf("veth%d", i), "veth")
+	}
+	for b.Loop() {
+		if v := (policy.Rules{}).Judge(first, host); !v.OK() {
+			b.Fatal(v.Reason)
 		}
 	}
 }
@@ -143,17 +207,28 @@ func TestHarness(t *testing.T) {
 		plugin:     build("sriov-passthrough-cni", "github.com/kubevirt/sriov-passthrough-cni/cmd/sriov-passthrough-cni"),
 		hostDevice: build("host-device", "github.com/containernetworking/plugins/plugins/main/host-device"),
 		vfs:        []int{0, 3}, runs: map[int]int{0: 1, 3: 1}, hdRuns: map[int]int{0: 1, 3: 1}, inProc: true,
+		node: nodeSpec{pfs: 3, vfs: 2, runs: 2, hdRuns: 1, agentEvents: 2},
 	}
 	var log strings.Builder
 	res, err := run(cfg, &log)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
+	if len(res.points) != 3 || res.points[2].pfs != 3 || len(res.points[2].agent) != 2 {
+		t.Fatalf("want the points of 0 and 3 VFs and the node of 3 PFs with 2 agent events, got %d points", len(res.points))
+	}
 	for _, p := range res.points {
-		for _, m := range []string{"plugin", "floor", "host-device", "plugin-inproc"} {
-			if n := len(p.samples[m]); n != 1 {
-				t.Errorf("%d VFs: %d samples of %s, want 1", p.vfs, n, m)
+		want := map[string]int{"plugin": 1, "floor": 1, "host-device": 1, "plugin-inproc": 1}
+		if p.pfs > 1 {
+			want["plugin"], want["floor"], want["plugin-inproc"] = 2, 2, 2
+		}
+		for m, n := range want {
+			if got := len(p.samples[m]); got != n {
+				t.Errorf("%d VFs, %d PFs: %d samples of %s, want %d", p.vfs, p.pfs, got, m, n)
 			}
+		}
+		if s := p.samples["plugin"][0]; s.cpu <= 0 || s.rss <= 0 {
+			t.Errorf("%d VFs: plugin sample without CPU time or RSS: %+v", p.vfs, s)
 		}
 	}
 	var out strings.Builder
@@ -174,5 +249,37 @@ func TestHarness(t *testing.T) {
 	}
 	if s := summary(res, 3); !strings.HasPrefix(s, "bench: vfs=3 plugin_ms=") {
 		t.Errorf("summary line %q", s)
+	}
+	if a, b := nodeSummary(res), nodeSummary(again); a != b || !strings.HasPrefix(a, "bench: node=3x2 rounds=2 ") {
+		t.Errorf("node summary %q, from bench.json %q", a, b)
+	}
+}
+
+// TestPairedRatio checks the ratio and its interval on rounds whose
+// ratios are known, and the rounds it asks for at that spread.
+func TestPairedRatio(t *testing.T) {
+	ms := func(v float64) sample { return sample{add: time.Duration(v * float64(time.Millisecond))} }
+	var num, den []sample
+	// Per-round ratios 1.02 and 1.06, alternating: geometric mean ≈ 1.04.
+	for i := range 10 {
+		den = append(den, ms(float64(1000+100*i)))
+		num = append(num, ms(float64(1000+100*i)*[]float64{1.02, 1.06}[i%2]))
+	}
+	r := pairedRatio(num, den)
+	if r.n != 10 || math.Abs(r.est-math.Sqrt(1.02*1.06)) > 1e-4 {
+		t.Fatalf("ratio %+v, want 10 rounds and %.4f", r, math.Sqrt(1.02*1.06))
+	}
+	// sd of the logs ≈ 0.0203; t(9) = 2.262: half width ≈ 1.45%.
+	if h := r.halfWidth(); h < 0.013 || h > 0.016 || r.lo >= r.est || r.hi <= r.est {
+		t.Errorf("interval %s, half width %.4f", r, h)
+	}
+	if n := r.roundsFor(0.025); n < 4 || n > 6 {
+		t.Errorf("rounds for ±2.5%%: %d, want 4 to 6 at this spread", n)
+	}
+	if one := pairedRatio(num[:1], den[:1]); one.String() != "1.02 [one round]" {
+		t.Errorf("one round: %q", one.String())
+	}
+	if none := pairedRatio(nil, den); none.String() != "–" {
+		t.Errorf("no rounds: %q", none.String())
 	}
 }

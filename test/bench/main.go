@@ -17,25 +17,29 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
 )
 
 func main() {
 	var (
 		pluginBin = flag.String("plugin", "bin/sriov-passthrough-cni", "the built plugin binary")
 		hdBin     = flag.String("host-device", "_output/bench/host-device", "containernetworking host-device binary (\"\" to skip)")
-		vfList    = flag.String("vfs", "0,8,32,128,256", "VF counts to measure")
+		vfList    = flag.String("vfs", "0,8,32,128", "VF counts to measure on one PF alone (\"\" for none: the -node only); the -node is the 256-VF point")
 		runs      = flag.String("runs", "0:41,8:15,32:9,128:5,256:3", "ADD+DEL cycles of the plugin and the floor per VF count (vfs:runs,...; a bare number for all)")
-		hdRuns    = flag.String("host-device-runs", "0:9,8:5,32:3,128:3,256:2", "host-device cycles per VF count (it is slow), at most -runs")
+		hdRuns    = flag.String("host-device-runs", "0:9,8:5,32:3,128:2,256:2", "host-device cycles per VF count (it is slow), at most -runs")
+		node      = flag.String("node", "8x256", "also a node of PFSxVFS (fake sysfs, all links present) where one PF is handed out (\"\" to skip)")
+		nodeRuns  = flag.Int("node-runs", 6, "ADD+DEL cycles of the plugin and the floor on the -node")
+		nodeHD    = flag.Int("node-host-device-runs", 2, "host-device cycles on the -node, at most -node-runs")
+		agentN    = flag.Int("agent-events", 20, "netlink events to time the node agent on the -node with (0 to skip)")
 		out       = flag.String("out", "docs", "directory for bench.png and bench.md (\"\" to skip)")
 		compare   = flag.String("compare", "", "a second plugin binary (e.g. an older build) to time next to the first, as plugin-compare")
 		inProc    = flag.Bool("inproc", false, "also time the plugin's ADD and DEL in process (no exec), to tell start-up from work")
 		replot    = flag.String("replot", "", "write the table, bench.md and bench.png again from a bench.json of an earlier run, measuring nothing")
 		wrapCmd   = flag.String("wrap", "", "run plugin binaries under this command, e.g. \"strace -f -c -o /tmp/s\" (profiling only)")
+		cpuProf   = flag.String("cpuprofile", "", "write a CPU profile of the bench process to this file: with -inproc it holds the plugin's own ADD and DEL (profiling only)")
 	)
 	flag.Parse()
 	if *replot != "" {
@@ -48,7 +52,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
-		fmt.Println(summary(res, 128))
+		printSummary(res)
 		return
 	}
 	if os.Geteuid() != 0 {
@@ -56,6 +60,7 @@ func main() {
 		os.Exit(2)
 	}
 	wrap = strings.Fields(*wrapCmd)
+	cleanUpOnSignal()
 	cfg := benchConfig{plugin: *pluginBin, hostDevice: *hdBin, inProc: *inProc, compare: *compare}
 	var err error
 	if cfg.vfs, err = parseInts(*vfList); err == nil {
@@ -64,11 +69,29 @@ func main() {
 	if err == nil {
 		cfg.hdRuns, err = parseRuns(*hdRuns, cfg.vfs)
 	}
+	if err == nil && *node != "" {
+		cfg.node, err = parseNode(*node)
+		cfg.node.runs, cfg.node.hdRuns, cfg.node.agentEvents = *nodeRuns, min(*nodeHD, *nodeRuns), *agentN
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+	}
 	res, err := run(cfg, os.Stderr)
+	if *cpuProf != "" {
+		pprof.StopCPUProfile()
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -80,6 +103,15 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	printSummary(res)
+}
+
+// printSummary prints the node's line, then the 128-VF line last, as
+// before there was a node.
+func printSummary(res *results) {
+	if s := nodeSummary(res); s != "" {
+		fmt.Println(s)
+	}
 	fmt.Println(summary(res, 128))
 }
 
@@ -90,18 +122,41 @@ type benchConfig struct {
 	hdRuns             map[int]int
 	inProc             bool
 	compare            string
+	// node, when pfs > 0, is a node of several PFs measured after the
+	// single-PF counts.
+	node nodeSpec
+}
+
+// nodeSpec is a node of pfs PFs of vfs VFs each, and the cycles to run on it.
+type nodeSpec struct{ pfs, vfs, runs, hdRuns, agentEvents int }
+
+func parseNode(s string) (nodeSpec, error) {
+	a, b, ok := strings.Cut(s, "x")
+	pfs, err1 := strconv.Atoi(a)
+	vfs, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || pfs < 1 || vfs < 0 {
+		return nodeSpec{}, fmt.Errorf("bad -node %q (want PFSxVFS, e.g. 8x256)", s)
+	}
+	return nodeSpec{pfs: pfs, vfs: vfs}, nil
 }
 
 // sample is one ADD+DEL cycle of one method.
 type sample struct {
 	add, del time.Duration
 	rss      int64 // KiB, peak of ADD and DEL
+	// cpu is the CPU time of ADD and DEL together (usage).
+	cpu time.Duration
 }
 
-// point is every sample taken at one VF count, per method name.
+// point is every sample taken at one VF count, per method name; sample i
+// of every method is from round i. pfs is the number of PFs on the node
+// (1 but for the -node point).
 type point struct {
-	vfs     int
-	samples map[string][]sample
+	vfs, pfs int
+	samples  map[string][]sample
+	// agent is the node agent's time from each netlink event to its
+	// device list update (agentEvents), on the node only.
+	agent []time.Duration
 }
 
 // results is one bench run.
@@ -114,6 +169,9 @@ type results struct {
 	// start is the plugin's bare process cost: exec to exit of a VERSION
 	// call, which reads stdin, prints and touches nothing.
 	start []time.Duration
+	// took is the whole run's wall time, worlds built and torn down
+	// included.
+	took time.Duration
 }
 
 func run(cfg benchConfig, log io.Writer) (*results, error) {
@@ -126,23 +184,38 @@ func run(cfg benchConfig, log io.Writer) (*results, error) {
 		res.start = append(res.start, took)
 	}
 	for _, n := range cfg.vfs {
-		p, err := measure(cfg, n, log)
+		p, err := measure(cfg, nodeSpec{pfs: 1, vfs: n, runs: cfg.runs[n], hdRuns: cfg.hdRuns[n]}, log)
 		if err != nil {
 			return nil, fmt.Errorf("%d VFs: %w", n, err)
 		}
 		res.points = append(res.points, p)
 	}
+	if cfg.node.pfs > 0 {
+		p, err := measure(cfg, cfg.node, log)
+		if err != nil {
+			return nil, fmt.Errorf("node of %d PFs x %d VFs: %w", cfg.node.pfs, cfg.node.vfs, err)
+		}
+		res.points = append(res.points, p)
+	}
+	res.took = time.Since(res.when)
+	fmt.Fprintf(log, "bench: measured in %.0fs\n", res.took.Seconds())
 	return res, nil
 }
 
-// measure builds a world with n VFs and runs every method on it, one cycle
-// of each per round, the order rotating from round to round.
-func measure(cfg benchConfig, n int, log io.Writer) (point, error) {
-	w, err := newWorld("bpf0", n)
+// measure builds a world of spec.pfs PFs with spec.vfs VFs each and runs
+// every method on its first PF, one cycle of each per round, the order
+// rotating from round to round.
+func measure(cfg benchConfig, spec nodeSpec, log io.Writer) (point, error) {
+	n := spec.vfs
+	built := time.Now()
+	w, err := newWorld(spec.pfs, n)
 	if err != nil {
 		return point{}, err
 	}
 	defer w.close()
+	if spec.pfs > 1 {
+		fmt.Fprintf(log, "bench: node of %d PFs x %d VFs built in %.1fs\n", spec.pfs, n, time.Since(built).Seconds())
+	}
 	pm, err := newPluginMethod("plugin", cfg.plugin, w)
 	if err != nil {
 		return point{}, err
@@ -161,47 +234,55 @@ func measure(cfg benchConfig, n int, log io.Writer) (point, error) {
 	if cfg.hostDevice != "" {
 		methods = append(methods, &hostDeviceMethod{bin: cfg.hostDevice})
 	}
-	p := point{vfs: n, samples: map[string][]sample{}}
-	hostNames := names(w.devices(), false)
+	p := point{vfs: n, pfs: spec.pfs, samples: map[string][]sample{}}
+	hostNames := names(append(w.devices(), w.others...), false)
 	podNames := names(w.devices(), true)
 	start := time.Now()
-	for r := range cfg.runs[n] {
+	for r := range spec.runs {
 		for i := range methods {
 			m := methods[(r+i)%len(methods)]
-			if m.name() == "host-device" && len(p.samples[m.name()]) >= cfg.hdRuns[n] {
+			if m.name() == "host-device" && len(p.samples[m.name()]) >= spec.hdRuns {
 				continue
 			}
-			s, err := cycle(w, m, fmt.Sprintf("bench-%d-%d", n, r), hostNames, podNames)
+			s, err := cycle(w, m, fmt.Sprintf("bench-%dx%d-%d", spec.pfs, n, r), hostNames, podNames)
 			if err != nil {
 				return point{}, fmt.Errorf("%s: %w", m.name(), err)
 			}
 			p.samples[m.name()] = append(p.samples[m.name()], s)
 		}
 	}
-	fmt.Fprintf(log, "bench: %3d VFs: %d rounds in %.1fs\n", n, cfg.runs[n], time.Since(start).Seconds())
+	fmt.Fprintf(log, "bench: %3d VFs (%d PFs): %d rounds in %.1fs\n", n, spec.pfs, spec.runs, time.Since(start).Seconds())
+	if spec.agentEvents > 0 && spec.pfs > 1 {
+		start = time.Now()
+		if p.agent, err = agentEvents(w, fmt.Sprintf("bpf%d", spec.pfs-1), spec.agentEvents); err != nil {
+			return point{}, fmt.Errorf("agent: %w", err)
+		}
+		fmt.Fprintf(log, "bench: agent: %d events in %.1fs\n", spec.agentEvents, time.Since(start).Seconds())
+	}
 	return p, nil
 }
 
 // cycle is one ADD and one DEL into a fresh pod netns, checked before and
 // after; only the ADD and DEL themselves are timed.
 func cycle(w *world, m method, cid string, hostNames, podNames []string) (sample, error) {
-	pod, err := kerneltest.CreateNS()
+	pod, removePod, err := createNS()
 	if err != nil {
 		return sample{}, fmt.Errorf("create pod netns: %w", err)
 	}
-	defer func() { _ = kerneltest.RemoveNS(pod) }()
+	defer removePod()
 	var s sample
-	var rss int64
-	if s.add, s.rss, err = m.add(w, pod, cid); err != nil {
+	var u usage
+	if s.add, u, err = m.add(w, pod, cid); err != nil {
 		return s, fmt.Errorf("ADD: %w", err)
 	}
 	if err := checkNames(pod, "pod after ADD", podNames); err != nil {
 		return s, err
 	}
-	if s.del, rss, err = m.del(w, pod, cid); err != nil {
+	s.rss, s.cpu = u.rssKiB, u.cpu
+	if s.del, u, err = m.del(w, pod, cid); err != nil {
 		return s, fmt.Errorf("DEL: %w", err)
 	}
-	s.rss = max(s.rss, rss)
+	s.rss, s.cpu = max(s.rss, u.rssKiB), s.cpu+u.cpu
 	if err := checkNames(pod, "pod after DEL", nil); err != nil {
 		return s, err
 	}
@@ -236,6 +317,9 @@ func names(ds []device, inPod bool) []string {
 
 func parseInts(s string) ([]int, error) {
 	var out []int
+	if strings.TrimSpace(s) == "" {
+		return nil, nil // only the -node
+	}
 	for _, f := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 0 {
@@ -252,6 +336,9 @@ func parseRuns(s string, vfs []int) (map[int]int, error) {
 		for _, v := range vfs {
 			runs[v] = n
 		}
+		return runs, nil
+	}
+	if len(vfs) == 0 {
 		return runs, nil
 	}
 	for _, f := range strings.Split(s, ",") {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -20,21 +21,46 @@ import (
 )
 
 // method is one way of handing the world's devices to a pod and back.
-// add and del return the wall time as the runtime sees it and the peak RSS
-// in KiB of the largest process involved (0 for in-process work).
+// add and del return the wall time as the runtime sees it and what the
+// work used.
 type method interface {
 	name() string
-	add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error)
-	del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error)
+	add(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error)
+	del(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error)
+}
+
+// usage is the peak RSS in KiB of the largest process involved (0 for
+// in-process work) and the CPU time (user and system) spent: the child's,
+// or the calling thread's for the floor. CPU time hardly depends on how
+// long the kernel's netns moves sleep in their RCU barrier, which is most
+// of the wall time and most of its noise on a shared machine, so it shows
+// the plugin's own work more steadily than wall time does.
+type usage struct {
+	rssKiB int64
+	cpu    time.Duration
+}
+
+func cpuOf(ru *syscall.Rusage) time.Duration {
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// threadCPU is the CPU time of the calling thread so far; the caller
+// holds its goroutine on the thread.
+func threadCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(unix.RUSAGE_THREAD, &ru); err != nil {
+		return 0
+	}
+	return cpuOf(&ru)
 }
 
 // exe runs a CNI plugin binary as a runtime does: CNI env, config on
 // stdin, with the calling thread in the world's host netns (the child
 // inherits the netns of the thread that forks it).
-func exe(w *world, path string, env []string, stdin []byte) (time.Duration, int64, error) {
+func exe(w *world, path string, env []string, stdin []byte) (time.Duration, usage, error) {
 	var out, errOut bytes.Buffer
 	var took time.Duration
-	var rss int64
+	var u usage
 	err := w.host.Do(func(ns.NetNS) error {
 		cmd := exec.Command(path)
 		if len(wrap) > 0 {
@@ -48,15 +74,15 @@ func exe(w *world, path string, env []string, stdin []byte) (time.Duration, int6
 		took = time.Since(start)
 		if cmd.ProcessState != nil {
 			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-				rss = ru.Maxrss
+				u = usage{rssKiB: ru.Maxrss, cpu: cpuOf(ru)}
 			}
 		}
 		return err
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("%s %v: %w\nstdout: %s\nstderr: %s", filepath.Base(path), env[:3], err, out.Bytes(), errOut.Bytes())
+		return 0, usage{}, fmt.Errorf("%s %v: %w\nstdout: %s\nstderr: %s", filepath.Base(path), env[:3], err, out.Bytes(), errOut.Bytes())
 	}
-	return took, rss, nil
+	return took, u, nil
 }
 
 // wrap, when set, is a command the plugin binaries are run under (strace,
@@ -88,11 +114,11 @@ func nodeEnv(w *world) string { return config.NodeConfigEnv + "=" + w.nodeFile }
 
 func (m *pluginMethod) name() string { return m.label }
 
-func (m *pluginMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *pluginMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return exe(w, m.bin, append(cniEnv("ADD", cid, pod, podIfName, filepath.Dir(m.bin)), nodeEnv(w)), m.conf)
 }
 
-func (m *pluginMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *pluginMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return exe(w, m.bin, append(cniEnv("DEL", cid, pod, podIfName, filepath.Dir(m.bin)), nodeEnv(w)), m.conf)
 }
 
@@ -107,35 +133,35 @@ func (m *hostDeviceMethod) conf(d device) []byte {
 	return b
 }
 
-func (m *hostDeviceMethod) each(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *hostDeviceMethod) each(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	var total time.Duration
-	var peak int64
+	var sum usage
 	for _, d := range w.devices() {
-		took, rss, err := exe(w, m.bin, cniEnv(cmd, cid, pod, d.podName, filepath.Dir(m.bin)), m.conf(d))
+		took, u, err := exe(w, m.bin, cniEnv(cmd, cid, pod, d.podName, filepath.Dir(m.bin)), m.conf(d))
 		if err != nil {
-			return 0, 0, err
+			return 0, usage{}, err
 		}
 		total += took
-		peak = max(peak, rss)
+		sum = usage{rssKiB: max(sum.rssKiB, u.rssKiB), cpu: sum.cpu + u.cpu}
 	}
-	return total, peak, nil
+	return total, sum, nil
 }
 
-func (m *hostDeviceMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *hostDeviceMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return m.each(w, "ADD", pod, cid)
 }
 
-func (m *hostDeviceMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m *hostDeviceMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return m.each(w, "DEL", pod, cid)
 }
 
 // floorMethod does only the kernel work the plugin does, in process: one
-// link dump where the devices are, a private transit netns, and per device
-// either one move straight to the target (its name stays) or a move into
-// transit, a rename there and a move on; the PF is set up in the pod. No
+// link dump where the devices are and one move per device straight to the
+// other side; the PF is renamed in the pod (after its move on ADD, set
+// down and renamed before its move on DEL) and set up there on ADD. No
 // config, no sysfs, no state, no tags, no process start. With viaTransit
-// every device goes through transit, as the plugin did before it sent
-// devices that keep their names straight to the pod.
+// every device goes through a transit netns both ways, as the plugin did
+// before it sent devices straight to the pod.
 type floorMethod struct{ viaTransit bool }
 
 func (f floorMethod) name() string {
@@ -145,62 +171,144 @@ func (f floorMethod) name() string {
 	return "floor"
 }
 
-func (f floorMethod) add(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
-	start := time.Now()
+func (f floorMethod) add(w *world, pod ns.NetNS, _ string) (time.Duration, usage, error) {
 	want := map[string]string{}
 	for _, d := range w.devices() {
 		want[d.name] = d.podName
 	}
-	err := transfer(w.host, pod, want, podIfName, f.viaTransit)
-	return time.Since(start), 0, err
+	if f.viaTransit {
+		return onThread(func() error { return transfer(w.host, pod, want, podIfName, true) })
+	}
+	return onThread(func() error { return moveEach(w.host, pod, want, podIfName, false) })
 }
 
-func (f floorMethod) del(w *world, pod ns.NetNS, _ string) (time.Duration, int64, error) {
-	start := time.Now()
+// onThread times f with its goroutine held on one thread, for the
+// thread's CPU time.
+func onThread(f func() error) (time.Duration, usage, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cpu, start := threadCPU(), time.Now()
+	err := f()
+	return time.Since(start), usage{cpu: threadCPU() - cpu}, err
+}
+
+func (f floorMethod) del(w *world, pod ns.NetNS, _ string) (time.Duration, usage, error) {
 	want := map[string]string{}
 	for _, d := range w.devices() {
 		want[d.podName] = d.name
 	}
-	err := transfer(pod, w.host, want, "", f.viaTransit)
-	return time.Since(start), 0, err
+	if f.viaTransit {
+		return onThread(func() error { return transfer(pod, w.host, want, "", true) })
+	}
+	return onThread(func() error { return moveEach(pod, w.host, want, "", true) })
 }
 
-// transfer moves the links of src named as the keys of names into dst,
-// renamed to the values in a fresh transit netns; up is set up in dst.
+// handles opens a netlink handle in each netns; closeAll closes them.
+func handles(nss ...ns.NetNS) (hs []*netlink.Handle, closeAll func(), err error) {
+	closeAll = func() {
+		for _, h := range hs {
+			h.Close()
+		}
+	}
+	for _, n := range nss {
+		h, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
+		if err != nil {
+			closeAll()
+			return nil, func() {}, err
+		}
+		hs = append(hs, h)
+	}
+	return hs, closeAll, nil
+}
+
+// named opens handles in src and dst and lists the links of src named as
+// the keys of names; it fails unless it finds them all.
+func named(src, dst ns.NetNS, names map[string]string) (hSrc, hDst *netlink.Handle, links []netlink.Link, closeAll func(), err error) {
+	hs, closeAll, err := handles(src, dst)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	all, err := hs[0].LinkList()
+	for _, l := range all {
+		if _, ok := names[l.Attrs().Name]; ok {
+			links = append(links, l)
+		}
+	}
+	if err == nil && len(links) != len(names) {
+		err = fmt.Errorf("found %d of %d links", len(links), len(names))
+	}
+	if err != nil {
+		closeAll()
+		return nil, nil, nil, nil, err
+	}
+	return hs[0], hs[1], links, closeAll, nil
+}
+
+// moveEach moves the links of src named as the keys of names into dst,
+// one move each, and renames those whose name changes to the values:
+// before the move, set down, in src when renameInSrc (DEL: the pod), else
+// after it in dst (ADD: the pod). up is set up in dst.
+func moveEach(src, dst ns.NetNS, names map[string]string, up string, renameInSrc bool) error {
+	hSrc, hDst, links, closeAll, err := named(src, dst, names)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	for _, l := range links {
+		to := names[l.Attrs().Name]
+		if to != l.Attrs().Name && renameInSrc {
+			if err := hSrc.LinkSetDown(l); err != nil {
+				return err
+			}
+			if err := hSrc.LinkSetName(l, to); err != nil {
+				return fmt.Errorf("rename %q to %q: %w", l.Attrs().Name, to, err)
+			}
+			l.Attrs().Name = to
+		}
+		if err := hSrc.LinkSetNsFd(l, int(dst.Fd())); err != nil {
+			return fmt.Errorf("move %q: %w", l.Attrs().Name, err)
+		}
+		// The kernel keeps a device's ifindex across netns moves unless
+		// the target uses it.
+		if to != l.Attrs().Name {
+			if err := hDst.LinkSetName(l, to); err != nil {
+				return fmt.Errorf("rename %q to %q: %w", l.Attrs().Name, to, err)
+			}
+			l.Attrs().Name = to
+		}
+		if to == up {
+			if err := hDst.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// transfer moves the links of src named as the keys of names into dst
+// through a fresh transit netns, renamed there to the values, each device
+// when allViaTransit, else only those renamed; up is set up in dst.
 func transfer(src, dst ns.NetNS, names map[string]string, up string, allViaTransit bool) error {
-	hSrc, err := netlink.NewHandleAt(netns.NsHandle(src.Fd()), unix.NETLINK_ROUTE)
+	hSrc, hDst, links, closeAll, err := named(src, dst, names)
 	if err != nil {
 		return err
 	}
-	defer hSrc.Close()
-	hDst, err := netlink.NewHandleAt(netns.NsHandle(dst.Fd()), unix.NETLINK_ROUTE)
-	if err != nil {
-		return err
-	}
-	defer hDst.Close()
+	defer closeAll()
 	transit, err := ns.TempNetNS()
 	if err != nil {
 		return err
 	}
 	defer transit.Close()
-	hT, err := netlink.NewHandleAt(netns.NsHandle(transit.Fd()), unix.NETLINK_ROUTE)
+	ht, closeT, err := handles(transit)
 	if err != nil {
 		return err
 	}
-	defer hT.Close()
+	defer closeT()
+	hT := ht[0]
 
-	links, err := hSrc.LinkList()
-	if err != nil {
-		return err
-	}
 	var parked []netlink.Link
-	found := 0
 	for _, l := range links {
-		to, ok := names[l.Attrs().Name]
-		if !ok {
-			continue
-		}
-		found++
+		to := names[l.Attrs().Name]
 		target := dst
 		if to != l.Attrs().Name || allViaTransit {
 			target = transit
@@ -214,9 +322,6 @@ func transfer(src, dst ns.NetNS, names map[string]string, up string, allViaTrans
 				return err
 			}
 		}
-	}
-	if found != len(names) {
-		return fmt.Errorf("found %d of %d links", found, len(names))
 	}
 	// The kernel keeps a device's ifindex across netns moves unless the
 	// target uses it; a fresh transit netns only has lo.
@@ -246,29 +351,29 @@ type inProcMethod struct{ conf []byte }
 
 func (inProcMethod) name() string { return "plugin-inproc" }
 
-func (m inProcMethod) call(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m inProcMethod) call(w *world, cmd string, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	var out, logs bytes.Buffer
 	p := plugin.New()
 	p.NodeConfigFile, p.Stdout, p.Stderr = w.nodeFile, &out, &logs
 	f := map[string]func(*skel.CmdArgs) error{"ADD": p.Add, "DEL": p.Del}[cmd]
 	args := &skel.CmdArgs{ContainerID: cid, Netns: pod.Path(), IfName: podIfName, StdinData: m.conf}
 	var took time.Duration
+	var u usage
 	err := w.host.Do(func(ns.NetNS) error {
-		start := time.Now()
-		err := f(args)
-		took = time.Since(start)
+		var err error
+		took, u, err = onThread(func() error { return f(args) })
 		return err
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("%w\n%s", err, logs.Bytes())
+		return 0, usage{}, fmt.Errorf("%w\n%s", err, logs.Bytes())
 	}
-	return took, 0, nil
+	return took, u, nil
 }
 
-func (m inProcMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m inProcMethod) add(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return m.call(w, "ADD", pod, cid)
 }
 
-func (m inProcMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, int64, error) {
+func (m inProcMethod) del(w *world, pod ns.NetNS, cid string) (time.Duration, usage, error) {
 	return m.call(w, "DEL", pod, cid)
 }

@@ -9,25 +9,31 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-
-	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
 )
 
-// world is one bench world: a throwaway "host" netns holding one PF and its
-// VFs as ifb links, and a fake sysfs tree that describes them as
+// world is one bench world: a throwaway "host" netns holding one or more
+// PFs and their VFs as ifb links, and a fake sysfs tree that describes them as
 // test/kerneltest does (class/net/<name>/device -> the PCI function,
 // sriov_totalvfs, virtfnN, <function>/net/<name>). kerneltest wants a
 // testing.TB; the bench is a plain program, so it builds its own.
 type world struct {
-	host     ns.NetNS
-	dir      string
-	sysfs    string
-	stateDir string
+	host ns.NetNS
+	// removeHost and removeDir undo the host netns and dir, tracked
+	// (cleanup.go) so that an interrupted bench removes them too.
+	removeHost, removeDir func()
+	dir                   string
+	sysfs                 string
+	stateDir              string
 	// nodeFile is the node configuration that points the plugin at sysfs
 	// and stateDir, as a node's does.
 	nodeFile string
-	pf       device
-	vfs      []device
+	// pf and vfs are the PF that is handed out and its VFs: the first
+	// PF, which has the lowest PCI address, so the plugin picks it.
+	pf  device
+	vfs []device
+	// others are the node's other PFs and their VFs: they stay on the
+	// host, and make the link dumps and the sysfs scans a node's size.
+	others []device
 }
 
 // device is one netdev of the world: its PCI address, host name, and the
@@ -38,16 +44,26 @@ type device struct {
 
 const podIfName = "net1"
 
-// newWorld builds a PF called name with numVFs VF netdevs.
-func newWorld(name string, numVFs int) (*world, error) {
-	dir, err := os.MkdirTemp("", "sriov-bench-")
+// newWorld builds a node of pfs PFs, bpf0, bpf1, ..., with numVFs VF
+// netdevs each; bpf0 is the one the methods hand out.
+func newWorld(pfs, numVFs int) (*world, error) {
+	dir, removeDir, err := mkdirTemp("sriov-bench-")
 	if err != nil {
 		return nil, err
 	}
-	w := &world{dir: dir, sysfs: filepath.Join(dir, "sys"), stateDir: filepath.Join(dir, "state"), nodeFile: filepath.Join(dir, "node.json")}
-	if err := writeSysfs(w.sysfs, 0x3b, name, numVFs, w); err != nil {
-		w.close()
-		return nil, err
+	w := &world{dir: dir, removeDir: removeDir, sysfs: filepath.Join(dir, "sys"), stateDir: filepath.Join(dir, "state"), nodeFile: filepath.Join(dir, "node.json")}
+	for i := range max(pfs, 1) {
+		var other world
+		// PFs on buses 0x3b, 0x3c, ...; their VFs 0x40 buses higher.
+		if err := writeSysfs(w.sysfs, 0x3b+i, fmt.Sprintf("bpf%d", i), numVFs, &other); err != nil {
+			w.close()
+			return nil, err
+		}
+		if i == 0 {
+			w.pf, w.vfs = other.pf, other.vfs
+		} else {
+			w.others = append(w.others, other.devices()...)
+		}
 	}
 	node, err := json.Marshal(map[string]any{"sysfsRoot": w.sysfs, "stateDir": w.stateDir, "reservedInterfacesFile": ""})
 	if err == nil {
@@ -57,12 +73,12 @@ func newWorld(name string, numVFs int) (*world, error) {
 		w.close()
 		return nil, fmt.Errorf("write node configuration: %w", err)
 	}
-	if w.host, err = kerneltest.CreateNS(); err != nil {
+	if w.host, w.removeHost, err = createNS(); err != nil {
 		w.close()
 		return nil, fmt.Errorf("create host netns: %w", err)
 	}
 	err = w.host.Do(func(ns.NetNS) error {
-		for _, d := range w.devices() {
+		for _, d := range append(w.devices(), w.others...) {
 			if err := netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: d.name}}); err != nil {
 				return fmt.Errorf("create link %q: %w", d.name, err)
 			}
@@ -76,16 +92,16 @@ func newWorld(name string, numVFs int) (*world, error) {
 	return w, nil
 }
 
-// devices is the PF, then its VFs.
+// devices is the PF handed out, then its VFs.
 func (w *world) devices() []device {
 	return append([]device{w.pf}, w.vfs...)
 }
 
 func (w *world) close() {
-	if w.host != nil {
-		_ = kerneltest.RemoveNS(w.host)
+	if w.removeHost != nil {
+		w.removeHost()
 	}
-	_ = os.RemoveAll(w.dir)
+	w.removeDir()
 }
 
 // writeSysfs writes the fake sysfs tree for one PF on PCI bus bus with
