@@ -4,7 +4,7 @@
 # shellcheck disable=SC2154
 
 cache=${SRIOVPT_VM_CACHE:-/var/cache/sriov-passthrough-cni-vm}
-vm_timeout=${SRIOVPT_VM_TIMEOUT:-900}
+vm_timeout=${SRIOVPT_VM_TIMEOUT:-1500}
 # A guest that has not found its SR-IOV PFs by then is stuck in boot (6.1
 # under TCG sometimes stalls in a module's init with RCU warnings, before
 # any test runs): it is stopped and booted once more.

@@ -24,8 +24,9 @@
 #                       time is dear)
 #   SRIOVPT_VM_BOOT_TIMEOUT  seconds a guest may take to find its PFs before it
 #                       is stopped and booted once more (default 240)
-#   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 900; six e2e VMs side by side on
-#                       two cores take 300-460 s each)
+#   SRIOVPT_VM_TIMEOUT  seconds one VM may run (default 1500; the eight e2e VMs side
+#                       by side on two cores took 460-800 s each in one run, 340-580 s
+#                       in another: 900 left too thin a margin)
 #   SRIOVPT_VM_SMP      guest CPUs (default: host CPUs, at most 4)
 #   SRIOVPT_VM_SERIAL   set: boot the e2e VMs one after the other, not side by side
 #   SRIOVPT_VM_NO_SPLIT set: one VM per kernel (default: the chaos test and the
