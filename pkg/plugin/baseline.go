@@ -21,6 +21,7 @@ func (o *op) adoptFree(recs []*state.Record, view *hostView) (*hostView, error) 
 	if o.conf.Baseline == nil {
 		return view, nil
 	}
+	o.baselined = map[string]error{}
 	rules, err := o.rules(recs)
 	if err != nil {
 		return nil, err
@@ -37,6 +38,7 @@ func (o *op) adoptFree(recs []*state.Record, view *hostView) (*hostView, error) 
 		}
 		wrote, err := o.eng.ApplyBaseline(b, o.log)
 		changed = changed || wrote
+		o.baselined[pf.PCIAddress] = err
 		if err != nil {
 			o.log.Warn("free PF is not at the node's sriovBaseline; left as it is", "pci", pf.PCIAddress, "error", err)
 		}
@@ -55,14 +57,21 @@ func (o *op) adoptFree(recs []*state.Record, view *hostView) (*hostView, error) 
 // then holds the baseline, and DEL, giving back what ADD recorded, ends
 // there whatever the job wrote. The agent normally did this already and
 // it only reads; on a node without the agent the first ADD does it. A PF
-// that cannot be brought there is not handed out (code 11, with why).
+// that cannot be brought there is not handed out (code 11, with why). A
+// PF adoptFree already brought there (choosePF then read it afresh) is
+// not looked at again.
 func (o *op) toBaseline(pf sriov.PF, view *hostView) (sriov.PF, *hostView, error) {
 	pci := pf.PCIAddress
 	b, ok := o.conf.Baseline.For(pci)
 	if !ok {
 		return pf, view, nil
 	}
-	changed, err := o.eng.ApplyBaseline(b, o.log)
+	changed, err := false, error(nil)
+	if done, tried := o.baselined[pci]; tried {
+		err = done
+	} else {
+		changed, err = o.eng.ApplyBaseline(b, o.log)
+	}
 	var be *release.BaselineError
 	switch {
 	case errors.As(err, &be):

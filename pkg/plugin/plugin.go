@@ -85,6 +85,9 @@ type op struct {
 	close func()
 	// mark ends a step of the command's debug timing (stepClock).
 	mark func(step string)
+	// baselined holds, by PCI address, what adoptFree's bringing each
+	// PF to the node's sriovBaseline returned (nil: it is there).
+	baselined map[string]error
 }
 
 // begin parses the configuration and CNI_ARGS, opens the log and the host
