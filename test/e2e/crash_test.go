@@ -64,25 +64,15 @@ func TestCrashDuringAddThenDel(t *testing.T) {
 	// Every device moves straight to the pod, the PF under its host name
 	// (to-pod@1), and is renamed there. Only when the pod has a link by
 	// the PF's host name does the PF go through the transit netns.
-	for _, c := range []struct {
-		step  string
-		clash bool
-	}{
+	for _, c := range []crashCase{
 		{string(fp.AddRecordAdding), false}, {fp.AddTagged.At(3), false}, {fp.AddToPod.At(1), false},
 		{fp.AddToPod.At(4), false}, {string(fp.AddRenamed), false}, {string(fp.AddUp), false},
 		{string(fp.AddToTransit), true}, {string(fp.AddRenamed), true},
 	} {
 		step := c.step
-		name := step
-		if c.clash {
-			name += "/pf-name-taken-in-pod"
-		}
-		t.Run(name, func(t *testing.T) {
+		t.Run(c.name(), func(t *testing.T) {
 			h := failpointHarness(t)
-			p := h.newPod()
-			if c.clash {
-				clashInPod(t, p)
-			}
+			p := c.pod(t, h)
 			a := wholePF(p, "net1", pfs[0])
 			t.Setenv("SRIOVPT_FAILPOINT", step)
 			if _, err := h.libAdd(p, "net1"); err == nil {
@@ -99,24 +89,14 @@ func TestCrashDuringAddThenDel(t *testing.T) {
 func TestCrashDuringDelThenDel(t *testing.T) {
 	// The PF gets its host name back in the pod and goes straight home;
 	// through the transit netns only when the pod has a link by that name.
-	for _, c := range []struct {
-		step  string
-		clash bool
-	}{
+	for _, c := range []crashCase{
 		{string(fp.ReleaseRenamedInPlace), false}, {fp.ReleaseToHost.At(1), false}, {fp.ReleaseToHost.At(4), false},
 		{string(fp.ReleaseToTransit), true}, {string(fp.ReleaseRenamed), true},
 	} {
 		step := c.step
-		name := step
-		if c.clash {
-			name += "/pf-name-taken-in-pod"
-		}
-		t.Run(name, func(t *testing.T) {
+		t.Run(c.name(), func(t *testing.T) {
 			h := failpointHarness(t)
-			p := h.newPod()
-			if c.clash {
-				clashInPod(t, p)
-			}
+			p := c.pod(t, h)
 			a := wholePF(p, "net1", pfs[0])
 			if _, err := h.libAdd(p, "net1"); err != nil {
 				t.Fatalf("ADD: %v", err)
@@ -169,6 +149,30 @@ func TestCrashDuringSRIOVRestore(t *testing.T) {
 			assertNodeAsBefore(t, h, before, "DEL killed at "+step+" and retried")
 		})
 	}
+}
+
+// crashCase is a failpoint to kill the plugin at, on a pod that has a
+// link named like the first PF (clash) or not.
+type crashCase struct {
+	step  string
+	clash bool
+}
+
+func (c crashCase) name() string {
+	if c.clash {
+		return c.step + "/pf-name-taken-in-pod"
+	}
+	return c.step
+}
+
+// pod makes the case's pod.
+func (c crashCase) pod(t *testing.T, h *harness) *pod {
+	t.Helper()
+	p := h.newPod()
+	if c.clash {
+		clashInPod(t, p)
+	}
+	return p
 }
 
 // clashInPod gives the pod a link named like the first PF on the host, so
