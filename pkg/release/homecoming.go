@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -52,6 +53,9 @@ type homecoming struct {
 	search  []*netdev.NS // the places to look, the host last
 	found   map[string]*location
 	transit *netdev.NS // nil until a device needs it
+	// only, when set, limits the trip to the device of that PCI address
+	// (the PF that must be home before its VFs are re-created).
+	only string
 }
 
 func (e *Engine) newHomecoming(rec *state.Record, places []*netdev.NS) *homecoming {
@@ -66,7 +70,34 @@ func (e *Engine) newHomecoming(rec *state.Record, places []*netdev.NS) *homecomi
 
 func (h *homecoming) close() { h.transit.Close(); h.transit = nil }
 
-func (h *homecoming) allFound() bool { return len(h.found) == len(h.rec.Pending()) }
+func (h *homecoming) allFound() bool { return len(h.found) == len(h.pending()) }
+
+// pending lists the record's pending devices this trip brings home.
+func (h *homecoming) pending() []*state.Device {
+	all := h.rec.Pending()
+	if h.only == "" {
+		return all
+	}
+	for _, d := range all {
+		if d.PCIAddress == h.only {
+			return []*state.Device{d}
+		}
+	}
+	return nil
+}
+
+// gather locates the trip's devices and starts each on its way home,
+// again until all are found or deadline has passed (a device in a dying
+// netns comes back by itself), then brings home those in transit.
+func (h *homecoming) gather(deadline time.Time) error {
+	err := retryUntil(time.Until(deadline), func() (bool, error) {
+		if err := h.locate(); err != nil {
+			return false, err
+		}
+		return h.allFound(), h.bringHome()
+	})
+	return errors.Join(err, h.leaveTransit())
+}
 
 // locate looks for every pending device not found yet, one dump per place.
 func (h *homecoming) locate() error {
@@ -78,7 +109,7 @@ func (h *homecoming) locate() error {
 		if err != nil {
 			return err
 		}
-		for _, d := range h.rec.Pending() {
+		for _, d := range h.pending() {
 			if _, done := h.found[d.PCIAddress]; done {
 				continue
 			}
@@ -117,7 +148,7 @@ func (h *homecoming) untaggedAtHost(d *state.Device) (netlink.Link, bool) {
 // name where it is and goes straight home; the others (its name taken
 // there, or on the host) go to transit.
 func (h *homecoming) bringHome() error {
-	for _, d := range h.rec.Pending() {
+	for _, d := range h.pending() {
 		loc := h.found[d.PCIAddress]
 		if loc == nil || loc.route != unmoved {
 			continue
@@ -270,7 +301,7 @@ func (h *homecoming) leaveTransit() error {
 		return err
 	}
 	names := map[string]string{}
-	for _, d := range h.rec.Pending() {
+	for _, d := range h.pending() {
 		if _, ok := inTransit[d.PCIAddress]; ok {
 			names[d.PCIAddress] = d.OriginalName
 		}
@@ -280,7 +311,7 @@ func (h *homecoming) leaveTransit() error {
 	}
 	failpoint.Hit(failpoint.ReleaseRenamed)
 	var errs []error
-	for _, d := range h.rec.Pending() {
+	for _, d := range h.pending() {
 		l, ok := inTransit[d.PCIAddress]
 		if !ok {
 			continue
@@ -338,7 +369,7 @@ func (h *homecoming) park(l netlink.Link, d *state.Device) error {
 // node agent (on the device's return) or the next ADD, DEL or GC looks
 // again.
 func (h *homecoming) reportMissing(log *slog.Logger) {
-	for _, d := range h.rec.Pending() {
+	for _, d := range h.pending() {
 		if _, ok := h.found[d.PCIAddress]; !ok {
 			log.Warn("device not found in the pod or on the host: it is in a network namespace the workload made (a kind node?) that is still alive; "+
 				"delete that netns or move the device back: the node agent finishes the release when it is back (without the agent, the next ADD, DEL or GC does)",

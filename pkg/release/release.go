@@ -24,15 +24,11 @@ func (e *Engine) Release(rec *state.Record, places []*netdev.NS, settle time.Dur
 	}
 	e.mark("record-releasing")
 	e.detachNetdevless(rec, log)
+	deadline := time.Now().Add(settle)
+	err := e.pfFirst(rec, places, deadline, log)
 	trip := e.newHomecoming(rec, places)
 	defer trip.close()
-	err := retryUntil(settle, func() (bool, error) {
-		if err := trip.locate(); err != nil {
-			return false, err
-		}
-		return trip.allFound(), trip.bringHome()
-	})
-	err = errors.Join(err, trip.leaveTransit())
+	err = errors.Join(err, trip.gather(deadline))
 	e.mark("move")
 	err = errors.Join(err, e.restoreHostState(rec, trip, log))
 	trip.reportMissing(log)
@@ -43,6 +39,69 @@ func (e *Engine) Release(rec *state.Record, places []*netdev.NS, settle time.Dur
 	err = e.saveOrFinish(rec, err, log)
 	e.mark("record-removed")
 	return err
+}
+
+// pfFirst brings the PF home alone and gives it back its VF count and
+// the VFs' drivers before any VF netdev moves, when the job left the PF
+// another VF count (a kind-sriov job writes sriov_numvfs 0, then its
+// own). Writing the count removes every VF netdev, so bringing the job's
+// VFs home first would be work for nothing: each netns move costs the
+// kernel an rcu_barrier(), and each new VF's MAC goes through the PF's
+// mailbox. And a VF the job made can hold the kernel name of a device of
+// the record, which could then not come home. The VF netdevs the count
+// brings back come home in restoreSRIOV.
+func (e *Engine) pfFirst(rec *state.Record, places []*netdev.NS, deadline time.Time, log *slog.Logger) error {
+	if !e.vfCountChanged(rec) {
+		return nil
+	}
+	trip := e.newHomecoming(rec, places)
+	trip.only = rec.PF().PCIAddress
+	defer trip.close()
+	if err := trip.gather(deadline); err != nil {
+		return err
+	}
+	e.mark("pf-move")
+	_, err := e.restoreSRIOVConfig(rec, log)
+	e.mark("vf-count")
+	if err != nil {
+		return err
+	}
+	return reviveSeen(rec, places)
+}
+
+// reviveSeen puts back among the pending devices every VF whose netdev
+// the count's write should have removed but that is still seen in the pod
+// (or a netns nested in it): the kernel removes a VF's netdev wherever it
+// is, but a fake sysfs (the kernel tests') removes nothing, and whatever
+// is still seen somewhere comes home rather than being trusted gone.
+func reviveSeen(rec *state.Record, places []*netdev.NS) error {
+	for _, ns := range places {
+		if ns == nil {
+			continue
+		}
+		links, err := ns.ByPCI()
+		if err != nil {
+			return err
+		}
+		for i := range rec.Devices[1:] {
+			if d := &rec.Devices[1+i]; d.Detached && links[d.PCIAddress] != nil {
+				d.Released, d.Detached = false, false
+			}
+		}
+	}
+	return nil
+}
+
+// vfCountChanged reports whether the release will re-create the PF's VFs:
+// its SR-IOV state is still to restore, its netdev is pending and on its
+// driver, and sriov_numvfs is not the recorded count.
+func (e *Engine) vfCountChanged(rec *state.Record) bool {
+	s, pf := rec.SRIOV, rec.PF()
+	if s == nil || s.Restored || pf.Released || pf.Detached {
+		return false
+	}
+	now, err := e.Sys.PF(pf.PCIAddress)
+	return err == nil && now.NumVFs != s.NumVFs
 }
 
 // markReleasing records that a release began, so whoever finds the record

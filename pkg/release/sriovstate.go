@@ -110,32 +110,8 @@ func (e *Engine) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 	if s == nil || s.Restored {
 		return nil
 	}
-	pf := rec.PF().PCIAddress
-	if bound, err := e.restorePFDriver(rec, log); err != nil || !bound {
+	if ready, err := e.restoreSRIOVConfig(rec, log); err != nil || !ready {
 		return err
-	}
-	if l, err := e.pfLink(pf); err != nil || l == nil {
-		return err // not home yet: a later run restores
-	}
-	cur, err := e.Sys.State(pf)
-	if err != nil {
-		return err
-	}
-	if sriovDiffers(s, cur) {
-		letGo, held := e.holdVFs(s, cur)
-		if held != "" {
-			if s.Blocked != held {
-				log.Warn("VF held through vfio: the PF's SR-IOV state is restored once it is free; the PF stays out of the pool", "blocked", held)
-			}
-			s.Blocked = held
-			return nil
-		}
-		s.Blocked = ""
-		err := e.applySRIOV(rec, cur, log)
-		letGo()
-		if err != nil {
-			return err
-		}
 	}
 	if err := e.bringBackVFs(rec, log); err != nil {
 		return err
@@ -150,6 +126,36 @@ func (e *Engine) restoreSRIOV(rec *state.Record, log *slog.Logger) error {
 	failpoint.Hit(failpoint.ReleaseSRIOVRestored)
 	log.Info("SR-IOV state of the PF restored", "numVFs", s.NumVFs)
 	return nil
+}
+
+// restoreSRIOVConfig gives the PF back its own driver, then its VF count,
+// the VFs' drivers and autoprobe, as soon as the PF is on the host. ready
+// is false while it cannot: the PF not home yet, or held through vfio
+// (the reason is then in Blocked).
+func (e *Engine) restoreSRIOVConfig(rec *state.Record, log *slog.Logger) (ready bool, err error) {
+	s, pf := rec.SRIOV, rec.PF().PCIAddress
+	if bound, err := e.restorePFDriver(rec, log); err != nil || !bound {
+		return false, err
+	}
+	if l, err := e.pfLink(pf); err != nil || l == nil {
+		return false, err // not home yet: a later run restores
+	}
+	cur, err := e.Sys.State(pf)
+	if err != nil || !sriovDiffers(s, cur) {
+		return err == nil, err
+	}
+	letGo, held := e.holdVFs(s, cur)
+	if held != "" {
+		if s.Blocked != held {
+			log.Warn("VF held through vfio: the PF's SR-IOV state is restored once it is free; the PF stays out of the pool", "blocked", held)
+		}
+		s.Blocked = held
+		return false, nil
+	}
+	s.Blocked = ""
+	err = e.applySRIOV(rec, cur, log)
+	letGo()
+	return err == nil, err
 }
 
 // restorePFDriver binds the PF back to the driver (and driver_override) it
