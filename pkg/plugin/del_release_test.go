@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,5 +103,38 @@ func TestSRIOVRestoreRunsWhileAVFWaitsForItsName(t *testing.T) {
 	}
 	if _, ok := pciIn(t, e.Host)[pf.VFs[1].PCI]; !ok {
 		t.Errorf("VF %s is not on the host under any name", pf.VFs[1].PCI)
+	}
+}
+
+// A kind-sriov job re-creates the VFs (sriov_numvfs 0, then its own
+// count): the VFs' new netdevs sit on the host under kernel names when DEL
+// comes. Writing the recorded count removes them all, so DEL re-creates
+// the VFs first, with the PF home, and brings no VF netdev home before
+// that: moving, renaming and re-addressing netdevs the write throws away
+// cost the restore after a kind job twice the kernel's work on 6.12.
+func TestDelRecreatesTheVFsBeforeAnyVFComesHome(t *testing.T) {
+	e := kerneltest.New(t)
+	pf := e.AddPF("ens1f0", 2)
+	pod := e.NewPod()
+	conf := e.Conf(nil)
+	add(t, e, pod, "c1", "net1", conf)
+	writeFile(t, filepath.Join(e.SysfsRoot, "bus", "pci", "devices", pf.PCI, "sriov_numvfs"), "3\n")
+	for i, vf := range pf.VFs {
+		e.NetdevAnew(vf, fmt.Sprintf("eth%d", 7+i), dropNetdev(t, pod, vf.Name))
+	}
+
+	_, logs, err := callLogged(t, e, "DEL", args(pod, "c1", "net1", conf))
+	if err != nil {
+		t.Fatalf("DEL after the job re-created the VFs: %v", err)
+	}
+	assertHostIntact(t, e)
+	recreated := strings.Index(logs, `msg="re-creating the PF's VFs"`)
+	if recreated < 0 {
+		t.Fatalf("DEL did not re-create the VFs:\n%s", logs)
+	}
+	for _, line := range strings.Split(logs[:recreated], "\n") {
+		if strings.Contains(line, `msg="device back on the host"`) && !strings.Contains(line, "vf=-1") {
+			t.Errorf("a VF came home before the VFs were re-created: %s", line)
+		}
 	}
 }

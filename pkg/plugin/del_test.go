@@ -370,9 +370,21 @@ func TestDelFindsAVFBackUnderAKernelNameThroughSysfs(t *testing.T) {
 	conf := e.Conf(nil)
 	add(t, e, pod, "c1", "net1", conf)
 	vf := pf.VFs[1]
-	var mac net.HardwareAddr
+	e.NetdevAnew(vf, "eth7", dropNetdev(t, pod, vf.Name))
+
+	del(t, e, pod, "c1", "net1", conf)
+	assertHostIntact(t, e)
+	if _, ok := kerneltest.Links(t, e.Host)["eth7"]; ok {
+		t.Errorf("the VF's new netdev is still eth7")
+	}
+}
+
+// dropNetdev deletes a VF's netdev in the pod, as the VF's re-creation
+// or rebind does, and returns its MAC.
+func dropNetdev(t *testing.T, pod ns.NetNS, name string) (mac net.HardwareAddr) {
+	t.Helper()
 	if err := pod.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(vf.Name)
+		l, err := netlink.LinkByName(name)
 		if err != nil {
 			return err
 		}
@@ -381,11 +393,5 @@ func TestDelFindsAVFBackUnderAKernelNameThroughSysfs(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	e.NetdevAnew(vf, "eth7", mac)
-
-	del(t, e, pod, "c1", "net1", conf)
-	assertHostIntact(t, e)
-	if _, ok := kerneltest.Links(t, e.Host)["eth7"]; ok {
-		t.Errorf("the VF's new netdev is still eth7")
-	}
+	return mac
 }

@@ -25,13 +25,20 @@ import (
 // would, and returns what it printed on stdout.
 func call(t *testing.T, e *kerneltest.Env, cmd string, args *skel.CmdArgs) ([]byte, error) {
 	t.Helper()
+	out, _, err := callLogged(t, e, cmd, args)
+	return out, err
+}
+
+// callLogged is call that also returns the command's log.
+func callLogged(t *testing.T, e *kerneltest.Env, cmd string, args *skel.CmdArgs) ([]byte, string, error) {
+	t.Helper()
 	var out, logs bytes.Buffer
 	p := &Plugin{NodeConfigFile: e.NodeFile, LockTimeout: 10 * time.Second, SettleTimeout: 200 * time.Millisecond, ProcRoot: e.ProcRoot, Stdout: &out, Stderr: &logs}
 	f := map[string]func(*skel.CmdArgs) error{"ADD": p.Add, "DEL": p.Del, "CHECK": p.Check, "GC": p.GC, "STATUS": p.Status}[cmd]
 	t.Setenv("CNI_COMMAND", cmd)
 	err := e.Host.Do(func(ns.NetNS) error { return f(args) })
 	t.Logf("%s %s/%s: err=%v\n%s", cmd, args.ContainerID, args.IfName, err, logs.String())
-	return out.Bytes(), err
+	return out.Bytes(), logs.String(), err
 }
 
 func args(pod ns.NetNS, cid, ifname string, conf []byte) *skel.CmdArgs {
