@@ -100,8 +100,8 @@ func (e *Engine) vfCountChanged(rec *state.Record) bool {
 	if s == nil || s.Restored || pf.Released || pf.Detached {
 		return false
 	}
-	now, err := e.Sys.PF(pf.PCIAddress)
-	return err == nil && now.NumVFs != s.NumVFs
+	n, err := e.Sys.NumVFs(pf.PCIAddress)
+	return err == nil && n != s.NumVFs
 }
 
 // markReleasing records that a release began, so whoever finds the record

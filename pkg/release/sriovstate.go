@@ -321,23 +321,55 @@ func (e *Engine) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger
 // when its driver was restored), then gives each one that is not as
 // recorded (a new netdev after re-creation or rebind, under a kernel name
 // and a fresh MAC) back its name, MAC, MTU and admin state, through the
-// same homecoming as DEL's.
+// same homecoming as DEL's. With nothing re-created or rebound, every
+// device that came home was just checked against the record, and it
+// reads the host's links only if a VF MAC the job set through the PF must
+// be lifted: a dump of every link on a node of many VFs is not free.
 func (e *Engine) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 	var host map[string]netlink.Link
-	deadline := time.Now().Add(vfNetdevWait)
-	for {
-		var err error
-		if host, err = e.Host.ByPCI(); err != nil {
-			return err
+	if anyDetached(rec) {
+		deadline := time.Now().Add(vfNetdevWait)
+		for {
+			var err error
+			if host, err = e.Host.ByPCI(); err != nil {
+				return err
+			}
+			if e.allVFNetdevs(rec, host) || !time.Now().Before(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if e.allVFNetdevs(rec, host) || !time.Now().Before(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	if err := e.unlockVFMACs(rec, host, log); err != nil {
+	hostLinks := func() (map[string]netlink.Link, error) {
+		var err error
+		if host == nil {
+			host, err = e.Host.ByPCI()
+		}
+		return host, err
+	}
+	if err := e.unlockVFMACs(rec, hostLinks, log); err != nil {
 		return err
 	}
+	if host != nil {
+		e.releaseAsRecorded(rec, host, log)
+	}
+	if len(rec.Pending()) == 0 {
+		return nil
+	}
+	trip := e.newHomecoming(rec, nil)
+	defer trip.close()
+	err := trip.locate()
+	if err == nil {
+		err = trip.bringHome()
+	}
+	err = errors.Join(err, trip.leaveTransit())
+	return errors.Join(err, e.restoreHostState(rec, trip, log))
+}
+
+// releaseAsRecorded puts back among the pending devices each whose netdev
+// on the host is not as recorded (new after re-creation or rebind, or
+// detached until now), and drops a VF gone for good.
+func (e *Engine) releaseAsRecorded(rec *state.Record, host map[string]netlink.Link, log *slog.Logger) {
 	for i := range rec.Devices {
 		d := &rec.Devices[i]
 		l, ok := host[d.PCIAddress]
@@ -355,17 +387,6 @@ func (e *Engine) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 			d.Released, d.Detached = false, false
 		}
 	}
-	if len(rec.Pending()) == 0 {
-		return nil
-	}
-	trip := e.newHomecoming(rec, nil)
-	defer trip.close()
-	err := trip.locate()
-	if err == nil {
-		err = trip.bringHome()
-	}
-	err = errors.Join(err, trip.leaveTransit())
-	return errors.Join(err, e.restoreHostState(rec, trip, log))
 }
 
 // zeroMAC, set through the PF, lifts the lock an administratively set VF
@@ -402,7 +423,7 @@ func (e *Engine) pfLink(pci string) (netlink.Link, error) {
 // the VF driver hands to the PF and the PF reports as before. A PF driver
 // that refuses the zero MAC gets the VF's recorded MAC through the PF
 // instead: the right MAC, administratively set, is the best it allows.
-func (e *Engine) unlockVFMACs(rec *state.Record, host map[string]netlink.Link, log *slog.Logger) error {
+func (e *Engine) unlockVFMACs(rec *state.Record, hostLinks func() (map[string]netlink.Link, error), log *slog.Logger) error {
 	pfl, err := e.pfLink(rec.PF().PCIAddress)
 	if err != nil || pfl == nil {
 		return err
@@ -431,6 +452,10 @@ func (e *Engine) unlockVFMACs(rec *state.Record, host map[string]netlink.Link, l
 			continue
 		}
 		log.Info("VF MAC set through the PF by the job lifted", "pci", v.PCIAddress, "was", h.MAC)
+		host, err := hostLinks()
+		if err != nil {
+			return err
+		}
 		if l, ok := host[d.PCIAddress]; ok && l.Attrs().HardwareAddr.String() == d.MAC {
 			if err := e.Host.SetMAC(l, passingMAC(d.MAC)); err != nil {
 				return err

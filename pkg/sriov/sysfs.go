@@ -133,6 +133,15 @@ func (s Sysfs) PF(addr string) (PF, error) {
 	return pf, nil
 }
 
+// NumVFs reads the PF's sriov_numvfs alone.
+func (s Sysfs) NumVFs(addr string) (int, error) {
+	n, err := readInt(filepath.Join(s.DevicePath(addr), "sriov_numvfs"))
+	if err != nil {
+		return 0, fmt.Errorf("read sriov_numvfs of %s: %w", addr, err)
+	}
+	return n, nil
+}
+
 // ErrNotPF says a PCI address is not an SR-IOV physical function here.
 var ErrNotPF = errors.New("not an SR-IOV physical function on this node")
 
