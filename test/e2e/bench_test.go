@@ -213,6 +213,7 @@ func printProfile(b *testing.B, log []byte, f pf) {
 	for _, cmd := range []string{"ADD", "DEL"} {
 		printSteps(b, cmd, cmd, log)
 	}
+	printStarts(b)
 	strace, err := exec.LookPath("strace")
 	if err != nil {
 		fmt.Println("bench-vm: no strace in the VM; syscalls not counted")
@@ -243,6 +244,38 @@ func printProfile(b *testing.B, log []byte, f pf) {
 	}
 }
 
+// printStarts prints the median wall time of a process that starts and
+// exits at once, for the plugin (CNI_COMMAND=VERSION: its package inits,
+// the runtime's start and exit, the page faults of its binary, which
+// emulation makes dear) and for the exec'd floor (E2E_FLOOR, asked for a
+// command it refuses): what of the plugin's time is neither a step nor the
+// kernel's.
+func printStarts(b *testing.B) {
+	b.Helper()
+	bins := map[string]string{"plugin": filepath.Join(pluginDir, "sriov-passthrough-cni")}
+	if f := os.Getenv("E2E_FLOOR"); f != "" {
+		bins["floor"] = f
+	}
+	const rounds = 11
+	times := map[string][]time.Duration{}
+	for range rounds {
+		for name, bin := range bins {
+			c := exec.Command(bin)
+			c.Env = []string{"CNI_COMMAND=VERSION", "PATH=/bin:/usr/bin"}
+			t0 := time.Now()
+			_ = c.Run() // the floor refuses VERSION: only its start and exit count
+			times[name] = append(times[name], time.Since(t0))
+		}
+	}
+	line := fmt.Sprintf("bench-vm: kernel=%s process start+exit (median ms of %d):", kernelRelease(), rounds)
+	for _, name := range []string{"plugin", "floor"} {
+		if len(times[name]) > 0 {
+			line += fmt.Sprintf(" %s=%.1f", name, msOf(median(times[name])))
+		}
+	}
+	fmt.Println(line)
+}
+
 // printSteps prints the median time of each step of the plugin's cmd
 // that its debug log holds, under the label what.
 func printSteps(b *testing.B, what, cmd string, log []byte) {
@@ -258,6 +291,9 @@ func printSteps(b *testing.B, what, cmd string, log []byte) {
 			continue
 		}
 		list, _, _ = strings.Cut(list, `"`)
+		if _, total, ok := strings.Cut(line, " total="); ok {
+			list = "total=" + strings.Fields(total)[0] + " " + list
+		}
 		for _, kv := range strings.Fields(list) {
 			name, v, _ := strings.Cut(kv, "=")
 			d, err := time.ParseDuration(v)
