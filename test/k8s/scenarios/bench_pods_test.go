@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,9 @@ type podSample struct {
 	cniSetup, add  time.Duration
 	adds           int
 	haveCNI, haveA bool
+	// steps is the plugin's ADD steps (its debug line), summed over
+	// the pod's ADDs.
+	steps map[string]time.Duration
 }
 
 // TestBenchPodRunning is issue 20's cluster figure: the job pod's create
@@ -212,7 +216,8 @@ var (
 	ctrdSandbox = regexp.MustCompile(`RunPodSandbox for &PodSandboxMetadata\{Name:([^,]+),.*returns sandbox id \\"([0-9a-f]{64})\\"`)
 	ctrdID      = regexp.MustCompile(`podsandboxid=([0-9a-f]{64})`)
 	// The plugin's debug line for a command's steps.
-	pluginSteps = regexp.MustCompile(`msg=steps .*cmd=ADD container=([0-9a-f]{64}) .*ok=true total=([0-9.]+)ms`)
+	pluginSteps = regexp.MustCompile(`msg=steps .*cmd=ADD container=([0-9a-f]{64}) .*ok=true total=([0-9.]+)ms steps="([^"]*)"`)
+	pluginStep  = regexp.MustCompile(`([a-z-]+)=([0-9.]+)ms`)
 )
 
 // cniShares fills in each sample's CNI setup time from containerd's log
@@ -243,12 +248,19 @@ func cniShares(t *testing.T, samples []podSample) {
 			into[id[1]] = at
 		}
 	})
-	adds, n := map[string]time.Duration{}, map[string]int{}
+	adds, n, steps := map[string]time.Duration{}, map[string]int{}, map[string]map[string]time.Duration{}
 	readLines(t, "/var/log/sriov-passthrough-cni.log", func(line string) {
-		if m := pluginSteps.FindStringSubmatch(line); m != nil {
-			v, _ := strconv.ParseFloat(m[2], 64)
-			adds[m[1]] += time.Duration(v * float64(time.Millisecond))
-			n[m[1]]++
+		m := pluginSteps.FindStringSubmatch(line)
+		if m == nil {
+			return
+		}
+		adds[m[1]] += parseMs(m[2])
+		n[m[1]]++
+		if steps[m[1]] == nil {
+			steps[m[1]] = map[string]time.Duration{}
+		}
+		for _, st := range pluginStep.FindAllStringSubmatch(m[3], -1) {
+			steps[m[1]][st[1]] += parseMs(st[2])
 		}
 	})
 	for i := range samples {
@@ -258,12 +270,17 @@ func cniShares(t *testing.T, samples []podSample) {
 		r, okR := result[s.sandbox]
 		s.haveCNI = s.sandbox != "" && okB && okR
 		s.cniSetup = r.Sub(b)
-		s.add, s.adds = adds[s.sandbox], n[s.sandbox]
+		s.add, s.adds, s.steps = adds[s.sandbox], n[s.sandbox], steps[s.sandbox]
 		s.haveA = s.adds == s.kind.pfs
 		if !s.haveCNI || !s.haveA {
 			t.Logf("%s: sandbox %q, CNI setup found %v, %d plugin ADD lines for %d PFs", s.name, s.sandbox, s.haveCNI, s.adds, s.kind.pfs)
 		}
 	}
+}
+
+func parseMs(s string) time.Duration {
+	v, _ := strconv.ParseFloat(s, 64)
+	return time.Duration(v * float64(time.Millisecond))
 }
 
 func readLines(t *testing.T, path string, each func(string)) {
@@ -329,6 +346,9 @@ func printPodRunning(samples []podSample) {
 			line += fmt.Sprintf("; plugin_add %s; multus_and_rest %s", add, rest)
 		}
 		fmt.Println(line)
+		if kind != "none" {
+			fmt.Printf("bench-k8s: plugin_add_steps %s medians: %s\n", kind, stepMedians(by[kind]))
+		}
 	}
 	one := spreadOf(pick("one_pf", running))
 	verdict := "met"
@@ -337,6 +357,39 @@ func printPodRunning(samples []podSample) {
 	}
 	fmt.Printf("bench-k8s: issue 20 target, one-PF pod Running <= 500ms after the pod without the network (medians): %s (%s)\n",
 		verdict, msStr(one.med-none.med))
+}
+
+// stepMedians is the median of each of the plugin's ADD steps over the
+// samples, in the order the plugin logs them.
+func stepMedians(samples []podSample) string {
+	var names []string
+	by := map[string][]time.Duration{}
+	for _, s := range samples {
+		for name, d := range s.steps {
+			if by[name] == nil {
+				names = append(names, name)
+			}
+			by[name] = append(by[name], d)
+		}
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(stepOrder(a), stepOrder(b)), strings.Compare(a, b))
+	})
+	var out []string
+	for _, name := range names {
+		out = append(out, name+"="+msStr(spreadOf(by[name]).med))
+	}
+	return strings.Join(out, " ")
+}
+
+// stepOrder is a step's place in ADD (pkg/plugin/add.go), unknown last.
+func stepOrder(name string) int {
+	i := slices.Index([]string{"config", "lock", "repair", "choose", "baseline", "plan", "record-adding",
+		"move", "up", "result", "record-attached"}, name)
+	if i < 0 {
+		return 100
+	}
+	return i
 }
 
 func orNA(d time.Duration, ok bool) string {
