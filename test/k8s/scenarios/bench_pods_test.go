@@ -334,8 +334,8 @@ func printPodRunning(samples []podSample) {
 			}
 		}
 		d := spreadOf(diffs)
-		fmt.Printf("bench-k8s: pod_running %s %s; none %s; delta=%s (per-round difference, q1-q3 %s-%s) ratio=%.2f\n",
-			kind, k, none, msStr(k.med-none.med), msStr(d.q1), msStr(d.q3), float64(k.med)/float64(none.med))
+		fmt.Printf("bench-k8s: pod_running %s %s; none %s; delta=%s (of the medians) paired=%s (the per-round differences' median, q1-q3 %s-%s) ratio=%.2f\n",
+			kind, k, none, msStr(k.med-none.med), msStr(d.med), msStr(d.q1), msStr(d.q3), float64(k.med)/float64(none.med))
 	}
 	for _, kind := range []string{"none", "one_pf", "two_pf"} {
 		cni := spreadOf(pick(kind, func(s podSample) (time.Duration, bool) { return s.cniSetup, s.haveCNI }))
