@@ -36,7 +36,7 @@ UNTESTED_MODULES := test/k8s/components test/k8s/components-v1.34
 # Build tags that switch files in (vet sees both sides of failpoints).
 VET_TAGS := e2e,stress,failpoints,k8s
 
-.PHONY: all build demo test unit e2e k8s-e2e bootstrap-check bench bench-vm stress stress-short lint deps host-snapshot host-check clean
+.PHONY: all build demo test unit e2e k8s-e2e bootstrap-check bench bench-vm bench-k8s stress stress-short lint deps host-snapshot host-check clean
 
 all: build
 
@@ -136,6 +136,18 @@ bench: build
 
 bench-vm:
 	bash test/vm/run.sh bench
+
+# Issue 20's cluster figures, on demand (root; not in make test): two runs
+# of test/k8s/run.sh (the suite's bring-up and teardown) with K8S_BENCH=1.
+# The suite's node (2 PFs x 2 VFs): the README's job pod with one PF, with
+# two, and without the network, 10 of each interleaved, create to Running,
+# and per pod containerd's CNI setup (multus) next to our plugin's ADD.
+# Then a node of 8 PFs x 256 VFs: the agent in its pod, under deploy/'s CPU
+# limit, from a netlink event to its ListAndWatch send and to the kubelet.
+# Each figure ends in a line "bench-k8s: ..."; docs/bench.md has them.
+bench-k8s:
+	K8S_BENCH=1 K8S_E2E_RUN='^TestBenchPodRunning$$' bash test/k8s/run.sh
+	K8S_BENCH=1 K8S_PFS=8 K8S_VFS=256 K8S_E2E_RUN='^TestBenchAgentEvent$$' bash test/k8s/run.sh
 
 # gofmt; go mod tidy -diff and go vet (also with VET_TAGS) in every module;
 # shellcheck on every shell script in the tree (test/shellcheck.sh).

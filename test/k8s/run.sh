@@ -17,6 +17,11 @@
 #   K8S_KUBELET_VERSION=V the node's kubelet from release V (default: the
 #                        control plane's, K8S_VERSION); build.sh builds it
 #                        from test/k8s/components-<its minor>
+#   K8S_PFS=N K8S_VFS=M  the node's fake PFs and VFs per PF (default 2 and 2)
+#   K8S_BENCH=1          make bench-k8s: deploy through test/k8s/overlay-bench
+#                        (the plugin's debug log in a file) and log containerd
+#                        at debug level (its CNI setup times); the scenarios'
+#                        TestBench* run only then
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -120,6 +125,8 @@ build_images() {
 	local busybox=(-file "$bb=bin/busybox:0755" "${applets[@]}")
 	"$b/mkimage" -name "$PAUSE_IMAGE" -out "$W/images/pause.tar" -file "$b/pause=pause:0755" -entrypoint /pause
 	"$b/mkimage" -name "$BUSYBOX_IMAGE" -out "$W/images/busybox.tar" "${busybox[@]}" -cmd sh
+	local overlay=$here/overlay
+	[ "${K8S_BENCH:-}" = 1 ] && overlay=$here/overlay-bench
 	# The plugin image, laid out as the Dockerfile's final stage: busybox, the
 	# static binary and conf under /plugin-src, the agent, install-plugin as
 	# entrypoint.
@@ -143,7 +150,7 @@ build_images() {
 			apiVersion: kustomize.config.k8s.io/v1beta1
 			kind: Kustomization
 			resources:
-			- $(realpath --relative-to="$W/overlay-$tag" "$here/overlay")
+			- $(realpath --relative-to="$W/overlay-$tag" "$overlay")
 			images:
 			- name: sriov-passthrough-cni
 			  newName: $PLUGIN_IMAGE

@@ -74,6 +74,12 @@ func sriovRequests(t *testing.T, spec map[string]any) int {
 // command, like a job's, ends promptly on SIGTERM.
 func createJob(t *testing.T, pfs int, name string) {
 	t.Helper()
+	createPod(t, jobPod(t, pfs, name))
+}
+
+// jobPod is the pod createJob makes, as an object to create.
+func jobPod(t *testing.T, pfs int, name string) map[string]any {
+	t.Helper()
 	job := readmeJobs(t)[pfs]
 	spec := map[string]any{}
 	b, _ := json.Marshal(job.Spec)
@@ -89,12 +95,18 @@ func createJob(t *testing.T, pfs int, name string) {
 			c["name"] = "test"
 		}
 	}
-	pod := map[string]any{
+	return map[string]any{
 		"apiVersion": "v1", "kind": "Pod",
 		"metadata": map[string]any{"name": name, "namespace": ns, "annotations": job.Annotations,
 			"labels": map[string]string{"k8s-e2e": "job", "prow-job": job.Name}},
 		"spec": spec,
 	}
+}
+
+// createPod creates a job pod (labelled k8s-e2e=job) and has the test's
+// cleanup delete every job pod.
+func createPod(t *testing.T, pod map[string]any) {
+	t.Helper()
 	data, _ := json.Marshal(pod)
 	kubectl(t, data, "create", "-f", "-")
 	t.Cleanup(func() { deleteJobs(t) })
