@@ -69,16 +69,20 @@ node_network() {
 
 # fake_pfs makes K8S_PFS PFs with K8S_VFS VFs each: ifb links in this netns and
 # the sysfs tree test/kerneltest builds (class/net/<name>/device -> the PCI
-# function, sriov_totalvfs, sriov_numvfs, virtfnN, physfn).
+# function, sriov_totalvfs, sriov_numvfs, virtfnN, physfn), each function on
+# its driver (igb, igbvf) as a node's are: a declared sriovBaseline judges a
+# VF without one off its default driver.
 fake_pfs() {
 	local i j bus pf pci vf vpci
-	mkdir -p "$SYSFS/class/net" "$SYSFS/bus/pci/devices" "$SYSFS/devices/pci0000:00"
+	mkdir -p "$SYSFS/class/net" "$SYSFS/bus/pci/devices" "$SYSFS/devices/pci0000:00" \
+		"$SYSFS/bus/pci/drivers/igb" "$SYSFS/bus/pci/drivers/igbvf"
 	for ((i = 0; i < K8S_PFS; i++)); do
 		bus=$((0x3b + i)) pf=ens1f$i
 		pci=$(printf '0000:%02x:00.0' "$bus")
 		pci_dir "$pci"
 		echo "$K8S_VFS" >"$SYSFS/devices/pci0000:00/$pci/sriov_totalvfs"
 		echo "$K8S_VFS" >"$SYSFS/devices/pci0000:00/$pci/sriov_numvfs"
+		ln -s ../../../bus/pci/drivers/igb "$SYSFS/devices/pci0000:00/$pci/driver"
 		netdev "$pci" "$pf"
 		for ((j = 0; j < K8S_VFS; j++)); do
 			vpci=$(printf '0000:%02x:%02x.%d' $((bus + 0x40)) $((j / 8)) $((j % 8)))
@@ -86,6 +90,7 @@ fake_pfs() {
 			pci_dir "$vpci"
 			ln -s "../$pci" "$SYSFS/devices/pci0000:00/$vpci/physfn"
 			ln -s "../$vpci" "$SYSFS/devices/pci0000:00/$pci/virtfn$j"
+			ln -s ../../../bus/pci/drivers/igbvf "$SYSFS/devices/pci0000:00/$vpci/driver"
 			netdev "$vpci" "$vf"
 		done
 	done
@@ -97,10 +102,16 @@ pci_dir() {
 	ln -s "../../../devices/pci0000:00/$1" "$SYSFS/bus/pci/devices/$1"
 }
 
+# netdev PCI NAME makes the function's netdev, listed in the tree as /sys
+# lists it: under the function with its ifindex, the function on the pci
+# bus. That is what names a netdev's PCI function where netlink does not
+# (an ifb never has a parent device), as after a VF's driver is rebound.
 netdev() {
 	ip link add "$2" type ifb
 	mkdir -p "$SYSFS/devices/pci0000:00/$1/net/$2"
 	ln -s ../../ "$SYSFS/devices/pci0000:00/$1/net/$2/device"
+	ip -o link show dev "$2" | cut -d: -f1 >"$SYSFS/devices/pci0000:00/$1/net/$2/ifindex"
+	ln -s ../../../bus/pci "$SYSFS/devices/pci0000:00/$1/subsystem"
 	ln -s "../../devices/pci0000:00/$1/net/$2" "$SYSFS/class/net/$2"
 }
 
