@@ -65,14 +65,20 @@ type Agent struct {
 	// repairWindow; backingOff the records whose back-off was logged.
 	tried      map[string][]time.Time
 	backingOff map[string]bool
-	// repairs counts the repairs the agent ran (tests count them).
+	// repairs counts the repairs the agent ran, pfReads its reads of the
+	// node's PFs from sysfs (tests count them).
 	repairs atomic.Int64
+	pfReads atomic.Int64
 	// turned is when the loop last turned (Unix nanoseconds).
 	turned atomic.Int64
 
 	mu      sync.Mutex
 	wake    chan struct{}
 	pending bool // a look with repair is owed
+	// pfs is the node's PFs as sysfs listed them at the last read, and
+	// reread says a look must read them again (see nodePFs).
+	pfs    []sriov.PF
+	reread bool
 	// baselineFailed holds, per PF, why bringing it to the baseline
 	// failed and when: it is tried again after repairWindow.
 	baselineFailed map[string]baselineFailure
@@ -95,7 +101,7 @@ func (a *Agent) Look() ([]PF, error) {
 
 func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
 	sys := sriov.Sysfs{Root: a.Conf.SysfsRoot}
-	pfs, err := sys.PFs()
+	pfs, err := a.nodePFs(sys)
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +138,38 @@ func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
 	a.see(pfs, v.Host)
 	v.Seen = a.seen
 	return Judge(v), nil
+}
+
+// nodePFs lists the node's PFs with their VFs from sysfs, or, when
+// nothing since the last read can have changed them, as that read found
+// them. On a node of 8 PFs x 256 VFs the read is most of a look's CPU
+// (a readlink and a directory read per VF): about 80 ms, which a CPU limit
+// turns into far more. What changes the list changes a host link with it:
+// VFs created or removed (sriov_numvfs), a function bound to another
+// driver, a netdev renamed, each is a link event in the host netns (see
+// signal). Address and route events, the uplink signs, change nothing
+// there (signalUplinkSign). What happens only in another netns (VF
+// netdevs of a PF a pod holds) is read again at the next event or resync.
+func (a *Agent) nodePFs(sys sriov.Sysfs) ([]sriov.PF, error) {
+	a.mu.Lock()
+	reuse := !a.reread && a.pfs != nil
+	last := a.pfs
+	// Cleared before the read: an event during it asks for another.
+	a.reread = false
+	a.mu.Unlock()
+	if reuse {
+		return slices.Clone(last), nil
+	}
+	a.pfReads.Add(1)
+	pfs, err := sys.PFs()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.reread = true
+		return nil, err
+	}
+	a.pfs = pfs
+	return slices.Clone(pfs), nil
 }
 
 // see remembers the host link of every PF on the host now.
@@ -263,6 +301,9 @@ func (a *Agent) step(repair bool) (retry time.Duration) {
 		if wait > 0 && (retry == 0 || wait < retry) {
 			retry = wait
 		}
+		a.mu.Lock()
+		a.reread = true // adopt wrote sysfs
+		a.mu.Unlock()
 		if recs, err = store.Peek(); err == nil {
 			pfs, err = a.judge(recs)
 		}
@@ -494,7 +535,17 @@ const (
 func (a *Agent) signal(repair bool) {
 	a.mu.Lock()
 	a.pending = a.pending || repair
+	a.reread = true
 	a.mu.Unlock()
+	a.wakeUp()
+}
+
+// signalUplinkSign asks for a look after an address or route event: a
+// PF may have turned into an uplink, or back. Such an event changes no
+// PF's functions or netdevs, so the look reuses the last sysfs read.
+func (a *Agent) signalUplinkSign() { a.wakeUp() }
+
+func (a *Agent) wakeUp() {
 	select {
 	case a.wake <- struct{}{}:
 	default:

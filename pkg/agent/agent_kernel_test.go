@@ -328,3 +328,50 @@ func TestRepairsOnlyForTheDevicesAReleaseWaitsFor(t *testing.T) {
 		t.Errorf("records left: %v", recs)
 	}
 }
+
+// An address or route event (a PF turning into an uplink, or back) changes
+// no PF's functions or netdevs: the look it asks for reuses the last sysfs
+// read, which on a node of 8 PFs x 256 VFs is most of a look's CPU. A link
+// event reads sysfs again.
+func TestUplinkSignsReuseTheLastSysfsRead(t *testing.T) {
+	n := startNode(t, CanSeeNetns)
+	start := time.Now()
+	pf := n.env.AddPF("ens1", 2)
+	n.await("PF appears", start, func(d devs) bool { return d[pf.PCI] == pluginapi.Healthy })
+	before := n.quietReads()
+
+	start = time.Now()
+	setUplink(t, n.env.Host, "ens1", true)
+	n.await("ens1 an uplink", start, func(d devs) bool { _, ok := d[pf.PCI]; return !ok })
+	start = time.Now()
+	setUplink(t, n.env.Host, "ens1", false)
+	n.await("ens1 back from uplink", start, func(d devs) bool { return d[pf.PCI] == pluginapi.Healthy })
+	if after := n.quietReads(); after != before {
+		t.Errorf("the address events read sysfs %d more times, want none", after-before)
+	}
+
+	n.env.AddPlainNetdev("0000:00:1f.6", "eno1")
+	deadline := time.Now().Add(10 * time.Second)
+	for n.agent.pfReads.Load() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("a new host link did not have the agent read sysfs again within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// quietReads waits until the agent's count of sysfs reads has not moved
+// for half a second (the looks of earlier events are done) and returns it.
+func (n *node) quietReads() int64 {
+	n.t.Helper()
+	last, since := n.agent.pfReads.Load(), time.Now()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if cur := n.agent.pfReads.Load(); cur != last {
+			last, since = cur, time.Now()
+		} else if time.Since(since) > 500*time.Millisecond {
+			return last
+		}
+	}
+	n.t.Fatal("the agent kept reading sysfs for 10s")
+	return 0
+}

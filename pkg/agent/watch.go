@@ -63,13 +63,13 @@ func (a *Agent) pciOfName(name string) string {
 func (a *Agent) watchUplinkSigns(ctx context.Context) error {
 	err := keepSubscribed(ctx, a, "address", func(ch chan netlink.AddrUpdate, done chan struct{}, h *netns.NsHandle) error {
 		return netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{Namespace: h, ErrorCallback: a.subscriptionError("address")})
-	}, func(netlink.AddrUpdate) { a.signal(false) }, false)
+	}, func(netlink.AddrUpdate) { a.signalUplinkSign() }, false)
 	if err != nil {
 		return err
 	}
 	return keepSubscribed(ctx, a, "route", func(ch chan netlink.RouteUpdate, done chan struct{}, h *netns.NsHandle) error {
 		return netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{Namespace: h, ErrorCallback: a.subscriptionError("route")})
-	}, func(netlink.RouteUpdate) { a.signal(false) }, false)
+	}, func(netlink.RouteUpdate) { a.signalUplinkSign() }, false)
 }
 
 func (a *Agent) subscriptionError(what string) func(error) {
