@@ -328,16 +328,13 @@ func (e *Engine) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger
 func (e *Engine) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 	var host map[string]netlink.Link
 	if anyDetached(rec) {
-		deadline := time.Now().Add(vfNetdevWait)
-		for {
+		err := retryUntil(vfNetdevWait, func() (bool, error) {
 			var err error
-			if host, err = e.Host.ByPCI(); err != nil {
-				return err
-			}
-			if e.allVFNetdevs(rec, host) || !time.Now().Before(deadline) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
+			host, err = e.Host.ByPCI()
+			return err == nil && e.allVFNetdevs(rec, host), err
+		})
+		if err != nil {
+			return err
 		}
 	}
 	hostLinks := func() (map[string]netlink.Link, error) {
