@@ -88,9 +88,14 @@ func TestSRIOVRestoreRunsWhileAVFWaitsForItsName(t *testing.T) {
 	pod := e.NewPod()
 	conf := e.Conf(nil)
 	add(t, e, pod, "c1", "net1", conf)
-	// The job raised the VF count; the fake kernel keeps the two VFs.
+	// The job raised the VF count (0, then 3): the kernel removed the
+	// VFs' netdevs from the pod and gave the new VFs netdevs on the host
+	// under kernel names.
 	numvfs := filepath.Join(e.SysfsRoot, "bus", "pci", "devices", pf.PCI, "sriov_numvfs")
 	writeFile(t, numvfs, "3\n")
+	for i, vf := range pf.VFs {
+		e.NetdevAnew(vf, fmt.Sprintf("eth%d", 7+i), dropNetdev(t, pod, vf.Name))
+	}
 	leave := squat(t, e, pf.VFs[1].Name)
 	defer leave()
 

@@ -63,33 +63,7 @@ func (e *Engine) pfFirst(rec *state.Record, places []*netdev.NS, deadline time.T
 	e.mark("pf-move")
 	_, err := e.restoreSRIOVConfig(rec, log)
 	e.mark("vf-count")
-	if err != nil {
-		return err
-	}
-	return reviveSeen(rec, places)
-}
-
-// reviveSeen puts back among the pending devices every VF whose netdev
-// the count's write should have removed but that is still seen in the pod
-// (or a netns nested in it): the kernel removes a VF's netdev wherever it
-// is, but a fake sysfs (the kernel tests') removes nothing, and whatever
-// is still seen somewhere comes home rather than being trusted gone.
-func reviveSeen(rec *state.Record, places []*netdev.NS) error {
-	for _, ns := range places {
-		if ns == nil {
-			continue
-		}
-		links, err := ns.ByPCI()
-		if err != nil {
-			return err
-		}
-		for i := range rec.Devices[1:] {
-			if d := &rec.Devices[1+i]; d.Detached && links[d.PCIAddress] != nil {
-				d.Released, d.Detached = false, false
-			}
-		}
-	}
-	return nil
+	return err
 }
 
 // vfCountChanged reports whether the release will re-create the PF's VFs:
