@@ -243,7 +243,7 @@ func (e *Engine) writeBaseline(pci string, d baselineDiff, log *slog.Logger) err
 // netdev: it does so as it probes, which under an emulated NIC takes a
 // while.
 func (e *Engine) waitVFNetdevs(pci string) error {
-	deadline := time.Now().Add(vfNetdevWait)
+	deadline := time.Now().Add(e.netdevWait())
 	for {
 		st, err := e.Sys.State(pci)
 		if err != nil {
@@ -259,7 +259,7 @@ func (e *Engine) waitVFNetdevs(pci string) error {
 			return nil
 		}
 		if !time.Now().Before(deadline) {
-			return &BaselineError{PCI: pci, Why: fmt.Sprintf("after %s: %s", vfNetdevWait, strings.Join(off, "; "))}
+			return &BaselineError{PCI: pci, Why: fmt.Sprintf("after %s: %s", e.netdevWait(), strings.Join(off, "; "))}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
