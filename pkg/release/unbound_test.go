@@ -10,14 +10,16 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
 )
 
-// A PF whose own driver a job unbound while a pod held it: DEL binds it
-// back as the record says. The fake kernel binds on drivers_probe
+// A PF whose own driver was unbound: by a job while a pod held it (DEL
+// binds it back as the record says), or before the node was adopted (the
+// agent binds its default driver). The fake kernel binds on drivers_probe
 // and registers the PF's netdev under a kernel name; the VFs' re-creation
 // is the VM's to prove (test/e2e), so these PFs have none.
 
@@ -130,5 +132,52 @@ func TestReleaseSaysWhatIsLeftOfAPFTheJobUnbound(t *testing.T) {
 				t.Errorf("record after the failed release: %+v, %v; want it kept", r, gerr)
 			}
 		})
+	}
+}
+
+// The agent's first step for a PF the node declares a baseline for and
+// that no driver is bound to: bind its default driver through
+// drivers_probe alone (no driver_override written, so none is left) and
+// wait for its netdev. A driver that registers no netdev is unbound again
+// and named; ApplyBaseline refuses a PF without a driver.
+func TestBindBaselineDriver(t *testing.T) {
+	e, pf, k, eng := unboundWorld(t)
+	k.MACs[pf.PCI] = e.UnbindPF(pf, pf.Name)
+	b := config.PFBaseline{PCI: pf.PCI}
+	if err := (&b.NumVFs).UnmarshalJSON([]byte("0")); err != nil {
+		t.Fatal(err)
+	}
+	at, differs, err := eng.AtBaseline(b)
+	if at || err != nil || !strings.Contains(differs, "the PF has no driver") {
+		t.Fatalf("AtBaseline of a PF without a driver: %v %q %v", at, differs, err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if _, err := eng.ApplyBaseline(b, log); err == nil || !strings.Contains(err.Error(), "no driver") || len(k.Writes()) > 0 {
+		t.Fatalf("ApplyBaseline of a PF without a driver: %v, wrote %q", err, k.Writes())
+	}
+
+	k.NoNetdev = true
+	changed, err := eng.BindBaselineDriver(b, log)
+	if changed || err == nil || !strings.Contains(err.Error(), "registered no netdev within 300ms") || !strings.Contains(err.Error(), "unbound again") {
+		t.Fatalf("bind without a netdev: changed %v, %v", changed, err)
+	}
+	if drv := eng.Sys.Driver(pf.PCI); drv != "" {
+		t.Errorf("PF left on %q after its driver registered no netdev", drv)
+	}
+
+	k.NoNetdev = false
+	before := len(k.Writes())
+	changed, err = eng.BindBaselineDriver(b, log)
+	if !changed || err != nil {
+		t.Fatalf("bind: changed %v, %v", changed, err)
+	}
+	if got, want := k.Writes()[before:], []string{"bus/pci/drivers_probe=" + pf.PCI}; !slices.Equal(got, want) {
+		t.Errorf("writes %q, want %q", got, want)
+	}
+	if drv, o, name := eng.Sys.Driver(pf.PCI), eng.Sys.DriverOverride(pf.PCI), eng.Sys.Netdev(pf.PCI); drv != "igb" || o != "" || name == "" {
+		t.Errorf("PF on %q, driver_override %q, netdev %q; want igb, none and one", drv, o, name)
+	}
+	if at, differs, err := eng.AtBaseline(b); !at || err != nil {
+		t.Errorf("after the bind: at baseline %v (%q), %v", at, differs, err)
 	}
 }
