@@ -69,8 +69,9 @@ func (e *Env) UnbindPF(pf PF, name string) net.HardwareAddr {
 // (sriov.Sysfs.Kernel) for a PF's own driver: drivers_probe binds a PF
 // without a driver to the driver its driver_override names, else to
 // Default (none when Default is ""), and the driver registers the PF's
-// netdev in the host netns under the lowest free kernel name (ethN) with
-// the MAC in MACs, unless NoNetdev; a driver's unbind unbinds. Every other
+// netdev in the host netns with the MAC in MACs, unless NoNetdev, under
+// the name in Names (what udev renames it to on a node) or else the
+// lowest free kernel name (ethN); a driver's unbind unbinds. Every other
 // write goes to its file. Writes keeps each write, in order, as
 // "path-under-sysfs=value".
 type FakeKernel struct {
@@ -82,6 +83,10 @@ type FakeKernel struct {
 	// MACs maps a PF's PCI address to the MAC its driver reads from the
 	// NIC (an ifb's cannot be changed later).
 	MACs map[string]net.HardwareAddr
+	// Names maps a PF's PCI address to the name its new netdev gets. The
+	// fake tree does not follow a rename: a test that needs sysfs to name
+	// the netdev after one gives it its final name here.
+	Names map[string]string
 
 	mu     sync.Mutex
 	writes []string
@@ -90,7 +95,7 @@ type FakeKernel struct {
 // NewKernel returns a FakeKernel for the env whose PFs' default driver is
 // def.
 func (e *Env) NewKernel(def string) *FakeKernel {
-	return &FakeKernel{env: e, Default: def, MACs: map[string]net.HardwareAddr{}}
+	return &FakeKernel{env: e, Default: def, MACs: map[string]net.HardwareAddr{}, Names: map[string]string{}}
 }
 
 // Writes returns the writes so far.
@@ -149,9 +154,12 @@ func (k *FakeKernel) probe(pci string) error {
 	if k.NoNetdev {
 		return nil
 	}
-	name, err := k.freeName()
-	if err != nil {
-		return err
+	name := k.Names[pci]
+	if name == "" {
+		var err error
+		if name, err = k.freeName(); err != nil {
+			return err
+		}
 	}
 	e.NetdevAnew(VF{PCI: pci}, name, k.MACs[pci])
 	return nil
