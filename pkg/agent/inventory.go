@@ -160,7 +160,9 @@ func judgeOnHost(pf sriov.PF, v View) PF {
 // left as it is: reported missing if it was advertised before, as when
 // it vanished, else ineligible.
 func judgeDriverless(pf sriov.PF, v View) PF {
-	p := PF{PCI: pf.PCIAddress, VFs: pf.NumVFs}
+	// Its name is the one it was advertised under, if it was: it has none
+	// now, and the known names must not forget it.
+	p := PF{PCI: pf.PCIAddress, Name: v.Known[pf.PCIAddress], VFs: pf.NumVFs}
 	const noDriver = "no driver is bound to it (its own driver was unbound), so it has no netdev"
 	var known []policy.Link
 	if l, ok := v.Seen[pf.PCIAddress]; ok {
@@ -183,8 +185,8 @@ func judgeDriverless(pf sriov.PF, v View) PF {
 	}
 	p.Phase, p.Why = Ineligible, fmt.Sprintf("%s; the node declares no sriovBaseline for it, so the agent leaves it as it is "+
 		"(to serve it, bind its driver: echo %s > /sys/bus/pci/drivers_probe)", noDriver, pf.PCIAddress)
-	if name, ok := v.Known[pf.PCIAddress]; ok {
-		p.Name, p.Phase = name, Missing
+	if _, ok := v.Known[pf.PCIAddress]; ok {
+		p.Phase = Missing
 	}
 	return p
 }

@@ -225,8 +225,8 @@ func TestJudgeAPFWithoutDriver(t *testing.T) {
 			t.Fatalf("%s: judged %+v, want the one PF", c.name, got)
 		}
 		p := got[0]
-		if p.Phase != c.want || p.Healthy() || p.Advertised() != c.advertise {
-			t.Errorf("%s: %+v, want phase %s, advertised %v, never healthy", c.name, p, c.want, c.advertise)
+		if p.Phase != c.want || p.Healthy() || p.Advertised() != c.advertise || p.Name != c.known[pci] {
+			t.Errorf("%s: %+v, want phase %s, advertised %v, never healthy, named as advertised before (%q)", c.name, p, c.want, c.advertise, c.known[pci])
 		}
 		for _, w := range c.wantWhy {
 			if !strings.Contains(p.Why, w) {
