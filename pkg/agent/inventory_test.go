@@ -190,7 +190,7 @@ func TestJudgeAPFWithoutDriver(t *testing.T) {
 	const pci = "0000:3b:00.0"
 	driverless := sriov.PF{PCIAddress: pci, TotalVFs: 7, Driverless: true}
 	offBaseline := func(sriov.PF) string {
-		return "not at the node's sriovBaseline: the PF has no driver (its own driver was unbound), so no netdev; sriov_numvfs 0, want 7"
+		return "not at the node's sriovBaseline: the PF has no driver (its own driver was unbound), so no netdev; its VFs are judged once its default driver is bound"
 	}
 	noBaseline := func(sriov.PF) string { return "" }
 	for _, c := range []struct {
@@ -205,7 +205,7 @@ func TestJudgeAPFWithoutDriver(t *testing.T) {
 		advertise bool
 	}{
 		{name: "under a baseline", baseline: offBaseline, want: OffBaseline,
-			wantWhy: []string{"the PF has no driver", "sriov_numvfs 0, want 7"}},
+			wantWhy: []string{"the PF has no driver", "its VFs are judged once"}},
 		{name: "without a baseline", baseline: noBaseline, want: Ineligible,
 			wantWhy: []string{"no driver is bound to it", "declares no sriovBaseline for it", "echo " + pci + " > /sys/bus/pci/drivers_probe"}},
 		{name: "without a baseline, advertised before", baseline: noBaseline, known: map[string]string{pci: "ens1f0"},

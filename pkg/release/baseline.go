@@ -80,7 +80,7 @@ func (d baselineDiff) touched() []string {
 func (d baselineDiff) String() string {
 	var out []string
 	if d.driverless {
-		out = append(out, "the PF has no driver (its own driver was unbound), so no netdev")
+		out = append(out, "the PF has no driver (its own driver was unbound), so no netdev; its VFs are judged once its default driver is bound")
 	}
 	if d.numVFs {
 		out = append(out, fmt.Sprintf("sriov_numvfs %d, want %d", d.state.NumVFs, d.want))
@@ -101,13 +101,19 @@ func (e *Engine) baselineDiff(b config.PFBaseline) (baselineDiff, error) {
 		return baselineDiff{}, err
 	}
 	d := baselineDiff{}
-	if d.want, err = b.NumVFs.Resolve(pf.TotalVFs); err != nil {
-		return baselineDiff{}, &BaselineError{PCI: b.PCI, Why: "sriovBaseline: " + err.Error()}
-	}
 	if d.state, err = e.Sys.State(b.PCI); err != nil {
 		return baselineDiff{}, err
 	}
-	d.driverless = d.state.Driver == ""
+	if d.driverless = d.state.Driver == ""; d.driverless {
+		// The PF's driver sets how many VFs it allows: without one,
+		// sriov_totalvfs is the SR-IOV capability's count (8 on an
+		// 82576, of which igb allows 7). The rest is judged once the
+		// driver is bound.
+		return d, nil
+	}
+	if d.want, err = b.NumVFs.Resolve(pf.TotalVFs); err != nil {
+		return baselineDiff{}, &BaselineError{PCI: b.PCI, Why: "sriovBaseline: " + err.Error()}
+	}
 	d.autoprobe = !d.state.Autoprobe
 	d.numVFs = d.state.NumVFs != d.want
 	for _, vf := range d.state.VFs {
@@ -116,7 +122,7 @@ func (e *Engine) baselineDiff(b config.PFBaseline) (baselineDiff, error) {
 			d.why = append(d.why, why)
 		}
 	}
-	if name := e.Sys.Netdev(b.PCI); b.Name != "" && name != b.Name && !d.driverless {
+	if name := e.Sys.Netdev(b.PCI); b.Name != "" && name != b.Name {
 		d.name, d.wantName = name, b.Name
 	}
 	return d, nil
