@@ -35,6 +35,9 @@ type Agent struct {
 	HostNetns string
 	// NetnsDir, when set, is watched for pods' netns going away.
 	NetnsDir string
+	// Kernel, set only by tests, stands in for the kernel behind sysfs
+	// writes (sriov.Sysfs.Kernel); nil writes sysfs.
+	Kernel func(path, value string) error
 	// JudgeNetns says whether a record's netns can be judged gone (nil:
 	// always, for tests on the host).
 	JudgeNetns func(path string) error
@@ -99,8 +102,11 @@ func (a *Agent) Look() ([]PF, error) {
 	return a.judge(recs)
 }
 
+// sys is the node's sysfs.
+func (a *Agent) sys() sriov.Sysfs { return sriov.Sysfs{Root: a.Conf.SysfsRoot, Kernel: a.Kernel} }
+
 func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
-	sys := sriov.Sysfs{Root: a.Conf.SysfsRoot}
+	sys := a.sys()
 	pfs, err := a.nodePFs(sys)
 	if err != nil {
 		return nil, err
@@ -140,7 +146,8 @@ func (a *Agent) judge(recs []*state.Record) ([]PF, error) {
 	return Judge(v), nil
 }
 
-// nodePFs lists the node's PFs with their VFs from sysfs, or, when
+// nodePFs lists the node's PFs with their VFs from sysfs, those on the
+// host under class/net and those no driver is bound to, or, when
 // nothing since the last read can have changed them, as that read found
 // them. On a node of 8 PFs x 256 VFs the read is most of a look's CPU
 // (a readlink and a directory read per VF): about 80 ms, which a CPU limit
@@ -162,6 +169,11 @@ func (a *Agent) nodePFs(sys sriov.Sysfs) ([]sriov.PF, error) {
 	}
 	a.pfReads.Add(1)
 	pfs, err := sys.PFs()
+	if err == nil {
+		var driverless []sriov.PF
+		driverless, err = sys.Driverless()
+		pfs = append(pfs, driverless...)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
@@ -380,6 +392,13 @@ func nodeEngine(conf *config.NetConf, host *netdev.NS, log *slog.Logger, judgeNe
 	}
 }
 
+// engine is this agent's nodeEngine, writing sysfs through a.Kernel.
+func (a *Agent) engine(host *netdev.NS, log *slog.Logger) *release.Engine {
+	e := nodeEngine(a.Conf, host, log, a.JudgeNetns)
+	e.Sys = a.sys()
+	return e
+}
+
 // reconcile runs the release engine's repair under the node lock, without
 // waiting for it: a busy lock means an ADD, DEL or GC is at work, and the
 // agent tries again shortly.
@@ -395,7 +414,7 @@ func (a *Agent) reconcile(before []*state.Record) ([]*state.Record, error) {
 			return err
 		}
 		defer host.Close()
-		live, err = nodeEngine(a.Conf, host, a.repairLog, a.JudgeNetns).Reconcile()
+		live, err = a.engine(host, a.repairLog).Reconcile()
 		return err
 	})
 	if errors.Is(err, state.ErrLockTimeout) {

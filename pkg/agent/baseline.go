@@ -15,7 +15,9 @@ import (
 // free on the host (not held by a record, not reserved, not an uplink,
 // inside pfNames) that is off the node's sriovBaseline is not advertised
 // until the agent has brought it there, through the release engine, under
-// the node's lock.
+// the node's lock. A PF that no driver is bound to is brought there in
+// two looks: the first binds its default driver, the next judges it by
+// the name it then has and writes the rest.
 
 type baselineFailure struct {
 	why  string
@@ -30,7 +32,7 @@ func (a *Agent) offBaseline(pf sriov.PF) string {
 	if !ok {
 		return ""
 	}
-	e := &release.Engine{Sys: sriov.Sysfs{Root: a.Conf.SysfsRoot}}
+	e := &release.Engine{Sys: a.sys()}
 	at, differs, err := e.AtBaseline(b)
 	if err != nil {
 		return "cannot tell whether it is at the node's sriovBaseline: " + err.Error()
@@ -58,8 +60,8 @@ func (a *Agent) baselineName(pci string) string {
 // adopt brings the PFs judged off the baseline to it, under the node's
 // lock without waiting for it. A PF whose attempt failed is tried again
 // after repairWindow (its reason stays in its why meanwhile). changed
-// reports whether anything was written; retry how soon to try again when
-// the lock was busy.
+// reports whether anything was written; retry how soon to try again: the
+// lock was busy, or a PF's driver was bound and the rest is to do.
 func (a *Agent) adopt(pfs []PF) (changed bool, retry time.Duration) {
 	now := time.Now()
 	var todo []config.PFBaseline
@@ -81,13 +83,14 @@ func (a *Agent) adopt(pfs []PF) (changed bool, retry time.Duration) {
 		a.baselineFailed = map[string]baselineFailure{}
 	}
 	log := a.Log.With("cmd", "baseline")
+	bound := false
 	err := a.inHost(func() error {
 		host, err := netdev.Current(a.Conf.SysfsRoot)
 		if err != nil {
 			return err
 		}
 		defer host.Close()
-		e := nodeEngine(a.Conf, host, log, a.JudgeNetns)
+		e := a.engine(host, log)
 		unlock, err := e.Lock()
 		if err != nil {
 			return err
@@ -103,8 +106,13 @@ func (a *Agent) adopt(pfs []PF) (changed bool, retry time.Duration) {
 			if heldBy(recs, b.PCI) {
 				continue
 			}
-			wrote, err := e.ApplyBaseline(b, log)
+			apply, driverless := e.ApplyBaseline, e.Sys.Driver(b.PCI) == ""
+			if driverless {
+				apply = e.BindBaselineDriver
+			}
+			wrote, err := apply(b, log)
 			changed = changed || wrote
+			bound = bound || driverless && wrote
 			if err != nil {
 				log.Error("cannot bring the PF to the node's sriovBaseline; it is not advertised", "pci", b.PCI, "error", err)
 				a.baselineFailed[b.PCI] = baselineFailure{why: whyOf(err), when: time.Now()}
@@ -119,6 +127,11 @@ func (a *Agent) adopt(pfs []PF) (changed bool, retry time.Duration) {
 		return changed, 100 * time.Millisecond
 	case err != nil:
 		a.Log.Error("bring free PFs to the node's sriovBaseline", "error", err)
+	case bound:
+		// The next look judges the PF by its new name, and brings it the
+		// rest of the way; its netdev's event may have come and gone
+		// while this one held the lock.
+		return changed, burstWindow
 	}
 	return changed, 0
 }

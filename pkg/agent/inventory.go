@@ -128,6 +128,9 @@ func Judge(v View) []PF {
 }
 
 func judgeOnHost(pf sriov.PF, v View) PF {
+	if pf.Driverless {
+		return judgeDriverless(pf, v)
+	}
 	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs, Phase: Free}
 	name := ""
 	if v.BaselineName != nil {
@@ -144,6 +147,46 @@ func judgeOnHost(pf sriov.PF, v View) PF {
 		p.Phase, p.Why = Ineligible, verdict.Reason
 	default:
 		p.Phase, p.Why = Missing, verdict.Reason
+	}
+	return p
+}
+
+// judgeDriverless judges a PF no attachment holds and no driver is bound
+// to (a job or a person unbound it): it has no netdev, so nothing can be
+// handed out. The names it is known by are judged (policy's
+// AdmitsDriverless); under a baseline that applies to it the PF is off
+// it, and the agent binds its default driver, then judges it by its name
+// in full before it writes its SR-IOV state. Without a baseline it is
+// left as it is: reported missing if it was advertised before, as when
+// it vanished, else ineligible.
+func judgeDriverless(pf sriov.PF, v View) PF {
+	// Its name is the one it was advertised under, if it was: it has none
+	// now, and the known names must not forget it.
+	p := PF{PCI: pf.PCIAddress, Name: v.Known[pf.PCIAddress], VFs: pf.NumVFs}
+	const noDriver = "no driver is bound to it (its own driver was unbound), so it has no netdev"
+	var known []policy.Link
+	if l, ok := v.Seen[pf.PCIAddress]; ok {
+		known = append(known, l)
+	}
+	if v.BaselineName != nil {
+		if name := v.BaselineName(pf.PCIAddress); name != "" {
+			known = append(known, policy.Link{Name: name})
+		}
+	}
+	if verdict := v.Rules.AdmitsDriverless(pf.PCIAddress, known); !verdict.OK() {
+		p.Phase, p.Why = Ineligible, noDriver+"; "+verdict.Reason
+		return p
+	}
+	if v.Baseline != nil {
+		if why := v.Baseline(pf); why != "" {
+			p.Phase, p.Why = OffBaseline, why
+			return p
+		}
+	}
+	p.Phase, p.Why = Ineligible, fmt.Sprintf("%s; the node declares no sriovBaseline for it, so the agent leaves it as it is "+
+		"(to serve it, bind its driver: echo %s > /sys/bus/pci/drivers_probe)", noDriver, pf.PCIAddress)
+	if _, ok := v.Known[pf.PCIAddress]; ok {
+		p.Phase = Missing
 	}
 	return p
 }

@@ -179,3 +179,59 @@ func TestJudgeKeepsAPFOffTheBaselineOut(t *testing.T) {
 		}
 	}
 }
+
+// A PF no driver is bound to has no netdev: it is listed all the same,
+// never advertised as free, and says why. Under a baseline that applies
+// it is off it (the agent binds its driver); without one it is left, as
+// missing if it was advertised before, else ineligible; judged by the
+// names it is known by, it may be reserved or outside the pool, and with
+// a pool but no name known it is not taken for in it.
+func TestJudgeAPFWithoutDriver(t *testing.T) {
+	const pci = "0000:3b:00.0"
+	driverless := sriov.PF{PCIAddress: pci, TotalVFs: 7, Driverless: true}
+	offBaseline := func(sriov.PF) string {
+		return "not at the node's sriovBaseline: the PF has no driver (its own driver was unbound), so no netdev; its VFs are judged once its default driver is bound"
+	}
+	noBaseline := func(sriov.PF) string { return "" }
+	for _, c := range []struct {
+		name      string
+		rules     policy.Rules
+		baseline  func(sriov.PF) string
+		baseName  string
+		seen      map[string]policy.Link
+		known     map[string]string
+		want      Phase
+		wantWhy   []string
+		advertise bool
+	}{
+		{name: "under a baseline", baseline: offBaseline, want: OffBaseline,
+			wantWhy: []string{"the PF has no driver", "its VFs are judged once"}},
+		{name: "without a baseline", baseline: noBaseline, want: Ineligible,
+			wantWhy: []string{"no driver is bound to it", "declares no sriovBaseline for it", "echo " + pci + " > /sys/bus/pci/drivers_probe"}},
+		{name: "without a baseline, advertised before", baseline: noBaseline, known: map[string]string{pci: "ens1f0"},
+			want: Missing, wantWhy: []string{"no driver is bound to it"}, advertise: true},
+		{name: "reserved by the name it was seen under", baseline: offBaseline, rules: policy.Rules{Reserved: map[string]bool{"ens1f0": true}},
+			seen: map[string]policy.Link{pci: {Name: "ens1f0"}}, want: Ineligible, wantWhy: []string{"ens1f0 is reserved"}},
+		{name: "a pool and no name", baseline: offBaseline, rules: policy.Rules{PFNames: []string{"ens1f0"}},
+			want: Ineligible, wantWhy: []string{"pfNames cannot judge it without a name"}},
+		{name: "a pool and the baseline's name", baseline: offBaseline, rules: policy.Rules{PFNames: []string{"ens1f0"}},
+			baseName: "ens1f0", want: OffBaseline},
+	} {
+		v := View{PFs: []sriov.PF{driverless}, Host: &policy.Host{Links: map[string]policy.Link{}}, Rules: c.rules,
+			Gone: func(*state.Record) bool { return false }, Baseline: c.baseline, Seen: c.seen, Known: c.known,
+			BaselineName: func(string) string { return c.baseName }}
+		got := Judge(v)
+		if len(got) != 1 {
+			t.Fatalf("%s: judged %+v, want the one PF", c.name, got)
+		}
+		p := got[0]
+		if p.Phase != c.want || p.Healthy() || p.Advertised() != c.advertise || p.Name != c.known[pci] {
+			t.Errorf("%s: %+v, want phase %s, advertised %v, never healthy, named as advertised before (%q)", c.name, p, c.want, c.advertise, c.known[pci])
+		}
+		for _, w := range c.wantWhy {
+			if !strings.Contains(p.Why, w) {
+				t.Errorf("%s: why %q does not say %q", c.name, p.Why, w)
+			}
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
@@ -97,6 +98,35 @@ func (r Rules) Admits(pf sriov.PF, host *Host) Verdict {
 		return Verdict{Reason: as + " is reserved", Fixed: true}
 	}
 	return Verdict{}
+}
+
+// AdmitsDriverless applies the rules about names to a PF that no driver
+// is bound to, which has no netdev and so no name on the host: it is
+// judged by the names it is known by (known: the name the node's baseline
+// gives it, the link it was seen as before its driver went). A
+// reservation of any of them refuses it, and the pool admits it under
+// any. With none known the pool cannot admit it; a reservation has
+// nothing to match (it names netdevs), and the PF is judged by its name
+// in full once its driver is bound and it has one.
+func (r Rules) AdmitsDriverless(pci string, known []Link) Verdict {
+	inPool := len(r.PFNames) == 0
+	var names []string
+	for _, l := range known {
+		one := sriov.PF{PCIAddress: pci, Name: l.Name}
+		h := &Host{Links: map[string]Link{l.Name: l}}
+		if v := (Rules{Reserved: r.Reserved}).Admits(one, h); !v.OK() {
+			return v
+		}
+		inPool = inPool || (Rules{PFNames: r.PFNames}).Admits(one, h).OK()
+		names = append(names, l.Name)
+	}
+	switch {
+	case inPool:
+		return Verdict{}
+	case len(names) == 0:
+		return Verdict{Reason: "pfNames cannot judge it without a name: give it the name it is to get in sriovBaseline.pfs[].name, or bind its driver", Fixed: true}
+	}
+	return Verdict{Reason: fmt.Sprintf("known as %s, it is not in pfNames", strings.Join(names, ", ")), Fixed: true}
 }
 
 // notRecordable returns the first name of the PF or its VFs that JSON

@@ -182,3 +182,32 @@ func TestJudgeAsTheBaselineName(t *testing.T) {
 		t.Errorf("net1, to be named eth0 (taken): %+v", v)
 	}
 }
+
+// A PF without a driver has no name on the host: it is judged by the
+// names it is known by. Reserved under any refuses it; in the pool under
+// any admits it; no name known passes the reservations (they name
+// netdevs; the PF is judged in full once it has one) but not a pool.
+func TestAdmitsDriverless(t *testing.T) {
+	const pci = "0000:3b:00.0"
+	seen := Link{Name: "net1", AltNames: []string{"enp59s0f0"}}
+	for _, c := range []struct {
+		name  string
+		rules Rules
+		known []Link
+		want  string // "" admits
+	}{
+		{"no rules, no name", Rules{}, nil, ""},
+		{"reservations, no name", Rules{Reserved: map[string]bool{"eno1": true}}, nil, ""},
+		{"pool, no name", Rules{PFNames: []string{"ens1f0"}}, nil, "pfNames cannot judge it without a name"},
+		{"pool by the baseline's name", Rules{PFNames: []string{"ens1f0"}}, []Link{{Name: "ens1f0"}}, ""},
+		{"pool by an altname seen", Rules{PFNames: []string{"enp59s0f0"}}, []Link{seen, {Name: "ens1f0"}}, ""},
+		{"outside the pool", Rules{PFNames: []string{"ens2f0"}}, []Link{seen, {Name: "ens1f0"}}, "known as net1, ens1f0, it is not in pfNames"},
+		{"reserved by the baseline's name", Rules{Reserved: map[string]bool{"ens1f0": true}}, []Link{seen, {Name: "ens1f0"}}, "ens1f0 is reserved"},
+		{"reserved by an altname seen", Rules{PFNames: []string{"ens1f0"}, Reserved: map[string]bool{"enp59s0f0": true}}, []Link{seen, {Name: "ens1f0"}}, "net1 (altname enp59s0f0) is reserved"},
+	} {
+		v := c.rules.AdmitsDriverless(pci, c.known)
+		if c.want == "" && !v.OK() || c.want != "" && (v.OK() || !v.Fixed || !strings.Contains(v.Reason, c.want)) {
+			t.Errorf("%s: %+v, want %q", c.name, v, c.want)
+		}
+	}
+}

@@ -43,19 +43,22 @@ func (e *Engine) AtBaseline(b config.PFBaseline) (ok bool, differs string, err e
 
 // baselineDiff is how a PF differs from its baseline.
 type baselineDiff struct {
-	want      int
-	state     sriov.State
-	autoprobe bool     // sriov_drivers_autoprobe is off
-	numVFs    bool     // sriov_numvfs differs
-	offVFs    []string // VFs not on their default driver, or with an override
-	why       []string // per VF, what is off
+	want  int
+	state sriov.State
+	// driverless: no driver is bound to the PF, so it has no netdev
+	// (BindBaselineDriver comes first).
+	driverless bool
+	autoprobe  bool     // sriov_drivers_autoprobe is off
+	numVFs     bool     // sriov_numvfs differs
+	offVFs     []string // VFs not on their default driver, or with an override
+	why        []string // per VF, what is off
 	// name is the PF's host name ("" for none) when it should carry
 	// wantName instead.
 	name, wantName string
 }
 
 func (d baselineDiff) none() bool {
-	return !d.autoprobe && !d.numVFs && len(d.offVFs) == 0 && d.wantName == ""
+	return !d.driverless && !d.autoprobe && !d.numVFs && len(d.offVFs) == 0 && d.wantName == ""
 }
 
 func (d baselineDiff) sriovDiffers() bool { return d.autoprobe || d.numVFs || len(d.offVFs) > 0 }
@@ -76,6 +79,9 @@ func (d baselineDiff) touched() []string {
 
 func (d baselineDiff) String() string {
 	var out []string
+	if d.driverless {
+		out = append(out, "the PF has no driver (its own driver was unbound), so no netdev; its VFs are judged once its default driver is bound")
+	}
 	if d.numVFs {
 		out = append(out, fmt.Sprintf("sriov_numvfs %d, want %d", d.state.NumVFs, d.want))
 	}
@@ -95,11 +101,18 @@ func (e *Engine) baselineDiff(b config.PFBaseline) (baselineDiff, error) {
 		return baselineDiff{}, err
 	}
 	d := baselineDiff{}
-	if d.want, err = b.NumVFs.Resolve(pf.TotalVFs); err != nil {
-		return baselineDiff{}, &BaselineError{PCI: b.PCI, Why: "sriovBaseline: " + err.Error()}
-	}
 	if d.state, err = e.Sys.State(b.PCI); err != nil {
 		return baselineDiff{}, err
+	}
+	if d.driverless = d.state.Driver == ""; d.driverless {
+		// The PF's driver sets how many VFs it allows: without one,
+		// sriov_totalvfs is the SR-IOV capability's count (8 on an
+		// 82576, of which igb allows 7). The rest is judged once the
+		// driver is bound.
+		return d, nil
+	}
+	if d.want, err = b.NumVFs.Resolve(pf.TotalVFs); err != nil {
+		return baselineDiff{}, &BaselineError{PCI: b.PCI, Why: "sriovBaseline: " + err.Error()}
 	}
 	d.autoprobe = !d.state.Autoprobe
 	d.numVFs = d.state.NumVFs != d.want
@@ -165,6 +178,9 @@ func (e *Engine) ApplyBaseline(b config.PFBaseline, log *slog.Logger) (changed b
 	if err != nil || d.none() {
 		return false, err
 	}
+	if d.driverless {
+		return false, &BaselineError{PCI: b.PCI, Why: "the PF has no driver: its default driver is bound first, and the PF judged again with its netdev"}
+	}
 	log = log.With("pci", b.PCI)
 	log.Info("bringing the PF to the node's sriovBaseline", "differs", d.String())
 	// The name first: VFs created below take the lowest free kernel
@@ -197,6 +213,44 @@ func (e *Engine) ApplyBaseline(b config.PFBaseline, log *slog.Logger) (changed b
 	}
 	log.Info("PF at the node's sriovBaseline", "numVFs", d.want)
 	return changed, nil
+}
+
+// BindBaselineDriver binds a PF that no driver is bound to (a job or a
+// person unbound it) to its default driver, with no driver_override left
+// (sriov.Sysfs.BindDefaultPF), and waits for its netdev. That is all it
+// does: the PF then has a name, and the caller judges it again as any PF
+// on the host (the pool, the reservations, the uplink rules) before
+// ApplyBaseline writes its SR-IOV state. The caller holds the node's
+// lock. changed reports whether a driver was left bound; a PF that has
+// one is left as it is, and one whose driver registers no netdev is
+// unbound again.
+func (e *Engine) BindBaselineDriver(b config.PFBaseline, log *slog.Logger) (changed bool, err error) {
+	if e.Sys.Driver(b.PCI) != "" {
+		return false, nil
+	}
+	drv, err := e.Sys.BindDefaultPF(b.PCI)
+	if err != nil {
+		return e.Sys.Driver(b.PCI) != "", &BaselineError{PCI: b.PCI, Why: err.Error()}
+	}
+	log = log.With("pci", b.PCI, "driver", drv)
+	log.Info("PF without a driver bound to its default driver")
+	var name string
+	_ = retryUntil(e.netdevWait(), func() (bool, error) {
+		name = e.Sys.Netdev(b.PCI)
+		return name != "", nil
+	})
+	if name == "" {
+		// Left on a driver without a netdev, the PF would be listed
+		// nowhere (neither under class/net nor as driverless): undone,
+		// it stays as found, and the status says why.
+		why := fmt.Sprintf("bound to its default driver %s, the PF registered no netdev within %s (the kernel log says why)", drv, e.netdevWait())
+		if err := e.Sys.BindPF(b.PCI, "", ""); err != nil {
+			return true, &BaselineError{PCI: b.PCI, Why: why + "; unbinding it again failed: " + err.Error()}
+		}
+		return false, &BaselineError{PCI: b.PCI, Why: why + "; unbound again, as it was"}
+	}
+	log.Info("PF has a netdev again", "name", name)
+	return true, nil
 }
 
 // applyBaselineSRIOV writes the SR-IOV part of the baseline. Autoprobe
@@ -243,7 +297,7 @@ func (e *Engine) writeBaseline(pci string, d baselineDiff, log *slog.Logger) err
 // netdev: it does so as it probes, which under an emulated NIC takes a
 // while.
 func (e *Engine) waitVFNetdevs(pci string) error {
-	deadline := time.Now().Add(vfNetdevWait)
+	deadline := time.Now().Add(e.netdevWait())
 	for {
 		st, err := e.Sys.State(pci)
 		if err != nil {
@@ -259,7 +313,7 @@ func (e *Engine) waitVFNetdevs(pci string) error {
 			return nil
 		}
 		if !time.Now().Before(deadline) {
-			return &BaselineError{PCI: pci, Why: fmt.Sprintf("after %s: %s", vfNetdevWait, strings.Join(off, "; "))}
+			return &BaselineError{PCI: pci, Why: fmt.Sprintf("after %s: %s", e.netdevWait(), strings.Join(off, "; "))}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -48,6 +48,9 @@ type Engine struct {
 	// Baseline is the node's declared SR-IOV baseline (nil for none): a
 	// PF released is brought to it once its record is gone.
 	Baseline *config.SRIOVBaseline
+	// NetdevWait bounds the wait for the netdevs a driver registers as it
+	// probes (a PF bound again, VFs re-created or rebound); 0 is 10 s.
+	NetdevWait time.Duration
 	// Mark, when set, ends a named step of the caller's timing (the
 	// plugin's debug log of where a command's time went).
 	Mark func(step string)

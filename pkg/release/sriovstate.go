@@ -20,9 +20,18 @@ import (
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/state"
 )
 
-// vfNetdevWait bounds the wait for VF netdevs after a rebind or after
-// re-creating the VFs: the VF driver registers them as it probes.
-const vfNetdevWait = 10 * time.Second
+// netdevWait bounds the wait for netdevs after a rebind or after
+// re-creating the VFs, unless Engine.NetdevWait says otherwise: a driver
+// registers them as it probes, which under an emulated NIC takes a while.
+const netdevWait = 10 * time.Second
+
+// netdevWait is how long this engine waits for a driver's netdevs.
+func (e *Engine) netdevWait() time.Duration {
+	if e.NetdevWait > 0 {
+		return e.NetdevWait
+	}
+	return netdevWait
+}
 
 // RecordSRIOV reads the PF's SR-IOV configuration and the PF's view of
 // its VFs, for the record ADD writes.
@@ -137,7 +146,11 @@ func (e *Engine) restoreSRIOVConfig(rec *state.Record, log *slog.Logger) (ready 
 	if bound, err := e.restorePFDriver(rec, log); err != nil || !bound {
 		return false, err
 	}
-	if l, err := e.pfLink(pf); err != nil || l == nil {
+	l, err := e.pfLink(pf)
+	if err == nil && l == nil && rec.PF().Detached {
+		l, err = e.waitPFNetdev(rec)
+	}
+	if err != nil || l == nil {
 		return false, err // not home yet: a later run restores
 	}
 	cur, err := e.Sys.State(pf)
@@ -185,10 +198,82 @@ func (e *Engine) restorePFDriver(rec *state.Record, log *slog.Logger) (bound boo
 	err = e.Sys.BindPF(pf, s.PFDriver, s.PFDriverOverride)
 	letGo()
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("give PF %s back its driver %s: %w; left to restore: %s", pf, s.PFDriver, err, e.leftToRestore(rec))
 	}
 	log.Info("PF back on its driver", "pci", pf, "driver", s.PFDriver, "was", orNone(cur))
 	return true, nil
+}
+
+// waitPFNetdev waits for the netdev of a PF whose own driver went with
+// the job and is bound again: the driver registers it in the host netns
+// as it probes, and nowhere else can it be. None within the wait is an
+// error that says what of the record is left.
+func (e *Engine) waitPFNetdev(rec *state.Record) (netlink.Link, error) {
+	pf := rec.PF().PCIAddress
+	var l netlink.Link
+	err := retryUntil(e.netdevWait(), func() (bool, error) {
+		var err error
+		l, err = e.pfLink(pf)
+		return l != nil, err
+	})
+	if err != nil || l != nil {
+		return l, err
+	}
+	return nil, fmt.Errorf("PF %s is back on its driver %s but registered no netdev within %s; left to restore: %s",
+		pf, orNone(e.Sys.Driver(pf)), e.netdevWait(), e.leftToRestore(rec))
+}
+
+// leftToRestore says, for an error a person reads, what of the record is
+// not given back yet: the PF's own driver, its VF count, the VFs' drivers
+// and autoprobe where sysfs differs from the record, and every netdev not
+// home, by recorded name and PCI address.
+func (e *Engine) leftToRestore(rec *state.Record) string {
+	var out []string
+	if s := rec.SRIOV; s != nil && !s.Restored {
+		out = append(out, e.sriovLeft(rec.PF().PCIAddress, s)...)
+	}
+	var devs []string
+	for _, d := range rec.Devices {
+		if !d.Released || d.Detached {
+			devs = append(devs, fmt.Sprintf("%s (%s)", d.OriginalName, d.PCIAddress))
+		}
+	}
+	if len(devs) > 0 {
+		out = append(out, "the netdevs "+strings.Join(devs, ", "))
+	}
+	return strings.Join(out, "; ") + "; the record stays, and DEL, GC or the node agent tries again"
+}
+
+// sriovLeft lists how the PF's SR-IOV state differs from s.
+func (e *Engine) sriovLeft(pf string, s *state.SRIOV) []string {
+	cur, err := e.Sys.State(pf)
+	if err != nil {
+		return []string{"the PF's SR-IOV state (unreadable: " + err.Error() + ")"}
+	}
+	var out []string
+	if s.PFDriver != "" && cur.Driver != s.PFDriver {
+		out = append(out, fmt.Sprintf("the PF's driver (%s, want %s)", orNone(cur.Driver), s.PFDriver))
+	}
+	if cur.NumVFs != s.NumVFs {
+		out = append(out, fmt.Sprintf("its VFs (sriov_numvfs %d, want %d)", cur.NumVFs, s.NumVFs))
+	}
+	have := map[string]sriov.VFState{}
+	for _, v := range cur.VFs {
+		have[v.PCIAddress] = v
+	}
+	var off []string
+	for _, v := range s.VFs {
+		if h, ok := have[v.PCIAddress]; ok && (h.Driver != v.Driver || h.Override != v.DriverOverride) {
+			off = append(off, fmt.Sprintf("%s on %s, want %s", v.PCIAddress, orNone(h.Driver), orNone(v.Driver)))
+		}
+	}
+	if len(off) > 0 {
+		out = append(out, "VF drivers ("+strings.Join(off, ", ")+")")
+	}
+	if cur.Autoprobe != s.DriversAutoprobe {
+		out = append(out, fmt.Sprintf("sriov_drivers_autoprobe (%t, want %t)", cur.Autoprobe, s.DriversAutoprobe))
+	}
+	return out
 }
 
 func sriovDiffers(s *state.SRIOV, cur sriov.State) bool {
@@ -328,7 +413,7 @@ func (e *Engine) applySRIOV(rec *state.Record, cur sriov.State, log *slog.Logger
 func (e *Engine) bringBackVFs(rec *state.Record, log *slog.Logger) error {
 	var host map[string]netlink.Link
 	if anyDetached(rec) {
-		err := retryUntil(vfNetdevWait, func() (bool, error) {
+		err := retryUntil(e.netdevWait(), func() (bool, error) {
 			var err error
 			host, err = e.Host.ByPCI()
 			return err == nil && e.allVFNetdevs(rec, host), err

@@ -1,6 +1,7 @@
 package sriov
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,7 +23,7 @@ type fakeKernel struct {
 
 func newFakeKernel(t *testing.T, root string) (*fakeKernel, Sysfs) {
 	k := &fakeKernel{t: t, root: root}
-	return k, Sysfs{Root: root, kernel: k.write}
+	return k, Sysfs{Root: root, Kernel: k.write}
 }
 
 func (k *fakeKernel) dev(addr string) string {
@@ -203,5 +204,84 @@ func TestBindDefault(t *testing.T) {
 	k.writes = nil
 	if _, err := s.BindDefault("0000:3b:00.0", "0000:3b:00.0"); err == nil || len(k.writes) > 0 {
 		t.Errorf("BindDefault of the PF itself: %v, wrote %q", err, k.writes)
+	}
+}
+
+// class gives a device of the tree its PCI class, as sysfs shows it.
+func (k *fakeKernel) class(addr, class string) {
+	k.t.Helper()
+	if err := os.WriteFile(filepath.Join(k.dev(addr), "class"), []byte(class+"\n"), 0o644); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// A PF whose own driver was unbound has no netdev, so class/net does not
+// show it: Driverless finds it on the PCI bus. A PF on its driver, a VF
+// without a driver and an SR-IOV function of another class (an NVMe
+// drive) are not listed.
+func TestDriverless(t *testing.T) {
+	root := jobTree(t)
+	k, s := newFakeKernel(t, root)
+	for _, pf := range []string{"0000:3b:00.0", "0000:3c:00.0"} {
+		k.class(pf, "0x020000")
+	}
+	k.class("0000:3b:10.2", "0x020000") // a VF on no driver
+	k.bindAs("0000:3c:00.0", "", "")
+	nvme := "0000:3c:10.2" // repurposed: an SR-IOV function of class 0x0108
+	k.class(nvme, "0x010802")
+	if err := os.Remove(filepath.Join(k.dev(nvme), "physfn")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(k.dev(nvme), "sriov_totalvfs"), []byte("4\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Driverless()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].PCIAddress != "0000:3c:00.0" || !got[0].Driverless || got[0].Name != "" ||
+		got[0].TotalVFs != 7 || got[0].NumVFs != 3 {
+		t.Fatalf("Driverless = %+v, want only PF 0000:3c:00.0 with its 3 VFs of 7", got)
+	}
+	if pfs, err := s.PFs(); err != nil || len(pfs) != 0 {
+		t.Errorf("PFs (class/net) = %+v, %v: a PF without netdev is not there", pfs, err)
+	}
+}
+
+// A PF without a driver is bound to its default driver through
+// drivers_probe alone: driver_override is never written, so nothing is
+// left for a later probe. One with an override is left alone, and a probe
+// that binds nothing says so.
+func TestBindDefaultPF(t *testing.T) {
+	root := jobTree(t)
+	k, s := newFakeKernel(t, root)
+	pf := "0000:3c:00.0"
+	k.bindAs(pf, "", "")
+	got, err := s.BindDefaultPF(pf)
+	if err != nil || got != "igb" {
+		t.Fatalf("BindDefaultPF: %q %v", got, err)
+	}
+	k.want(pf, "igb", "")
+	if want := []string{"bus/pci/drivers_probe=" + pf}; !slices.Equal(k.writes, want) {
+		t.Errorf("writes %q, want %q", k.writes, want)
+	}
+
+	k.writes = nil
+	k.bindAs(pf, "", "vfio-pci")
+	if _, err := s.BindDefaultPF(pf); err == nil || !strings.Contains(err.Error(), `driver_override "vfio-pci"`) || len(k.writes) > 0 {
+		t.Errorf("PF with an override: %v, wrote %q", err, k.writes)
+	}
+	k.want(pf, "", "vfio-pci")
+
+	// No loaded driver claims it: the probe binds nothing.
+	k.bindAs(pf, "", "")
+	s.Kernel = func(path, value string) error { return nil }
+	if _, err := s.BindDefaultPF(pf); err == nil || !strings.Contains(err.Error(), "no driver after the probe") {
+		t.Errorf("probe that binds nothing: %v", err)
+	}
+	for _, notPF := range []string{"0000:3b:10.0", "0000:99:00.0"} {
+		if _, err := s.BindDefaultPF(notPF); !errors.Is(err, ErrNotPF) {
+			t.Errorf("BindDefaultPF(%s) = %v, want ErrNotPF", notPF, err)
+		}
 	}
 }

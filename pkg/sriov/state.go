@@ -204,6 +204,36 @@ func (s Sysfs) BindDefault(pf, vf string) (string, error) {
 	return got, nil
 }
 
+// BindDefaultPF binds a PF that no driver is bound to (a job or a person
+// unbound it) to its default driver, the one the kernel matches by device
+// ID (igb for an 82576), through drivers_probe with no driver_override: no
+// override is set, so none is left for the next probe to honour.
+// sriov_drivers_autoprobe does not matter here: the kernel consults it
+// only for a VF. A PF whose driver_override is set is left alone: the
+// probe would bind the driver it names, which someone chose. The driver
+// bound is returned; a PF with a driver already is left on it.
+func (s Sysfs) BindDefaultPF(pf string) (string, error) {
+	if err := s.vetPF(pf); err != nil {
+		return "", err
+	}
+	if cur := s.Driver(pf); cur != "" {
+		return cur, nil
+	}
+	if o := s.DriverOverride(pf); o != "" {
+		return "", fmt.Errorf("PF %s has driver_override %q, so a probe would bind %s, not its default driver; "+
+			"clear it (echo > %s) if the PF is the node's to hand out",
+			pf, o, o, filepath.Join(s.DevicePath(pf), "driver_override"))
+	}
+	if err := s.write(filepath.Join(s.Root, "bus", "pci", "drivers_probe"), pf); err != nil {
+		return "", fmt.Errorf("probe the default driver for PF %s: %w", pf, err)
+	}
+	got := s.Driver(pf)
+	if got == "" {
+		return "", fmt.Errorf("PF %s has no driver after the probe: no loaded driver claims it (is its module loaded?)", pf)
+	}
+	return got, nil
+}
+
 // BindPF gives the PF back its own driver and driver_override (bind): a
 // job may unbind the PF, which takes its netdev and, with most PF
 // drivers, its VFs away. Callers look for holders first when the PF is on
@@ -262,10 +292,10 @@ func (s Sysfs) bind(addr, want, override string) (err error) {
 }
 
 // write writes a sysfs attribute (writeSysfs), or hands it to the fake
-// kernel a test of this package set.
+// kernel a test set (Kernel).
 func (s Sysfs) write(path, value string) error {
-	if s.kernel != nil {
-		return s.kernel(path, value)
+	if s.Kernel != nil {
+		return s.Kernel(path, value)
 	}
 	return writeSysfs(path, value)
 }

@@ -25,10 +25,11 @@ import (
 // in tests).
 type Sysfs struct {
 	Root string
-	// kernel, set only by this package's tests, stands in for the kernel
-	// behind the tree's writable files: a fake tree cannot bind a driver
-	// on drivers_probe, and the order of the writes is what a test checks.
-	kernel func(path, value string) error
+	// Kernel, set only by tests, stands in for the kernel behind the
+	// tree's writable files: a fake tree cannot bind a driver on
+	// drivers_probe, and the order of the writes is what a test checks.
+	// nil writes the files (a node).
+	Kernel func(path, value string) error
 }
 
 // PF is an SR-IOV physical function.
@@ -40,6 +41,10 @@ type PF struct {
 	TotalVFs int
 	NumVFs   int
 	VFs      []VF
+	// Driverless: no driver is bound to the PF (a job or a person unbound
+	// it), so it has no netdev anywhere and nothing can be handed out.
+	// Only Driverless lists such PFs.
+	Driverless bool
 }
 
 // VF is one virtual function of a PF.
@@ -99,6 +104,56 @@ func (s Sysfs) PFRefs() ([]PFRef, error) {
 	}
 	sort.Slice(refs, func(i, j int) bool { return refs[i].PCIAddress < refs[j].PCIAddress })
 	return refs, nil
+}
+
+// Driverless lists the SR-IOV PFs that no driver is bound to: network
+// functions (PCI class 0x02) with sriov_totalvfs > 0, no driver and no
+// netdev. With
+// no driver a PF has no netdev, so class/net (PFs, PFRefs) never shows
+// it; only the PCI bus does. A VF has no sriov_totalvfs, so it is never
+// one. Sorted by PCI address.
+func (s Sysfs) Driverless() ([]PF, error) {
+	dir := filepath.Join(s.Root, "bus", "pci", "devices")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list PCI devices in sysfs: %w", err)
+	}
+	var pfs []PF
+	for _, e := range entries {
+		addr := e.Name()
+		dev := filepath.Join(dir, addr)
+		// One stat decides for almost every function (VFs, bridges,
+		// storage): only an SR-IOV PF has the file.
+		if _, err := os.Stat(filepath.Join(dev, "sriov_totalvfs")); err != nil {
+			continue
+		}
+		// Without a driver no netdev can be registered; a fake tree may
+		// list one all the same.
+		if !isNetworkClass(dev) || s.Driver(addr) != "" || firstNetdev(dev) != "" {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(dev, "physfn")); err == nil {
+			continue
+		}
+		pf, err := s.PF(addr)
+		if errors.Is(err, ErrNotPF) {
+			continue // sriov_totalvfs 0: no SR-IOV on this function
+		}
+		if err != nil {
+			return nil, err
+		}
+		pf.Driverless = true
+		pfs = append(pfs, pf)
+	}
+	sort.Slice(pfs, func(i, j int) bool { return pfs[i].PCIAddress < pfs[j].PCIAddress })
+	return pfs, nil
+}
+
+// isNetworkClass reports whether the PCI function's class is a network
+// controller (0x02xxxx: Ethernet, InfiniBand, ...).
+func isNetworkClass(dev string) bool {
+	b, err := os.ReadFile(filepath.Join(dev, "class"))
+	return err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), "0x02")
 }
 
 // Read reads a PF PFRefs listed, with its VFs, as PFs does.

@@ -113,6 +113,74 @@ func baselineNode(h *harness, f pf) {
 	}})
 }
 
+// nodeAgent is the node agent on the harness's node, not running yet,
+// and what it last published.
+type nodeAgent struct {
+	*agent.Agent
+	mu   sync.Mutex
+	last []agent.PF
+}
+
+func newNodeAgent(t *testing.T, h *harness) *nodeAgent {
+	t.Helper()
+	conf, err := config.NodeConf(h.nodeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &nodeAgent{}
+	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	n.Agent = &agent.Agent{Conf: conf, Resync: 2 * time.Second, Log: log, Publish: func(pfs []agent.PF) {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.last = pfs
+	}}
+	return n
+}
+
+// look is the status command's look at PF pci.
+func (n *nodeAgent) look(t *testing.T, pci string) agent.PF {
+	t.Helper()
+	seen, err := n.Look()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return find(seen, pci)
+}
+
+// run runs the agent until the test ends.
+func (n *nodeAgent) run(t *testing.T) {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+}
+
+// published is what the agent last published for PF pci.
+func (n *nodeAgent) published(pci string) agent.PF {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return find(n.last, pci)
+}
+
+// waitAdopted waits for the agent to publish PF f free and healthy, at
+// the baseline under its suite name.
+func (n *nodeAgent) waitAdopted(t *testing.T, f pf) {
+	t.Helper()
+	if err := poll(60*time.Second, func() error {
+		if p := n.published(f.PCI); p.Phase != agent.Free || !p.Healthy() {
+			return fmt.Errorf("the agent publishes %+v", p)
+		}
+		return atBaseline(f, baseline[f.PCI].Name)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // The node agent adopts the node before its first job: the status look
 // shows the PF off the baseline and not advertised, then the agent brings
 // it there (name, VF count, VF 0 back on igbvf with no override) and
@@ -127,49 +195,13 @@ func TestAgentBringsABashPluginNodeToTheBaseline(t *testing.T) {
 	for _, o := range pfs[1:] {
 		others[o.PCI] = fmt.Sprint(mustLinks(t, "")[o.PCI])
 	}
-	conf, err := config.NodeConf(h.nodeFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu   sync.Mutex
-		last []agent.PF
-	)
-	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a := &agent.Agent{Conf: conf, Resync: 2 * time.Second, Log: log, Publish: func(pfs []agent.PF) {
-		mu.Lock()
-		defer mu.Unlock()
-		last = pfs
-	}}
-	seen, err := a.Look()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p := find(seen, f.PCI); p.Phase != agent.OffBaseline || p.Advertised() || p.Why == "" {
+	a := newNodeAgent(t, h)
+	if p := a.look(t, f.PCI); p.Phase != agent.OffBaseline || p.Advertised() || p.Why == "" {
 		t.Fatalf("status before the agent ran: %+v, want %s, not advertised, with why", p, agent.OffBaseline)
 	}
-	t.Logf("status before the agent ran: %+v", find(seen, f.PCI))
-
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
-	if err := poll(60*time.Second, func() error {
-		mu.Lock()
-		p := find(last, f.PCI)
-		mu.Unlock()
-		if p.Phase != agent.Free || !p.Healthy() {
-			return fmt.Errorf("the agent publishes %+v", p)
-		}
-		return atBaseline(f, baseline[f.PCI].Name)
-	}); err != nil {
-		t.Fatal(err)
-	}
+	t.Logf("status before the agent ran: %+v", a.look(t, f.PCI))
+	a.run(t)
+	a.waitAdopted(t, f)
 	for _, o := range pfs[1:] {
 		if got := fmt.Sprint(mustLinks(t, "")[o.PCI]); got != others[o.PCI] {
 			t.Errorf("PF %s at the baseline was touched: %s, was %s", o.PCI, got, others[o.PCI])

@@ -83,21 +83,29 @@ func TestJobUnbindsThePF(t *testing.T) {
 	f := pfs[0]
 	h := newHarness(t, map[string]any{"pciBusID": f.PCI})
 	jobEndsAsBefore(t, h, f, 0, forceDeleted, "a job that unbound the PF", func(j *job) {
-		drv := vfDriver(f.PCI)
-		if drv == "" {
-			t.Fatalf("PF %s has no driver", f.PCI)
-		}
-		if err := writeSysfs(filepath.Join(pciDevices, f.PCI, "driver", "unbind"), f.PCI); err != nil {
-			t.Fatalf("unbind PF %s from %s: %v", f.PCI, drv, err)
-		}
-		if err := poll(20*time.Second, func() error {
-			if out := run(t, "ip", "-n", j.kind.name, "-o", "link", "show"); strings.Contains(out, "net1") {
-				return fmt.Errorf("the PF's netdev is still in the kind node: %s", out)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("PF unbound from %s: %d VFs left", drv, len(mustVFs(t, pf{PCI: f.PCI})))
+		j.unbindPF(t)
 	})
+}
+
+// unbindPF is the job unbinding its PF from its driver while the PF sits
+// in the kind node: the PF's netdev leaves the kind node, and igb's
+// remove takes the VFs with it.
+func (j *job) unbindPF(t *testing.T) {
+	t.Helper()
+	drv := vfDriver(j.pf)
+	if drv == "" {
+		t.Fatalf("PF %s has no driver", j.pf)
+	}
+	if err := writeSysfs(filepath.Join(pciDevices, j.pf, "driver", "unbind"), j.pf); err != nil {
+		t.Fatalf("unbind PF %s from %s: %v", j.pf, drv, err)
+	}
+	if err := poll(20*time.Second, func() error {
+		if out := run(t, "ip", "-n", j.kind.name, "-o", "link", "show"); strings.Contains(out, "net1") {
+			return fmt.Errorf("the PF's netdev is still in the kind node: %s", out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("PF unbound from %s: %d VFs left", drv, len(mustVFs(t, pf{PCI: j.pf})))
 }
