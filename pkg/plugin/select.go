@@ -119,18 +119,26 @@ func holderOf(r *state.Record) string {
 	return fmt.Sprintf("pod %s (container %s, %s, %s%s)", r.Pod, r.ContainerID, r.IfName, r.Phase, release.BlockedReason(r))
 }
 
-// choosePF picks the PF for this attachment: the pinned one, or the free
-// one with the lowest PCI address. With none it returns code 11 and, for
-// each PF, why it was passed over.
+// choosePF picks the PF for this attachment: the pinned one (the kubelet's
+// deviceID, the pod's prepared DRA claim, the network's pciBusID), or the
+// free one with the lowest PCI address. With none it returns code 11 and,
+// for each PF, why it was passed over.
 func (o *op) choosePF(recs []*state.Record, view *hostView) (sriov.PF, error) {
-	if o.conf.RequireDeviceID && o.conf.AllocatedPCI() == "" {
+	claimed, err := o.claimedPCI(recs)
+	if err != nil {
+		return sriov.PF{}, err
+	}
+	if o.conf.RequireDeviceID && o.conf.AllocatedPCI() == "" && claimed == "" {
 		return sriov.PF{}, types.NewError(types.ErrInvalidNetworkConfig,
-			"no deviceID: this node hands out PFs only as the kubelet allocates them (requireDeviceID in "+o.conf.NodeConfigFile+")",
-			"request one prow/sriov (the network's resourceName) per attachment in the pod's resources, so the kubelet allocates a PF and multus passes its PCI address")
+			"no deviceID and no prepared DRA claim: this node hands out PFs only as the kubelet allocates them (requireDeviceID in "+o.conf.NodeConfigFile+")",
+			"request one prow/sriov (the network's resourceName) per attachment in the pod's resources, so the kubelet allocates a PF and multus passes its PCI address (or, on a DRA node, the agent records the pod's claim)")
 	}
 	rules, err := o.rules(recs)
 	if err != nil {
 		return sriov.PF{}, err
+	}
+	if claimed != "" {
+		return o.pinnedPF(claimed, rules, view)
 	}
 	if addr := o.conf.PinnedPCI(); addr != "" {
 		return o.pinnedPF(addr, rules, view)
