@@ -81,6 +81,10 @@ type Node struct {
 	// SRIOVBaseline is the SR-IOV state free PFs are kept at; nil when
 	// the node declares none.
 	SRIOVBaseline *SRIOVBaseline `json:"sriovBaseline,omitempty"`
+	// Allocation is how the agent offers the node's PFs to the kubelet:
+	// AllocationDevicePlugin (the default) or AllocationDRA. Never both:
+	// the scheduler would count every PF twice.
+	Allocation string `json:"allocation,omitempty"`
 
 	// Unknown lists the file's top-level fields that this release does
 	// not know, as spelt there, sorted; they are ignored.
@@ -181,10 +185,33 @@ func NodeConf(path string) (*NetConf, error) {
 		return nil, err
 	}
 	c.setDefaults()
-	if err := errors.Join(c.validateNode(), c.validate()); err != nil {
+	if c.Allocation == "" {
+		c.Allocation = AllocationDevicePlugin
+	}
+	if err := errors.Join(c.validateNode(), c.validate(), validAllocation(c.Allocation)); err != nil {
 		return nil, fmt.Errorf("node configuration %s: %w", path, err)
 	}
 	return c, nil
+}
+
+// The values of the node configuration's allocation field.
+const (
+	// AllocationDevicePlugin: the agent is a kubelet device plugin of
+	// prow/sriov (the default).
+	AllocationDevicePlugin = "devicePlugin"
+	// AllocationDRA: the agent is a DRA kubelet plugin publishing the PFs
+	// in a ResourceSlice; a DeviceClass maps prow/sriov to it.
+	AllocationDRA = "dra"
+)
+
+// validAllocation checks the allocation field. Only the agent checks it
+// (NodeConf): the plugin does not act on it, and refusing every ADD and
+// DEL on the node for a misspelt value would strand the PFs jobs hold.
+func validAllocation(a string) error {
+	if a != AllocationDevicePlugin && a != AllocationDRA {
+		return fmt.Errorf("field \"allocation\": %q is not %q or %q", a, AllocationDevicePlugin, AllocationDRA)
+	}
+	return nil
 }
 
 // nodeOnlyIn lists the node-only fields among a configuration's top-level
@@ -248,6 +275,7 @@ func (c *NetConf) applyNode(set map[string]bool) error {
 	c.ReservedInterfacesFile, c.StateDir, c.SysfsRoot, c.LogFile = n.ReservedInterfacesFile, n.StateDir, n.SysfsRoot, n.LogFile
 	c.RequireDeviceID = n.RequireDeviceID
 	c.Baseline = n.SRIOVBaseline
+	c.Allocation = n.Allocation
 	if n.LogLevel != "" {
 		// Checked here, where the file is known: the same check on the
 		// merged config would blame the network configuration.
