@@ -20,8 +20,14 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/agent"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/claims"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/dra"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/sriov"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=...".
@@ -32,6 +38,8 @@ type options struct {
 	resource, pluginDir, socket       string
 	netnsDir, metricsAddr, output     string
 	healthSocket                      string
+	nodeName, cdiDir                  string
+	pluginsRegistry, draPluginDir     string
 	resync, livenessStall             time.Duration
 	checkNamespaces                   bool
 }
@@ -106,8 +114,8 @@ func run(o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Info("starting", "version", version, "resource", o.resource, "stateDir", a.Conf.StateDir, "sysfsRoot", a.Conf.SysfsRoot,
-		"pfNames", a.Conf.PFNames, "reservedFile", a.Conf.ReservedFile(), "requireDeviceID", a.Conf.RequireDeviceID)
+	log.Info("starting", "version", version, "resource", o.resource, "allocation", a.Conf.Allocation, "stateDir", a.Conf.StateDir,
+		"sysfsRoot", a.Conf.SysfsRoot, "pfNames", a.Conf.PFNames, "reservedFile", a.Conf.ReservedFile(), "requireDeviceID", a.Conf.RequireDeviceID)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if o.checkNamespaces {
@@ -117,10 +125,20 @@ func run(o options, log *slog.Logger) error {
 		}
 		log.Info("in the kubelet's pid and network namespaces")
 	}
-	dp := agent.NewDevicePlugin(o.resource, log)
-	a.Publish = dp.Update
-	srv := &agent.Server{Dir: o.pluginDir, Socket: o.socket, Plugin: dp, Log: log}
-	health := &agent.Health{Agent: a, Server: srv, Stall: o.livenessStall, Started: time.Now()}
+	health := &agent.Health{Agent: a, Stall: o.livenessStall, Started: time.Now()}
+	var srv agent.Runner
+	if a.Conf.Allocation == config.AllocationDRA {
+		p, err := newDRAPlugin(o, a, log)
+		if err != nil {
+			return err
+		}
+		srv, health.Registration = p, p
+	} else {
+		dp := agent.NewDevicePlugin(o.resource, log)
+		a.Publish = dp.Update
+		s := &agent.Server{Dir: o.pluginDir, Socket: o.socket, Plugin: dp, Log: log}
+		srv, health.Server = s, s
+	}
 	if o.healthSocket != "" {
 		if err := serveHealth(ctx, o.healthSocket, health); err != nil {
 			return err
@@ -134,6 +152,27 @@ func run(o options, log *slog.Logger) error {
 	}
 	// Returns once both have stopped and the socket is gone.
 	return agent.Run(ctx, a, srv)
+}
+
+// newDRAPlugin is the agent as a DRA kubelet plugin (node.json's
+// allocation is dra): it talks to the API server with the pod's service
+// account, which only the DRA overlay mounts and grants.
+func newDRAPlugin(o options, a *agent.Agent, log *slog.Logger) (*dra.Plugin, error) {
+	if o.nodeName == "" {
+		return nil, errors.New("allocation is dra: -node-name (or NODE_NAME) must name this node, whose ResourceSlice the agent publishes")
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("allocation is dra: the agent needs the API server (the DRA overlay mounts its service account token): %w", err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("allocation is dra: %w", err)
+	}
+	d := &dra.Driver{NodeName: o.nodeName, Resource: o.resource, Sys: sriov.Sysfs{Root: a.Conf.SysfsRoot},
+		Claims: claims.For(a.Conf.StateDir), CDI: dra.CDI{Dir: o.cdiDir}, Log: log}
+	a.Publish = d.Update
+	return &dra.Plugin{Driver: d, Client: client, RegistrarDir: o.pluginsRegistry, DataDir: o.draPluginDir}, nil
 }
 
 func serveMetrics(ctx context.Context, addr string, m *agent.Metrics, health *agent.Health) error {
@@ -254,6 +293,10 @@ func newFlags(o *options) (*flag.FlagSet, *bool) {
 	fs.StringVar(&o.resource, "resource-name", agent.DefaultResourceName, "the extended resource to advertise")
 	fs.StringVar(&o.pluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
 	fs.StringVar(&o.socket, "socket", "sriov-passthrough.sock", "the stem of the plugin's socket names in -device-plugin-dir (each socket adds a run token and a number: <stem>.<token>-<n>.sock)")
+	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (allocation dra: the pool and ResourceSlice the agent publishes)")
+	fs.StringVar(&o.cdiDir, "cdi-dir", "/var/run/cdi", "where the container runtime reads CDI specs (allocation dra)")
+	fs.StringVar(&o.pluginsRegistry, "kubelet-plugins-registry", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory (allocation dra)")
+	fs.StringVar(&o.draPluginDir, "dra-plugin-dir", "/var/lib/kubelet/plugins/"+dra.DriverName, "the directory of the DRA plugin's socket (allocation dra)")
 	fs.StringVar(&o.netnsDir, "netns-dir", "/var/run/netns", "the host's netns directory, watched for pods going away")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9809); off when empty")
 	// The kubelet's probes are exec probes (`probe ready`, `probe live`)

@@ -65,7 +65,7 @@ func For(stateDir string) Store { return Store{Dir: filepath.Join(stateDir, Subd
 // returned as it was, unless it names other PFs, which a claim's
 // allocation never does, and that is an error.
 func (s Store) Prepare(e Entry) (Entry, error) {
-	if err := validUID(e.Claim.UID); err != nil {
+	if err := ValidUID(e.Claim.UID); err != nil {
 		return Entry{}, err
 	}
 	if len(e.PFs) == 0 {
@@ -102,7 +102,7 @@ func (s Store) Prepare(e Entry) (Entry, error) {
 // Unprepare removes the claim's entry; one that is not there is not an
 // error (the kubelet repeats Unprepare too).
 func (s Store) Unprepare(uid string) error {
-	if err := validUID(uid); err != nil {
+	if err := ValidUID(uid); err != nil {
 		return err
 	}
 	err := os.Remove(filepath.Join(s.Dir, uid+suffix))
@@ -117,7 +117,7 @@ func (s Store) Unprepare(uid string) error {
 
 // Get reads the claim's entry; (nil, nil) when there is none.
 func (s Store) Get(uid string) (*Entry, error) {
-	if err := validUID(uid); err != nil {
+	if err := ValidUID(uid); err != nil {
 		return nil, err
 	}
 	data, err := os.ReadFile(filepath.Join(s.Dir, uid+suffix))
@@ -165,9 +165,9 @@ func (s Store) List() ([]Entry, error) {
 	return out, nil
 }
 
-// validUID refuses what is not a file name of its own: a claim UID is a
+// ValidUID refuses what is not a file name of its own: a claim UID is a
 // UUID, and nothing it says may reach another directory.
-func validUID(uid string) error {
+func ValidUID(uid string) error {
 	if uid == "" || strings.HasPrefix(uid, ".") || strings.ContainsAny(uid, "/\x00") || len(uid) > 200 {
 		return fmt.Errorf("claim UID %q is not a valid checkpoint name", uid)
 	}
