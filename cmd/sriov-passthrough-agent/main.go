@@ -1,7 +1,7 @@
 // Command sriov-passthrough-agent is the node agent of sriov-passthrough-cni:
-// a kubelet device plugin that advertises the node's SR-IOV PFs as the
-// plugin would hand them out, and finishes releases as soon as devices come
-// back. `sriov-passthrough-agent status` shows who holds which PF.
+// a kubelet device plugin (or, with node.json's allocation dra, a DRA
+// kubelet plugin) that advertises the node's SR-IOV PFs as the plugin would
+// hand them out, and finishes releases as soon as devices come back. `sriov-passthrough-agent status` shows who holds which PF.
 package main
 
 import (

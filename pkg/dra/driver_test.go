@@ -306,3 +306,19 @@ func mustJSON(t *testing.T, v any) []byte {
 	must(t, err)
 	return b
 }
+
+// deploy/components/dra names the driver as this package does: the
+// DeviceClass selects its devices, and the agent's socket directory is the
+// one kubeletplugin uses for it.
+func TestDeployNamesThisDriver(t *testing.T) {
+	class, err := os.ReadFile("../../deploy/components/dra/deviceclass.yaml")
+	must(t, err)
+	if !strings.Contains(string(class), `device.driver == "`+DriverName+`"`) {
+		t.Errorf("the DeviceClass does not select driver %s:\n%s", DriverName, class)
+	}
+	kust, err := os.ReadFile("../../deploy/components/dra/kustomization.yaml")
+	must(t, err)
+	if !strings.Contains(string(kust), "/var/lib/kubelet/plugins/"+DriverName) {
+		t.Errorf("the component does not mount /var/lib/kubelet/plugins/%s", DriverName)
+	}
+}
