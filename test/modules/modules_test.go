@@ -114,15 +114,38 @@ var rootTestOnly = map[string]string{
 }
 
 // Modules that must never reach the production build: the plot library of
-// test/bench, the Kubernetes types of test/deploy and test/k8s, the NAD
-// client of test/multus. (A node agent will legitimately bring
-// k8s.io/kubelet and google.golang.org/grpc through cmd/; they are not here.)
+// test/bench, Kubernetes itself (test/k8s), the NAD client of test/multus.
+// (The node agent legitimately brings k8s.io/kubelet and
+// google.golang.org/grpc through cmd/, and, as a DRA kubelet plugin,
+// k8s.io/dynamic-resource-allocation with k8s.io/client-go and k8s.io/api;
+// they are not here, but agentOnly keeps them out of the CNI plugin.)
 var neverInProduction = []string{
 	"gonum.org/v1/plot",
-	"k8s.io/api",
-	"k8s.io/client-go",
 	"k8s.io/kubernetes",
 	"github.com/k8snetworkplumbingwg/network-attachment-definition-client",
+}
+
+// agentOnly are the modules only the node agent's DRA mode needs: the CNI
+// plugin binary, which the runtime execs for every attachment, must not
+// carry them (they are most of the agent's 54 MB).
+var agentOnly = []string{
+	"k8s.io/api",
+	"k8s.io/apimachinery",
+	"k8s.io/client-go",
+	"k8s.io/dynamic-resource-allocation",
+}
+
+func TestThePluginBinaryCarriesNoKubernetesClient(t *testing.T) {
+	root := repoRoot(t)
+	mods := strings.Fields(goOutput(t, root, "list", "-deps", "-f", "{{with .Module}}{{.Path}}{{end}}", "./cmd/sriov-passthrough-cni"))
+	if len(mods) == 0 {
+		t.Fatal("the plugin depends on no module; the test proves nothing")
+	}
+	for _, bad := range agentOnly {
+		if slices.Contains(mods, bad) {
+			t.Errorf("cmd/sriov-passthrough-cni depends on %s, which only the agent's DRA mode may", bad)
+		}
+	}
 }
 
 // The image build runs `go mod download`, which fetches every module the
