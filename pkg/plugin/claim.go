@@ -38,6 +38,7 @@ func (o *op) claimedPCI(recs []*state.Record) (string, error) {
 			"a pod of this name was deleted while its claim was prepared, and the kubelet has not unprepared that claim yet; "+
 				"the runtime passed no K8S_POD_UID to tell them apart. The sandbox is retried; it goes through once the old claim is unprepared ("+store.Dir+")")
 	}
+	o.claimedByOthers = othersClaims(entries, e)
 	if e == nil {
 		return "", nil
 	}
@@ -81,4 +82,25 @@ func (o *op) claimedPCI(recs []*state.Record) (string, error) {
 	o.claim = e
 	o.log.Info("PF from the pod's prepared DRA claim", "claim", e.Claim.String(), "pfs", strings.Join(e.PFs, ","), "pf", pick)
 	return pick, nil
+}
+
+// othersClaims maps each PF prepared for a claim other than mine (nil: the
+// pod has none) to that claim, for the PF policy: a PF the scheduler
+// allocated to another pod's claim is not free for this one, even before
+// that pod's ADD takes it.
+func othersClaims(entries []claims.Entry, mine *claims.Entry) map[string]string {
+	out := map[string]string{}
+	for _, x := range entries {
+		if mine != nil && x.Claim.UID == mine.Claim.UID {
+			continue
+		}
+		var pods []string
+		for _, p := range x.Pods {
+			pods = append(pods, p.Namespace+"/"+p.Name)
+		}
+		for _, pci := range x.PFs {
+			out[pci] = fmt.Sprintf("DRA claim %s, prepared for pod %s", x.Claim, strings.Join(pods, ", "))
+		}
+	}
+	return out
 }

@@ -59,6 +59,27 @@ func TestDRAClaimPinsThePF(t *testing.T) {
 	assertHostIntact(t, e)
 }
 
+// A PF prepared for a pod's claim is not free for another pod, even before
+// that pod's ADD: without requireDeviceID, a pod with no claim (and no
+// deviceID) takes the lowest free PF that no claim names, and a deviceID
+// naming another pod's claimed PF is "try again later".
+func TestDRAClaimedPFIsNotFreeForOthers(t *testing.T) {
+	e := kerneltest.New(t)
+	claimed := e.AddPF("ens1f0", 1)
+	other := e.AddPF("ens2f0", 1)
+	prepare(t, e, "claim-1", "c1", "pod-1", claimed.PCI)
+	pod := e.NewPod()
+	if got := pfOf(add(t, e, pod, "c2", "net1", e.Conf(nil))).PciID; got != other.PCI {
+		t.Fatalf("a pod without a claim took %s, want %s (%s is claim-1's)", got, other.PCI, claimed.PCI)
+	}
+	_, err := call(t, e, "ADD", args(e.NewPod(), "c3", "net1", e.Conf(map[string]any{"deviceID": claimed.PCI})))
+	if cniCode(t, err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "claim-1") {
+		t.Errorf("deviceID of another pod's claimed PF: %v", err)
+	}
+	del(t, e, pod, "c2", "net1", e.Conf(nil))
+	assertHostIntact(t, e)
+}
+
 // A claim of two PFs serves the pod's two attachments, one PF each in PCI
 // order; a third attachment has no PF left and is refused.
 func TestDRAClaimOfTwoPFsServesTwoAttachments(t *testing.T) {

@@ -92,6 +92,9 @@ type op struct {
 	// claim is the pod's prepared DRA claim that pinned the PF, nil for
 	// none (claimedPCI).
 	claim *claims.Entry
+	// claimedByOthers maps the PFs prepared for other pods' DRA claims to
+	// those claims (othersClaims).
+	claimedByOthers map[string]string
 }
 
 // begin parses the configuration and CNI_ARGS, opens the log and the host

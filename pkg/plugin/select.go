@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -106,7 +107,10 @@ func (o *op) rules(recs []*state.Record) (policy.Rules, error) {
 	if err != nil {
 		return policy.Rules{}, types.NewError(types.ErrIOFailure, "read reserved interfaces", err.Error())
 	}
-	holders := map[string]string{}
+	holders := maps.Clone(o.claimedByOthers)
+	if holders == nil {
+		holders = map[string]string{}
+	}
 	for _, r := range recs {
 		for _, d := range r.Devices {
 			holders[d.PCIAddress] = holderOf(r)
