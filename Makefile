@@ -16,6 +16,8 @@ endif
 export PATH := $(patsubst %/,%,$(dir $(GO))):$(PATH)
 BIN := bin/sriov-passthrough-cni
 AGENT_BIN := bin/sriov-passthrough-agent
+# The agent with its DRA mode (pkg/agentcmd says why it is a binary of its own).
+DRA_BIN := bin/sriov-passthrough-dra
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GOFLAGS_STATIC := CGO_ENABLED=0
@@ -43,6 +45,7 @@ all: build
 build:
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sriov-passthrough-cni
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/sriov-passthrough-agent
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(DRA_BIN) ./cmd/sriov-passthrough-dra
 
 # See SR-IOV passthrough happen on emulated igb NICs in a VM (no hardware needed).
 demo:

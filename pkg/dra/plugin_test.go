@@ -16,7 +16,17 @@ import (
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/agent"
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/agentcmd"
 )
+
+// The agent's command line names the driver (the default of
+// -dra-plugin-dir) without importing this package, which would put the
+// Kubernetes API client into the device-plugin agent's binary.
+func TestTheCommandLineNamesThisDriver(t *testing.T) {
+	if agentcmd.DRADriverName != DriverName {
+		t.Errorf("agentcmd.DRADriverName %q, want %q", agentcmd.DRADriverName, DriverName)
+	}
+}
 
 // Through the kubelet plugin as the kubelet and the API server see it: the
 // helper serves the driver's DRA gRPC socket, fetches the claim from the
