@@ -147,11 +147,12 @@ func (c Command) run(o Options, args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	dra := a.Conf.Allocation == config.AllocationDRA
+	allocation := a.Conf.AllocationOf(o.NodeName)
+	dra := allocation == config.AllocationDRA
 	if dra && c.DRA == nil {
 		return execDRA(args, log)
 	}
-	log.Info("starting", "version", c.Version, "resource", o.Resource, "allocation", a.Conf.Allocation, "stateDir", a.Conf.StateDir,
+	log.Info("starting", "version", c.Version, "resource", o.Resource, "node", o.NodeName, "allocation", allocation, "stateDir", a.Conf.StateDir,
 		"sysfsRoot", a.Conf.SysfsRoot, "pfNames", a.Conf.PFNames, "reservedFile", a.Conf.ReservedFile(), "requireDeviceID", a.Conf.RequireDeviceID)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -198,14 +199,14 @@ func (c Command) run(o Options, args []string, log *slog.Logger) error {
 func execDRA(args []string, log *slog.Logger) error {
 	self, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("node.json's allocation is dra: find %s next to this binary: %w", DRABinary, err)
+		return fmt.Errorf("node.json's allocation for this node is dra: find %s next to this binary: %w", DRABinary, err)
 	}
 	bin := filepath.Join(filepath.Dir(self), DRABinary)
 	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("node.json's allocation is dra, and this agent serves only the device plugin: "+
-			"its DRA mode is %s, not found next to it (%w); use an image that has it, or drop allocation from node.json", DRABinary, err)
+		return fmt.Errorf("node.json's allocation for this node is dra, and this agent serves only the device plugin: "+
+			"its DRA mode is %s, not found next to it (%w); use an image that has it, or switch the node back in node.json", DRABinary, err)
 	}
-	log.Info("allocation is dra: handing over to "+DRABinary, "path", bin)
+	log.Info("allocation for this node is dra: handing over to "+DRABinary, "path", bin)
 	err = syscall.Exec(bin, append([]string{bin}, args...), os.Environ())
 	return fmt.Errorf("exec %s: %w", bin, err)
 }

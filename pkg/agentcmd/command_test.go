@@ -10,7 +10,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/agent"
 	"github.com/kubevirt/sriov-passthrough-cni/test/kerneltest"
@@ -146,9 +148,11 @@ func TestAgentWarnsOfUnknownNodeFields(t *testing.T) {
 	}
 }
 
-// On a node whose node.json says allocation dra, the device-plugin agent
-// hands its process to sriov-passthrough-dra next to it, with the same
-// arguments; without that binary it stops, saying what to do.
+// On a node whose node.json says allocation dra (here through
+// allocationByNode), the device-plugin agent hands its process to
+// sriov-passthrough-dra next to it, with the same arguments; without that
+// binary it stops, saying what to do. On another node it stays the device
+// plugin.
 func TestAgentHandsADRANodeToTheDRABinary(t *testing.T) {
 	dir := t.TempDir()
 	self, err := os.Executable()
@@ -164,10 +168,11 @@ func TestAgentHandsADRANodeToTheDRABinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	node := filepath.Join(dir, "node.json")
-	if err := os.WriteFile(node, []byte(`{"stateDir":"`+dir+`/state","allocation":"dra"}`), 0o644); err != nil {
+	if err := os.WriteFile(node, []byte(`{"stateDir":"`+dir+`/state","allocationByNode":{"node1":"dra"}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"-node-config", node, "-check-node-namespaces=false", "-health-socket", "", "-node-name", "node1"}
+	args := []string{"-node-config", node, "-check-node-namespaces=false", "-health-socket", "",
+		"-device-plugin-dir", dir, "-node-name", "node1"}
 	run := func() (string, error) {
 		cmd := exec.Command(bin, args...)
 		cmd.Env = append(os.Environ(), "SRIOVPT_AGENT_MAIN=1")
@@ -175,7 +180,7 @@ func TestAgentHandsADRANodeToTheDRABinary(t *testing.T) {
 		return string(out), err
 	}
 	out, err := run()
-	if err == nil || !strings.Contains(out, "sriov-passthrough-dra, not found next to it") || !strings.Contains(out, "drop allocation from node.json") {
+	if err == nil || !strings.Contains(out, "sriov-passthrough-dra, not found next to it") || !strings.Contains(out, "switch the node back in node.json") {
 		t.Errorf("without the DRA binary: %v\n%s", err, out)
 	}
 	// The stand-in DRA binary writes what it was started with.
@@ -194,6 +199,35 @@ func TestAgentHandsADRANodeToTheDRABinary(t *testing.T) {
 	want := strings.Join(append([]string{filepath.Join(dir, DRABinary)}, args...), "\n") + "\n"
 	if string(argv) != want {
 		t.Errorf("the DRA binary ran as\n%q\nwant\n%q", argv, want)
+	}
+	if err := os.Remove(got); err != nil {
+		t.Fatal(err)
+	}
+	// node2 is not in allocationByNode: the agent starts its device plugin
+	// (and waits for a kubelet that never comes) until stopped.
+	args[len(args)-1] = "node2"
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "SRIOVPT_AGENT_MAIN=1")
+	logFile, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	log := func() string { b, _ := os.ReadFile(logFile.Name()); return string(b) }
+	for i := 0; i < 100 && !strings.Contains(log(), "msg=starting"); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Wait()
+	if !strings.Contains(log(), "node=node2 allocation=devicePlugin") {
+		t.Errorf("node2: want the device plugin; the agent logged\n%s", log())
+	}
+	if _, err := os.Stat(got); err == nil {
+		t.Error("node2: the DRA binary ran")
 	}
 }
 

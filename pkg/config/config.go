@@ -71,6 +71,8 @@ type NetConf struct {
 	// Allocation is node.json's allocation ("" when it sets none;
 	// NodeConf fills in AllocationDevicePlugin).
 	Allocation string `json:"-"`
+	// AllocationByNode is node.json's allocationByNode (AllocationOf).
+	AllocationByNode map[string]string `json:"-"`
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 

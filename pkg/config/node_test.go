@@ -245,3 +245,33 @@ func TestNodeAllocation(t *testing.T) {
 		t.Errorf("allocation of the wrong type: %v", err)
 	}
 }
+
+// allocationByNode switches the nodes it names; the others follow
+// allocation. A bad value for any node keeps the agent from starting,
+// naming the node; the plugin does not refuse it.
+func TestNodeAllocationByNode(t *testing.T) {
+	c, err := NodeConf(writeNode(t, `{"allocationByNode":{"node-a":"dra","node-b":"devicePlugin"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for node, want := range map[string]string{"node-a": AllocationDRA, "node-b": AllocationDevicePlugin,
+		"node-c": AllocationDevicePlugin, "": AllocationDevicePlugin} {
+		if got := c.AllocationOf(node); got != want {
+			t.Errorf("AllocationOf(%q) = %q, want %q", node, got, want)
+		}
+	}
+	c, err = NodeConf(writeNode(t, `{"allocation":"dra","allocationByNode":{"node-b":"devicePlugin"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AllocationOf("node-a") != AllocationDRA || c.AllocationOf("node-b") != AllocationDevicePlugin {
+		t.Errorf("allocation dra, node-b devicePlugin: node-a %q, node-b %q", c.AllocationOf("node-a"), c.AllocationOf("node-b"))
+	}
+	node := writeNode(t, `{"allocationByNode":{"node-a":"dra","node-b":"DRA"}}`)
+	if _, err := NodeConf(node); err == nil || !strings.Contains(err.Error(), `field "allocationByNode", node "node-b": "DRA" is not "devicePlugin" or "dra"`) {
+		t.Errorf("a bad value for node-b: %v", err)
+	}
+	if _, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"sriov-passthrough-cni"}`), node); err != nil {
+		t.Errorf("the plugin refused a bad allocationByNode: %v", err)
+	}
+}
