@@ -18,10 +18,11 @@ var draObjects = []string{
 }
 
 // The dra component adds its DeviceClass and the agent's API access, and
-// changes the DaemonSet and node.json in exactly the ways DRA needs:
-// allocation dra and nothing else in node.json; the agent's service
+// changes the DaemonSet in exactly the ways DRA needs: the agent's service
 // account, token, node name and the kubelet's plugin and CDI directories.
-// deploy/ alone stays as it is (the other tests check it).
+// It leaves node.json alone: the overlay's node.json chooses the nodes
+// (allocation, allocationByNode). deploy/ alone stays as it is (the other
+// tests check it).
 func TestDRAComponent(t *testing.T) {
 	plain, with := renderWithComponent(t, "dra")
 	base, overlay := byKindName(t, docs(t, plain)), byKindName(t, docs(t, with))
@@ -42,28 +43,6 @@ func TestDRAComponent(t *testing.T) {
 		class.Spec.Selectors[0].CEL.Expression != `device.driver == "sriov-passthrough.kubevirt.io"` {
 		t.Errorf("DeviceClass %+v: want prow/sriov served by the driver's devices", class.Spec)
 	}
-
-	// node.json: deploy's, with allocation dra.
-	var cmBase, cmOverlay string
-	for k := range base {
-		if strings.HasPrefix(k, "ConfigMap ") {
-			cmBase = k
-		}
-	}
-	for k := range overlay {
-		if strings.HasPrefix(k, "ConfigMap ") {
-			cmOverlay = k
-		}
-	}
-	var nodeBase, nodeDRA map[string]any
-	mustUnmarshal(t, base[cmBase]["data"].(map[string]any)["node.json"].(string), &nodeBase)
-	mustUnmarshal(t, overlay[cmOverlay]["data"].(map[string]any)["node.json"].(string), &nodeDRA)
-	nodeBase["allocation"] = "dra"
-	if !reflect.DeepEqual(nodeBase, nodeDRA) {
-		t.Errorf("the component's node.json is %v, want deploy's with allocation dra: %v", nodeDRA, nodeBase)
-	}
-	delete(base, cmBase)
-	delete(overlay, cmOverlay)
 
 	// The DaemonSet: undo exactly what DRA adds, and deploy's is left.
 	ds := overlay["DaemonSet sriov-passthrough-cni"]
@@ -120,14 +99,6 @@ func TestDRAComponent(t *testing.T) {
 	}
 	byName(pod["containers"].([]any))
 	byName(base["DaemonSet sriov-passthrough-cni"]["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any))
-	// The ConfigMap's name carries node.json's hash.
-	for _, o := range []map[string]any{base["DaemonSet sriov-passthrough-cni"], ds} {
-		for _, v := range o["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["volumes"].([]any) {
-			if cm, ok := v.(map[string]any)["configMap"].(map[string]any); ok {
-				cm["name"] = "node-config"
-			}
-		}
-	}
 	if !reflect.DeepEqual(base, overlay) {
 		t.Errorf("the component changes more than DRA needs:\n--- deploy/\n%s\n--- with the component, DRA's changes taken out\n%s",
 			mustJSON(t, base), mustJSON(t, overlay))
