@@ -34,7 +34,9 @@ TEST_MODULES := test/bench test/deploy test/multus test/k8s .
 # module proxy by test/k8s/build.sh (~2 GB of dependencies); nothing of ours.
 # test/k8s/components-v1.34: the same for the older kubelet of k8s-e2e's
 # second pass (one go.mod holds one version of k8s.io/kubernetes).
-UNTESTED_MODULES := test/k8s/components test/k8s/components-v1.34
+# test/k8s/containerd: containerd v2 (CDI) for k8s-e2e's DRA pass, built
+# the same way; nothing of ours.
+UNTESTED_MODULES := test/k8s/components test/k8s/components-v1.34 test/k8s/containerd
 # Build tags that switch files in (vet sees both sides of failpoints).
 VET_TAGS := e2e,stress,failpoints,k8s
 
