@@ -109,9 +109,13 @@ stress-short:
 # build takes 15-40 min on 2 cores, the older kubelet below some 10 more);
 # then interrupted and failing runs must leave the host clean (TestTeardown),
 # then the scenarios run, then a second cluster whose node runs the older
-# kubelet runs K8S_OLD_KUBELET_SCENARIOS. Each pass ends with "k8s-e2e:
-# kubernetes=V kubelet=V pods=N pfs_handed_out=N devices_lost=0
-# devices_misnamed=0".
+# kubelet runs K8S_OLD_KUBELET_SCENARIOS, then a third whose node serves
+# prow/sriov through DRA (K8S_DRA=1: containerd K8S_DRA_CONTAINERD, built
+# from test/k8s/containerd for its CDI, deploy/ with components/dra) runs
+# the TestDRA* scenarios. Each pass ends with "k8s-e2e: kubernetes=V
+# kubelet=V pods=N dra_pods=N pfs_handed_out=N devices_lost=0
+# devices_misnamed=0" (the DRA pass's also names containerd and
+# allocation=dra; dra_pods counts the job pods served through a claim).
 #
 # The older kubelet is three minors older than the control plane, the skew
 # Kubernetes supports. Up to v1.36 the kubelet keys device plugins by
@@ -128,11 +132,13 @@ K8S_OLD_KUBELET_SCENARIOS := TestReadmeProwJobs TestRestartsLoseNothing \
 	TestAgentKeepsAPFInAPoolNamedByAltname TestTodaysJobsThroughTheCutoverStages
 empty :=
 K8S_OLD_KUBELET_RUN := ^($(subst $(empty) $(empty),|,$(strip $(K8S_OLD_KUBELET_SCENARIOS))))$$
+K8S_DRA_CONTAINERD := v2.4.2
 k8s-e2e:
-	K8S_KUBELET_VERSION=$(K8S_OLD_KUBELET) bash test/k8s/build.sh
-	K8S_OLD_KUBELET=$(K8S_OLD_KUBELET) $(GO) -C test/k8s test -count=1 -timeout 20m -tags k8s -run '^TestTeardown$$' .
+	K8S_KUBELET_VERSION=$(K8S_OLD_KUBELET) K8S_CONTAINERD_VERSION=$(K8S_DRA_CONTAINERD) bash test/k8s/build.sh
+	K8S_OLD_KUBELET=$(K8S_OLD_KUBELET) K8S_CONTAINERD_VERSION=$(K8S_DRA_CONTAINERD) $(GO) -C test/k8s test -count=1 -timeout 20m -tags k8s -run '^TestTeardown$$' .
 	bash test/k8s/run.sh
 	K8S_KUBELET_VERSION=$(K8S_OLD_KUBELET) K8S_E2E_RUN='$(K8S_OLD_KUBELET_RUN)' bash test/k8s/run.sh
+	K8S_DRA=1 K8S_CONTAINERD_VERSION=$(K8S_DRA_CONTAINERD) bash test/k8s/run.sh
 
 # ADD+DEL cost against VF count, next to host-device and the netlink floor (root).
 # test/bench is its own module (the plot library stays out of the plugin's);
