@@ -41,7 +41,7 @@ func requireDRA(t *testing.T) {
 // dra is the DRA node's allocation: a job is checked through its claim, the
 // node is whole only with no claim left, and the node offers its PFs in
 // its ResourceSlice.
-var dra = allocation{check: checkDRAJob, whole: requireDRANodeWhole, offered: waitSliceDevices, pending: ""}
+var dra = allocation{check: checkDRAJob, whole: requireDRANodeWhole, offered: waitSliceDevices, pending: "cannot allocate all claims"}
 
 // 1. The README's prow-job pods, unchanged, on a DRA node: one PF, then two.
 func TestDRAReadmeProwJobs(t *testing.T) { requireDRA(t); readmeProwJobs(t, dra) }
