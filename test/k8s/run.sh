@@ -145,11 +145,12 @@ build_images() {
 	[ "${K8S_BENCH:-}" = 1 ] && overlay=$here/overlay-bench
 	[ "$K8S_DRA" = 1 ] && overlay=$here/overlay-dra
 	# The plugin image, laid out as the Dockerfile's final stage: busybox, the
-	# static binary and conf under /plugin-src, the agent, install-plugin as
+	# static binary and conf under /plugin-src, the agent and the agent with
+	# its DRA mode (which the agent execs on a DRA node), install-plugin as
 	# entrypoint.
 	for tag in "$PLUGIN_TAG_A" "$PLUGIN_TAG_B"; do
 		mkdir -p "$b/$tag"
-		for cmd in sriov-passthrough-cni sriov-passthrough-agent; do
+		for cmd in sriov-passthrough-cni sriov-passthrough-agent sriov-passthrough-dra; do
 			(cd "$repo" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w -X main.version=$tag" \
 				-o "$b/$tag/$cmd" "./cmd/$cmd")
 		done
@@ -158,6 +159,7 @@ build_images() {
 			-file "$repo/plugin/90-sriov-passthrough-cni.conf=plugin-src/90-sriov-passthrough-cni.conf:0644" \
 			-file "$repo/install-plugin=usr/local/bin/install-plugin:0755" \
 			-file "$b/$tag/sriov-passthrough-agent=usr/local/bin/sriov-passthrough-agent:0755" \
+			-file "$b/$tag/sriov-passthrough-dra=usr/local/bin/sriov-passthrough-dra:0755" \
 			-label "org.opencontainers.image.version=$tag" \
 			-entrypoint /usr/local/bin/install-plugin -cmd /host/opt/cni/bin
 		# What an admin does: point deploy/ (through the test's overlay, which

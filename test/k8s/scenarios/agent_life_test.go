@@ -151,7 +151,9 @@ func agentRestarts(t *testing.T, pod string) int {
 
 // agentPid finds the running agent (hostPID: it is in the node's pid
 // namespace, where this test runs): the process whose command is the
-// agent binary with -install-node-config, not a `status` exec.
+// agent binary with -install-node-config, not a `status` exec. On a DRA
+// node the agent has exec'd sriov-passthrough-dra, with the same pid and
+// arguments.
 func agentPid(t *testing.T) int {
 	t.Helper()
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
@@ -161,7 +163,8 @@ func agentPid(t *testing.T) int {
 			continue
 		}
 		args := strings.Split(string(b), "\x00")
-		if strings.HasSuffix(args[0], "sriov-passthrough-agent") && slices.ContainsFunc(args, func(a string) bool {
+		agent := strings.HasSuffix(args[0], "sriov-passthrough-agent") || strings.HasSuffix(args[0], "sriov-passthrough-dra")
+		if agent && slices.ContainsFunc(args, func(a string) bool {
 			return strings.HasPrefix(a, "-install-node-config")
 		}) {
 			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
