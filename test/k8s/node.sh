@@ -232,9 +232,16 @@ containerd_up() {
 	wait_for containerd 60 ctr version
 	local a
 	for a in "$IMAGES"/*.tar; do
-		ctr -n k8s.io images import "$a" >/dev/null
+		ctr_logged -n k8s.io images import "$a" >/dev/null
 	done
-	step "containerd $(containerd --version | awk '{print $3}') up, images imported: $(ctr -n k8s.io images ls -q | grep -c localhost/ | tr "\n" " ")"
+	step "containerd $(containerd --version | awk '{print $3}') up, images imported: $(ctr_logged -n k8s.io images ls -q | grep -c localhost/ | tr "\n" " ")"
+}
+
+# ctr_logged runs ctr with its stderr in the node's logs: containerd v2's
+# ctr repeats the daemon's deprecation warnings (cgroup v1) on every call.
+# A failed run prints the last lines of every log.
+ctr_logged() {
+	ctr "$@" 2>>"$W/logs/ctr.log"
 }
 
 # containerd_config LEVEL: Debian's containerd 1.6 (config version 2).
