@@ -106,7 +106,8 @@ stress-short:
 # A real one-node Kubernetes (root; test/k8s): kubelet, containerd, multus and
 # the scheduler hand prow job pods their PFs through deploy/. The pieces are
 # built once per version into /var/cache/sriov-passthrough-cni-k8s (a cold
-# build takes 15-40 min on 2 cores, the older kubelet below some 10 more);
+# build takes 15-40 min on 2 cores, the older kubelet below some 10 more,
+# containerd v2 for the DRA pass some 3);
 # then interrupted and failing runs must leave the host clean (TestTeardown),
 # then the scenarios run, then a second cluster whose node runs the older
 # kubelet runs K8S_OLD_KUBELET_SCENARIOS, then a third whose node serves
