@@ -18,6 +18,8 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
         -o /out/sriov-passthrough-cni ./cmd/sriov-passthrough-cni
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
         -o /out/sriov-passthrough-agent ./cmd/sriov-passthrough-agent
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
+        -o /out/sriov-passthrough-dra ./cmd/sriov-passthrough-dra
 
 FROM ${BASE_IMAGE}
 ARG VERSION=dev
@@ -28,5 +30,7 @@ COPY --from=build /out/sriov-passthrough-cni /plugin-src/sriov-passthrough-cni
 COPY plugin/90-sriov-passthrough-cni.conf /plugin-src/90-sriov-passthrough-cni.conf
 COPY install-plugin /usr/local/bin/install-plugin
 COPY --from=build /out/sriov-passthrough-agent /usr/local/bin/sriov-passthrough-agent
+# The agent execs it on a node whose node.json says allocation dra.
+COPY --from=build /out/sriov-passthrough-dra /usr/local/bin/sriov-passthrough-dra
 ENTRYPOINT ["/usr/local/bin/install-plugin"]
 CMD ["/host/opt/cni/bin"]

@@ -16,6 +16,8 @@ endif
 export PATH := $(patsubst %/,%,$(dir $(GO))):$(PATH)
 BIN := bin/sriov-passthrough-cni
 AGENT_BIN := bin/sriov-passthrough-agent
+# The agent with its DRA mode (pkg/agentcmd says why it is a binary of its own).
+DRA_BIN := bin/sriov-passthrough-dra
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GOFLAGS_STATIC := CGO_ENABLED=0
@@ -32,7 +34,9 @@ TEST_MODULES := test/bench test/deploy test/multus test/k8s .
 # module proxy by test/k8s/build.sh (~2 GB of dependencies); nothing of ours.
 # test/k8s/components-v1.34: the same for the older kubelet of k8s-e2e's
 # second pass (one go.mod holds one version of k8s.io/kubernetes).
-UNTESTED_MODULES := test/k8s/components test/k8s/components-v1.34
+# test/k8s/containerd: containerd v2 (CDI) for k8s-e2e's DRA pass, built
+# the same way; nothing of ours.
+UNTESTED_MODULES := test/k8s/components test/k8s/components-v1.34 test/k8s/containerd
 # Build tags that switch files in (vet sees both sides of failpoints).
 VET_TAGS := e2e,stress,failpoints,k8s
 
@@ -43,6 +47,7 @@ all: build
 build:
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sriov-passthrough-cni
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/sriov-passthrough-agent
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(DRA_BIN) ./cmd/sriov-passthrough-dra
 
 # See SR-IOV passthrough happen on emulated igb NICs in a VM (no hardware needed).
 demo:
@@ -101,12 +106,17 @@ stress-short:
 # A real one-node Kubernetes (root; test/k8s): kubelet, containerd, multus and
 # the scheduler hand prow job pods their PFs through deploy/. The pieces are
 # built once per version into /var/cache/sriov-passthrough-cni-k8s (a cold
-# build takes 15-40 min on 2 cores, the older kubelet below some 10 more);
+# build takes 15-40 min on 2 cores, the older kubelet below some 10 more,
+# containerd v2 for the DRA pass some 3);
 # then interrupted and failing runs must leave the host clean (TestTeardown),
 # then the scenarios run, then a second cluster whose node runs the older
-# kubelet runs K8S_OLD_KUBELET_SCENARIOS. Each pass ends with "k8s-e2e:
-# kubernetes=V kubelet=V pods=N pfs_handed_out=N devices_lost=0
-# devices_misnamed=0".
+# kubelet runs K8S_OLD_KUBELET_SCENARIOS, then a third whose node serves
+# prow/sriov through DRA (K8S_DRA=1: containerd K8S_DRA_CONTAINERD, built
+# from test/k8s/containerd for its CDI, deploy/ with components/dra) runs
+# the TestDRA* scenarios. Each pass ends with "k8s-e2e: kubernetes=V
+# kubelet=V pods=N dra_pods=N pfs_handed_out=N devices_lost=0
+# devices_misnamed=0" (the DRA pass's also names containerd and
+# allocation=dra; dra_pods counts the job pods served through a claim).
 #
 # The older kubelet is three minors older than the control plane, the skew
 # Kubernetes supports. Up to v1.36 the kubelet keys device plugins by
@@ -123,11 +133,13 @@ K8S_OLD_KUBELET_SCENARIOS := TestReadmeProwJobs TestRestartsLoseNothing \
 	TestAgentKeepsAPFInAPoolNamedByAltname TestTodaysJobsThroughTheCutoverStages
 empty :=
 K8S_OLD_KUBELET_RUN := ^($(subst $(empty) $(empty),|,$(strip $(K8S_OLD_KUBELET_SCENARIOS))))$$
+K8S_DRA_CONTAINERD := v2.4.2
 k8s-e2e:
-	K8S_KUBELET_VERSION=$(K8S_OLD_KUBELET) bash test/k8s/build.sh
-	K8S_OLD_KUBELET=$(K8S_OLD_KUBELET) $(GO) -C test/k8s test -count=1 -timeout 20m -tags k8s -run '^TestTeardown$$' .
+	K8S_KUBELET_VERSION=$(K8S_OLD_KUBELET) K8S_CONTAINERD_VERSION=$(K8S_DRA_CONTAINERD) bash test/k8s/build.sh
+	K8S_OLD_KUBELET=$(K8S_OLD_KUBELET) K8S_CONTAINERD_VERSION=$(K8S_DRA_CONTAINERD) $(GO) -C test/k8s test -count=1 -timeout 20m -tags k8s -run '^TestTeardown$$' .
 	bash test/k8s/run.sh
 	K8S_KUBELET_VERSION=$(K8S_OLD_KUBELET) K8S_E2E_RUN='$(K8S_OLD_KUBELET_RUN)' bash test/k8s/run.sh
+	K8S_DRA=1 K8S_CONTAINERD_VERSION=$(K8S_DRA_CONTAINERD) bash test/k8s/run.sh
 
 # ADD+DEL cost against VF count, next to host-device and the netlink floor (root).
 # test/bench is its own module (the plot library stays out of the plugin's);

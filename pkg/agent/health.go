@@ -14,6 +14,9 @@ import (
 type Health struct {
 	Agent  *Agent
 	Server *Server
+	// Registration judges readiness when Server is nil: the DRA kubelet
+	// plugin, ready once the kubelet registered it.
+	Registration interface{ Ready() error }
 	// Stall is how long the agent's loop may go without turning before it
 	// counts as hung: a step blocked in the kernel (a sysfs read or write
 	// that does not return) stops every later look and release.
@@ -28,7 +31,12 @@ type Health struct {
 // Ready says why the kubelet does not have our devices, nil when it does:
 // registered with the kubelet that listens now, and at least one list
 // sent on ListAndWatch since.
-func (h *Health) Ready() error { return h.Server.ready() }
+func (h *Health) Ready() error {
+	if h.Server == nil {
+		return h.Registration.Ready()
+	}
+	return h.Server.ready()
+}
 
 // Live says why the agent's loop counts as hung, nil when it turned within
 // Stall.

@@ -37,11 +37,13 @@ const (
 
 // PF is one SR-IOV PF as the agent reports it.
 type PF struct {
-	PCI    string  `json:"pci"`
-	Name   string  `json:"name"`
-	VFs    int     `json:"vfs"`
-	Phase  Phase   `json:"phase"`
-	Holder *Holder `json:"holder,omitempty"`
+	PCI  string `json:"pci"`
+	Name string `json:"name"`
+	VFs  int    `json:"vfs"`
+	// TotalVFs is the PF's sriov_totalvfs.
+	TotalVFs int     `json:"totalVFs,omitempty"`
+	Phase    Phase   `json:"phase"`
+	Holder   *Holder `json:"holder,omitempty"`
 	// Unpinned: held by an attachment the kubelet did not allocate (its
 	// ADD carried no device ID).
 	Unpinned bool `json:"unpinned,omitempty"`
@@ -131,7 +133,7 @@ func judgeOnHost(pf sriov.PF, v View) PF {
 	if pf.Driverless {
 		return judgeDriverless(pf, v)
 	}
-	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs, Phase: Free}
+	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs, TotalVFs: pf.TotalVFs, Phase: Free}
 	name := ""
 	if v.BaselineName != nil {
 		name = v.BaselineName(pf.PCIAddress)
@@ -193,7 +195,7 @@ func judgeDriverless(pf sriov.PF, v View) PF {
 
 func judgeHeld(pf sriov.PF, r *state.Record, v View) PF {
 	pf.Name = r.PF().OriginalName
-	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs,
+	p := PF{PCI: pf.PCIAddress, Name: pf.Name, VFs: pf.NumVFs, TotalVFs: pf.TotalVFs,
 		Holder: &Holder{Pod: r.Pod.String(), ContainerID: r.ContainerID, IfName: r.IfName, Netns: r.Netns}}
 	if verdict := judgeNames(pf, v); verdict.Fixed {
 		p.Phase, p.Why = Ineligible, verdict.Reason

@@ -68,6 +68,11 @@ type NetConf struct {
 	// Baseline is the node's declared SR-IOV baseline (node.json's
 	// sriovBaseline), nil for none.
 	Baseline *SRIOVBaseline `json:"-"`
+	// Allocation is node.json's allocation ("" when it sets none;
+	// NodeConf fills in AllocationDevicePlugin).
+	Allocation string `json:"-"`
+	// AllocationByNode is node.json's allocationByNode (AllocationOf).
+	AllocationByNode map[string]string `json:"-"`
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -81,6 +82,14 @@ type Node struct {
 	// SRIOVBaseline is the SR-IOV state free PFs are kept at; nil when
 	// the node declares none.
 	SRIOVBaseline *SRIOVBaseline `json:"sriovBaseline,omitempty"`
+	// Allocation is how the agent offers the node's PFs to the kubelet:
+	// AllocationDevicePlugin (the default) or AllocationDRA. Never both:
+	// the scheduler would count every PF twice.
+	Allocation string `json:"allocation,omitempty"`
+	// AllocationByNode sets Allocation for the nodes it names (the
+	// node's name, as the kubelet registered it): one node.json, which
+	// the DaemonSet gives every node, switches nodes one at a time.
+	AllocationByNode map[string]string `json:"allocationByNode,omitempty"`
 
 	// Unknown lists the file's top-level fields that this release does
 	// not know, as spelt there, sorted; they are ignored.
@@ -181,10 +190,47 @@ func NodeConf(path string) (*NetConf, error) {
 		return nil, err
 	}
 	c.setDefaults()
-	if err := errors.Join(c.validateNode(), c.validate()); err != nil {
+	if c.Allocation == "" {
+		c.Allocation = AllocationDevicePlugin
+	}
+	errs := []error{c.validateNode(), c.validate(), validAllocation(`field "allocation"`, c.Allocation)}
+	for _, node := range slices.Sorted(maps.Keys(c.AllocationByNode)) {
+		errs = append(errs, validAllocation(fmt.Sprintf(`field "allocationByNode", node %q`, node), c.AllocationByNode[node]))
+	}
+	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("node configuration %s: %w", path, err)
 	}
 	return c, nil
+}
+
+// The values of the node configuration's allocation field.
+const (
+	// AllocationDevicePlugin: the agent is a kubelet device plugin of
+	// prow/sriov (the default).
+	AllocationDevicePlugin = "devicePlugin"
+	// AllocationDRA: the agent is a DRA kubelet plugin publishing the PFs
+	// in a ResourceSlice; a DeviceClass maps prow/sriov to it.
+	AllocationDRA = "dra"
+)
+
+// validAllocation checks an allocation value; where names it. Only
+// the agent checks them (NodeConf): the plugin does not act on them, and
+// refusing every ADD and DEL on the node for a misspelt value would strand
+// the PFs jobs hold.
+func validAllocation(where, a string) error {
+	if a != AllocationDevicePlugin && a != AllocationDRA {
+		return fmt.Errorf("%s: %q is not %q or %q", where, a, AllocationDevicePlugin, AllocationDRA)
+	}
+	return nil
+}
+
+// AllocationOf is how the agent on the node named offers its PFs:
+// allocationByNode's value for it, else allocation.
+func (c *NetConf) AllocationOf(node string) string {
+	if a, ok := c.AllocationByNode[node]; ok && node != "" {
+		return a
+	}
+	return c.Allocation
 }
 
 // nodeOnlyIn lists the node-only fields among a configuration's top-level
@@ -248,6 +294,7 @@ func (c *NetConf) applyNode(set map[string]bool) error {
 	c.ReservedInterfacesFile, c.StateDir, c.SysfsRoot, c.LogFile = n.ReservedInterfacesFile, n.StateDir, n.SysfsRoot, n.LogFile
 	c.RequireDeviceID = n.RequireDeviceID
 	c.Baseline = n.SRIOVBaseline
+	c.Allocation, c.AllocationByNode = n.Allocation, n.AllocationByNode
 	if n.LogLevel != "" {
 		// Checked here, where the file is known: the same check on the
 		// merged config would blame the network configuration.

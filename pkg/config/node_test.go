@@ -217,3 +217,61 @@ func TestParseReleaseIgnoresNodeOnlyFields(t *testing.T) {
 		t.Errorf("ParseRelease: ignored %v, stateDir %q, logFile %q; want both ignored and the node's state dir", ignored, conf.StateDir, conf.LogFile)
 	}
 }
+
+// The agent is a device plugin unless node.json says dra; any other value
+// keeps the agent from starting, naming the field and both values. The
+// plugin does not act on the field and does not refuse it: a misspelt
+// value must not stop the DELs that give jobs' PFs back.
+func TestNodeAllocation(t *testing.T) {
+	for content, want := range map[string]string{`{}`: AllocationDevicePlugin, `{"allocation":"devicePlugin"}`: AllocationDevicePlugin,
+		`{"allocation":"dra"}`: AllocationDRA} {
+		c, err := NodeConf(writeNode(t, content))
+		if err != nil || c.Allocation != want {
+			t.Errorf("%s: %q %v, want %q", content, c.Allocation, err, want)
+		}
+	}
+	for _, bad := range []string{`"DRA"`, `"both"`, `"device-plugin"`} {
+		node := writeNode(t, `{"allocation":`+bad+`}`)
+		_, err := NodeConf(node)
+		if err == nil || !strings.Contains(err.Error(), `field "allocation"`) || !strings.Contains(err.Error(), `"devicePlugin" or "dra"`) ||
+			!strings.Contains(err.Error(), node) {
+			t.Errorf("allocation %s: %v", bad, err)
+		}
+		if _, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"sriov-passthrough-cni"}`), node); err != nil {
+			t.Errorf("the plugin refused allocation %s: %v", bad, err)
+		}
+	}
+	if _, err := NodeConf(writeNode(t, `{"allocation":1}`)); err == nil || !strings.Contains(err.Error(), `"allocation"`) {
+		t.Errorf("allocation of the wrong type: %v", err)
+	}
+}
+
+// allocationByNode switches the nodes it names; the others follow
+// allocation. A bad value for any node keeps the agent from starting,
+// naming the node; the plugin does not refuse it.
+func TestNodeAllocationByNode(t *testing.T) {
+	c, err := NodeConf(writeNode(t, `{"allocationByNode":{"node-a":"dra","node-b":"devicePlugin"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for node, want := range map[string]string{"node-a": AllocationDRA, "node-b": AllocationDevicePlugin,
+		"node-c": AllocationDevicePlugin, "": AllocationDevicePlugin} {
+		if got := c.AllocationOf(node); got != want {
+			t.Errorf("AllocationOf(%q) = %q, want %q", node, got, want)
+		}
+	}
+	c, err = NodeConf(writeNode(t, `{"allocation":"dra","allocationByNode":{"node-b":"devicePlugin"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AllocationOf("node-a") != AllocationDRA || c.AllocationOf("node-b") != AllocationDevicePlugin {
+		t.Errorf("allocation dra, node-b devicePlugin: node-a %q, node-b %q", c.AllocationOf("node-a"), c.AllocationOf("node-b"))
+	}
+	node := writeNode(t, `{"allocationByNode":{"node-a":"dra","node-b":"DRA"}}`)
+	if _, err := NodeConf(node); err == nil || !strings.Contains(err.Error(), `field "allocationByNode", node "node-b": "DRA" is not "devicePlugin" or "dra"`) {
+		t.Errorf("a bad value for node-b: %v", err)
+	}
+	if _, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"sriov-passthrough-cni"}`), node); err != nil {
+		t.Errorf("the plugin refused a bad allocationByNode: %v", err)
+	}
+}

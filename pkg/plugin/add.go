@@ -121,7 +121,7 @@ func (o *op) plan(pf sriov.PF, view *hostView, pod *netdev.NS) (*state.Record, [
 	rec := &state.Record{
 		Version: state.Version, ContainerID: o.args.ContainerID, IfName: o.args.IfName,
 		Netns: o.args.Netns, NetnsID: id, Pod: o.owner, Phase: state.Adding, Created: time.Now().UTC(),
-		Network: o.conf.Name, IPAMConf: o.ipamConf(), Unpinned: o.conf.AllocatedPCI() == "",
+		Network: o.conf.Name, IPAMConf: o.ipamConf(), Unpinned: o.conf.AllocatedPCI() == "" && o.claim == nil,
 	}
 	if rec.SRIOV, err = o.eng.RecordSRIOV(pf); err != nil {
 		return nil, nil, types.NewError(types.ErrInternal, "read the SR-IOV state of PF "+pf.PCIAddress, err.Error())

@@ -52,9 +52,15 @@ func args(pod ns.NetNS, cid, ifname string, conf []byte) *skel.CmdArgs {
 
 func add(t *testing.T, e *kerneltest.Env, pod ns.NetNS, cid, ifname string, conf []byte) *current.Result {
 	t.Helper()
-	out, err := call(t, e, "ADD", args(pod, cid, ifname, conf))
+	return addArgs(t, e, args(pod, cid, ifname, conf))
+}
+
+// addArgs is add with the runtime's arguments as given.
+func addArgs(t *testing.T, e *kerneltest.Env, a *skel.CmdArgs) *current.Result {
+	t.Helper()
+	out, err := call(t, e, "ADD", a)
 	if err != nil {
-		t.Fatalf("ADD %s/%s: %v", cid, ifname, err)
+		t.Fatalf("ADD %s/%s: %v", a.ContainerID, a.IfName, err)
 	}
 	res, err := current.NewResult(out)
 	if err != nil {

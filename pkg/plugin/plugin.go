@@ -17,6 +17,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/claims"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/config"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 	"github.com/kubevirt/sriov-passthrough-cni/pkg/release"
@@ -88,6 +89,12 @@ type op struct {
 	// baselined holds, by PCI address, what adoptFree's bringing each
 	// PF to the node's sriovBaseline returned (nil: it is there).
 	baselined map[string]error
+	// claim is the pod's prepared DRA claim that pinned the PF, nil for
+	// none (claimedPCI).
+	claim *claims.Entry
+	// claimedByOthers maps the PFs prepared for other pods' DRA claims to
+	// those claims (othersClaims).
+	claimedByOthers map[string]string
 }
 
 // begin parses the configuration and CNI_ARGS, opens the log and the host

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -106,7 +107,10 @@ func (o *op) rules(recs []*state.Record) (policy.Rules, error) {
 	if err != nil {
 		return policy.Rules{}, types.NewError(types.ErrIOFailure, "read reserved interfaces", err.Error())
 	}
-	holders := map[string]string{}
+	holders := maps.Clone(o.claimedByOthers)
+	if holders == nil {
+		holders = map[string]string{}
+	}
 	for _, r := range recs {
 		for _, d := range r.Devices {
 			holders[d.PCIAddress] = holderOf(r)
@@ -119,18 +123,26 @@ func holderOf(r *state.Record) string {
 	return fmt.Sprintf("pod %s (container %s, %s, %s%s)", r.Pod, r.ContainerID, r.IfName, r.Phase, release.BlockedReason(r))
 }
 
-// choosePF picks the PF for this attachment: the pinned one, or the free
-// one with the lowest PCI address. With none it returns code 11 and, for
-// each PF, why it was passed over.
+// choosePF picks the PF for this attachment: the pinned one (the kubelet's
+// deviceID, the pod's prepared DRA claim, the network's pciBusID), or the
+// free one with the lowest PCI address. With none it returns code 11 and,
+// for each PF, why it was passed over.
 func (o *op) choosePF(recs []*state.Record, view *hostView) (sriov.PF, error) {
-	if o.conf.RequireDeviceID && o.conf.AllocatedPCI() == "" {
+	claimed, err := o.claimedPCI(recs)
+	if err != nil {
+		return sriov.PF{}, err
+	}
+	if o.conf.RequireDeviceID && o.conf.AllocatedPCI() == "" && claimed == "" {
 		return sriov.PF{}, types.NewError(types.ErrInvalidNetworkConfig,
-			"no deviceID: this node hands out PFs only as the kubelet allocates them (requireDeviceID in "+o.conf.NodeConfigFile+")",
-			"request one prow/sriov (the network's resourceName) per attachment in the pod's resources, so the kubelet allocates a PF and multus passes its PCI address")
+			"no deviceID and no prepared DRA claim: this node hands out PFs only as the kubelet allocates them (requireDeviceID in "+o.conf.NodeConfigFile+")",
+			"request one prow/sriov (the network's resourceName) per attachment in the pod's resources, so the kubelet allocates a PF and multus passes its PCI address (or, on a DRA node, the agent records the pod's claim)")
 	}
 	rules, err := o.rules(recs)
 	if err != nil {
 		return sriov.PF{}, err
+	}
+	if claimed != "" {
+		return o.pinnedPF(claimed, rules, view)
 	}
 	if addr := o.conf.PinnedPCI(); addr != "" {
 		return o.pinnedPF(addr, rules, view)

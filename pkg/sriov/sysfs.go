@@ -227,6 +227,17 @@ func (s Sysfs) Exists(addr string) (bool, error) {
 	return false, fmt.Errorf("look for PCI device %s: %w", addr, err)
 }
 
+// NUMANode is the PCI device's NUMA node as sysfs gives it (numa_node);
+// false when it has none: the file is missing, or -1 (no NUMA affinity,
+// as on a machine with one node).
+func (s Sysfs) NUMANode(addr string) (int, bool) {
+	n, err := readInt(filepath.Join(s.DevicePath(addr), "numa_node"))
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
+}
+
 // Netdev is the name of the PCI function's netdev in the netns sysfs was
 // mounted for, "" when it has none there.
 func (s Sysfs) Netdev(addr string) string {

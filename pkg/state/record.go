@@ -98,8 +98,8 @@ type Record struct {
 	// what they release. Empty without IPAM.
 	IPAMConf json.RawMessage `json:"ipamConf,omitempty"`
 	// Unpinned: the ADD carried no device ID from the kubelet's allocation
-	// (a job that did not request prow/sriov, as the CI's jobs did before
-	// they were moved to it). The kubelet does not count the PF as
+	// and the pod had no prepared DRA claim (a job that did not request
+	// prow/sriov, as the CI's jobs did before they were moved to it). The kubelet does not count the PF as
 	// allocated, so the agent must not count it as available. Records of
 	// earlier releases have false: they were taken as pinned.
 	Unpinned bool `json:"unpinned,omitempty"`

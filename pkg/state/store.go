@@ -87,40 +87,54 @@ func (s Store) Save(r *Record) error {
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", r.Key(), err)
 	}
-	tmp, err := os.CreateTemp(s.Dir, ".tmp-"+r.Key()+"-*")
+	if err := WriteAtomic(s.Dir, r.Key()+recordSuffix, data); err != nil {
+		return fmt.Errorf("record %s: %w", r.Key(), err)
+	}
+	return nil
+}
+
+// WriteAtomic writes data to dir/name as the state package writes its
+// records: a hidden temp file of mode 0600, fsync, rename over name, fsync
+// of dir. A reader sees the old content or the new, never half, and a
+// crash leaves at most a hidden temp file, which no listing reads.
+func WriteAtomic(dir, name string, data []byte) error {
+	tmp, err := os.CreateTemp(dir, ".tmp-"+name+"-*")
 	if err != nil {
-		return fmt.Errorf("write record %s: %w", r.Key(), err)
+		return fmt.Errorf("write %s: %w", name, err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after a successful rename
 	if err := tmp.Chmod(fileMode); err != nil {
 		tmp.Close()
-		return fmt.Errorf("write record %s: %w", r.Key(), err)
+		return fmt.Errorf("write %s: %w", name, err)
 	}
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
-		return fmt.Errorf("write record %s: %w", r.Key(), err)
+		return fmt.Errorf("write %s: %w", name, err)
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return fmt.Errorf("sync record %s: %w", r.Key(), err)
+		return fmt.Errorf("sync %s: %w", name, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write record %s: %w", r.Key(), err)
+		return fmt.Errorf("write %s: %w", name, err)
 	}
-	if err := os.Rename(tmp.Name(), s.path(r.Key())); err != nil {
-		return fmt.Errorf("commit record %s: %w", r.Key(), err)
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+		return fmt.Errorf("commit %s: %w", name, err)
 	}
-	return s.syncDir()
+	return SyncDir(dir)
 }
 
-func (s Store) syncDir() error {
-	d, err := os.Open(s.Dir)
+func (s Store) syncDir() error { return SyncDir(s.Dir) }
+
+// SyncDir makes a rename or removal in dir durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("sync state dir: %w", err)
+		return fmt.Errorf("sync dir %s: %w", dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync state dir: %w", err)
+		return fmt.Errorf("sync dir %s: %w", dir, err)
 	}
 	return nil
 }

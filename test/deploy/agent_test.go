@@ -162,21 +162,8 @@ func TestGrantsTableMatchesTheManifests(t *testing.T) {
 		granted["CAP_"+string(cp)] = true
 	}
 
-	page := string(readRepoFile(t, grantsPage))
-	start := strings.Index(page, "| grant | why |")
-	if start < 0 {
-		t.Fatalf("%s has no grants table (| grant | why |)", grantsPage)
-	}
 	table := map[string]bool{}
-	for _, line := range strings.Split(page[start:], "\n")[2:] {
-		if !strings.HasPrefix(line, "| `") {
-			break
-		}
-		cells := strings.Split(line, "|")
-		key, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(cells[1]), "`"), "`")
-		if len(cells) < 4 || len(strings.TrimSpace(cells[2])) < 10 {
-			t.Errorf("grants table row %q gives no reason", line)
-		}
+	for _, key := range grantsTable(t, grantsPage, "| grant | why |") {
 		table[key] = true
 	}
 	for g := range granted {
@@ -189,4 +176,29 @@ func TestGrantsTableMatchesTheManifests(t *testing.T) {
 			t.Errorf("the grants table in %s lists %s, which deploy/ does not grant the agent", grantsPage, g)
 		}
 	}
+}
+
+// grantsTable is the first column of the table under header in page, each
+// row's grant as written between backquotes; a row whose reason is missing
+// (or a few characters) is an error.
+func grantsTable(t *testing.T, page, header string) []string {
+	t.Helper()
+	text := string(readRepoFile(t, page))
+	start := strings.Index(text, header)
+	if start < 0 {
+		t.Fatalf("%s has no grants table (%s)", page, header)
+	}
+	var keys []string
+	for _, line := range strings.Split(text[start:], "\n")[2:] {
+		if !strings.HasPrefix(line, "| `") {
+			break
+		}
+		cells := strings.Split(line, "|")
+		key, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(cells[1]), "`"), "`")
+		if len(cells) < 4 || len(strings.TrimSpace(cells[2])) < 10 {
+			t.Errorf("grants table row %q gives no reason", line)
+		}
+		keys = append(keys, key)
+	}
+	return keys
 }

@@ -16,6 +16,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
@@ -159,6 +161,14 @@ func (m *manifests) add(doc []byte) error {
 			return fmt.Errorf("second Kustomization")
 		}
 		m.kustomization = &o
+	case "v1 ServiceAccount", "rbac.authorization.k8s.io/v1 ClusterRole",
+		"rbac.authorization.k8s.io/v1 ClusterRoleBinding", "resource.k8s.io/v1 DeviceClass":
+		// What deploy/components/dra adds: decoded strictly, kept nowhere.
+		objs := map[string]any{"ServiceAccount": &corev1.ServiceAccount{}, "ClusterRole": &rbacv1.ClusterRole{},
+			"ClusterRoleBinding": &rbacv1.ClusterRoleBinding{}, "DeviceClass": &resourcev1.DeviceClass{}}
+		if err := decodeStrict(doc, objs[tm.Kind]); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("no strict decoder for apiVersion %q kind %q: add one to this test", tm.APIVersion, tm.Kind)
 	}

@@ -204,11 +204,35 @@ func TestEveryObjectIsLabelled(t *testing.T) {
 // the generator: its ConfigMap is its own node.json under that file's hash,
 // and the DaemonSet mounts it.
 func TestTestBedNodeConfigIsDeploysWithSysfsRoot(t *testing.T) {
-	var shipped, bed map[string]any
-	if err := json.Unmarshal(readRepoFile(t, nodeConfigFile), &shipped); err != nil {
+	requireTestBedNodeConfig(t, nodeConfigFile, testBed, filepath.Join(testBed, "node.json"))
+}
+
+// make k8s-e2e's DRA pass runs the test bed's node.json with allocation
+// dra: its overlay adds deploy/components/dra and replaces node.json.
+func TestDRATestBedNodeConfigIsTheTestBedsWithAllocationDRA(t *testing.T) {
+	var bed, dra map[string]any
+	if err := json.Unmarshal(readRepoFile(t, filepath.Join(testBed, "node.json")), &bed); err != nil {
 		t.Fatal(err)
 	}
-	bedFile := filepath.Join(testBed, "node.json")
+	draBed := "test/k8s/overlay-dra"
+	if err := json.Unmarshal(readRepoFile(t, filepath.Join(draBed, "node.json")), &dra); err != nil {
+		t.Fatal(err)
+	}
+	bed["allocation"] = "dra"
+	if !reflect.DeepEqual(bed, dra) {
+		t.Errorf("%s/node.json is %v, want %s/node.json with allocation dra: %v", draBed, dra, testBed, bed)
+	}
+	requireRendersNodeConfig(t, draBed, filepath.Join(draBed, "node.json"))
+}
+
+// requireTestBedNodeConfig checks that bedFile is shippedFile with sysfsRoot
+// added, and that the overlay in bedDir renders it.
+func requireTestBedNodeConfig(t *testing.T, shippedFile, bedDir, bedFile string) {
+	t.Helper()
+	var shipped, bed map[string]any
+	if err := json.Unmarshal(readRepoFile(t, shippedFile), &shipped); err != nil {
+		t.Fatal(err)
+	}
 	if err := json.Unmarshal(readRepoFile(t, bedFile), &bed); err != nil {
 		t.Fatal(err)
 	}
@@ -217,18 +241,25 @@ func TestTestBedNodeConfigIsDeploysWithSysfsRoot(t *testing.T) {
 	}
 	delete(bed, "sysfsRoot")
 	if !reflect.DeepEqual(bed, shipped) {
-		t.Errorf("%s without sysfsRoot is %v, %s is %v", bedFile, bed, nodeConfigFile, shipped)
+		t.Errorf("%s without sysfsRoot is %v, %s is %v", bedFile, bed, shippedFile, shipped)
 	}
-	m := parseRendered(t, render(t, filepath.Join(repoRoot(t), testBed)))
+	requireRendersNodeConfig(t, bedDir, bedFile)
+}
+
+// requireRendersNodeConfig checks that the overlay in dir renders bedFile as
+// its one ConfigMap, under that file's hash, and the DaemonSet mounts it.
+func requireRendersNodeConfig(t *testing.T, dir, bedFile string) {
+	t.Helper()
+	m := parseRendered(t, render(t, filepath.Join(repoRoot(t), dir)))
 	if len(m.configMaps) != 1 {
-		t.Fatalf("%s renders %d ConfigMaps, want one", testBed, len(m.configMaps))
+		t.Fatalf("%s renders %d ConfigMaps, want one", dir, len(m.configMaps))
 	}
 	cm := m.configMaps[0]
 	if cm.Data["node.json"] != string(readRepoFile(t, bedFile)) {
-		t.Errorf("%s renders node.json %q, want %s", testBed, cm.Data["node.json"], bedFile)
+		t.Errorf("%s renders node.json %q, want %s", dir, cm.Data["node.json"], bedFile)
 	}
 	if got := configMapVolume(t, m.daemonSets[0]); got != cm.Name || !strings.HasPrefix(got, nodeConfigName+"-") {
-		t.Errorf("%s: the DaemonSet mounts %q, the ConfigMap is %q", testBed, got, cm.Name)
+		t.Errorf("%s: the DaemonSet mounts %q, the ConfigMap is %q", dir, got, cm.Name)
 	}
 }
 

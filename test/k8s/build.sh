@@ -15,6 +15,11 @@
 #   pass), that release's kubelet as well, into $K8S_CACHE/<its version>/bin,
 #   from test/k8s/components-<its minor>: one go.mod holds one version of
 #   k8s.io/kubernetes, so each older kubelet has a module of its own.
+#   With K8S_CONTAINERD_VERSION set (make k8s-e2e's DRA pass), containerd of
+#   that release (containerd, containerd-shim-runc-v2, ctr) into
+#   $K8S_CACHE/containerd-<its version>/bin, from test/k8s/containerd:
+#   Debian 12's containerd 1.6 has no CDI, which DRA needs to give a
+#   container its environment. The other passes keep Debian's.
 #
 # A cold build takes 15-40 minutes of both cores and ~4 GB of Go build cache;
 # it runs under `nice -n 15` and prints each piece as it goes. A warm cache
@@ -55,13 +60,13 @@ piece() {
 }
 
 # go_build OUTPUT PACKAGE [DIR]: builds PACKAGE of the module in DIR into
-# $bin/OUTPUT. A cold build of a Kubernetes command takes minutes: every 30 s
+# $bin/OUTPUT, stamped with $VERSION_LDFLAGS and built with $GO_TAGS. A cold build of a Kubernetes command takes minutes: every 30 s
 # it prints how many packages it has compiled of those it depends on (go
 # build -v names each package as it compiles it; cached ones are skipped).
 go_build() {
 	local dir=${3:-$here/components} out total ticker rc=0
 	out=$(mktemp)
-	total=$(cd "$dir" && CGO_ENABLED=0 "$GO" list -deps "$2" | wc -l)
+	total=$(cd "$dir" && CGO_ENABLED=0 "$GO" list -tags "$GO_TAGS" -deps "$2" | wc -l)
 	(
 		while sleep 30; do
 			kill -0 $$ 2>/dev/null || exit 0
@@ -69,8 +74,8 @@ go_build() {
 		done
 	) &
 	ticker=$!
-	(cd "$dir" && CGO_ENABLED=0 "${NICE[@]}" "$GO" build -v -trimpath \
-		-ldflags "-s -w $KUBE_LDFLAGS" -o "$bin/$1" "$2") 2>"$out" || rc=$?
+	(cd "$dir" && CGO_ENABLED=0 "${NICE[@]}" "$GO" build -v -trimpath -tags "$GO_TAGS" \
+		-ldflags "-s -w $VERSION_LDFLAGS" -o "$bin/$1" "$2") 2>"$out" || rc=$?
 	kill "$ticker" 2>/dev/null || true
 	wait "$ticker" 2>/dev/null || true
 	[ "$rc" = 0 ] || tail -n 40 "$out" >&2
@@ -85,7 +90,8 @@ kube_ldflags() {
 	major=${v%%.*} minor=$(echo "$v" | cut -d. -f2)
 	echo "-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=${major#v} -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 }
-KUBE_LDFLAGS=$(kube_ldflags "$K8S_VERSION")
+VERSION_LDFLAGS=$(kube_ldflags "$K8S_VERSION")
+GO_TAGS=
 
 debs() { # unpack Debian packages into $cache/deb
 	local tmp
@@ -140,9 +146,32 @@ if [ "$K8S_KUBELET_VERSION" != "$K8S_VERSION" ]; then
 		exit 1
 	fi
 	cache=$K8S_CACHE/$K8S_KUBELET_VERSION bin=$K8S_CACHE/$K8S_KUBELET_VERSION/bin
-	KUBE_LDFLAGS=$(kube_ldflags "$K8S_KUBELET_VERSION")
+	VERSION_LDFLAGS=$(kube_ldflags "$K8S_KUBELET_VERSION")
 	mkdir -p "$bin"
 	piece kubelet "$K8S_KUBELET_VERSION go.sum:$(sha256sum "$mod/go.sum" | cut -c1-12)" \
 		go_build kubelet k8s.io/kubernetes/cmd/kubelet "$mod"
 	log "kubelet $K8S_KUBELET_VERSION present in $cache"
+fi
+
+# containerd with CDI, for the DRA pass: the kubelet hands a prepared
+# claim's CDI devices to the runtime, which applies their edits (the
+# driver's PCIDEVICE_PROW_SRIOV). Static, as containerd's own release
+# build makes it (CGO off: no btrfs snapshotter, which the node never
+# uses); the shim without the gRPC server it does not need.
+if [ -n "${K8S_CONTAINERD_VERSION:-}" ]; then
+	mod=$here/containerd
+	if [ "$(cd "$mod" && "$GO" list -m -f '{{.Version}}' github.com/containerd/containerd/v2)" != "$K8S_CONTAINERD_VERSION" ]; then
+		echo "k8s-build: $mod/go.mod must require github.com/containerd/containerd/v2 $K8S_CONTAINERD_VERSION" >&2
+		exit 1
+	fi
+	cache=$K8S_CACHE/containerd-$K8S_CONTAINERD_VERSION bin=$cache/bin
+	VERSION_LDFLAGS="-X github.com/containerd/containerd/v2/version.Version=$K8S_CONTAINERD_VERSION"
+	mkdir -p "$bin"
+	stamp="$K8S_CONTAINERD_VERSION go.sum:$(sha256sum "$mod/go.sum" | cut -c1-12)"
+	for c in containerd ctr containerd-shim-runc-v2; do
+		GO_TAGS="urfave_cli_no_docs osusergo netgo static_build"
+		[ "$c" = containerd-shim-runc-v2 ] && GO_TAGS="$GO_TAGS no_grpc"
+		piece "$c" "$stamp" go_build "$c" "github.com/containerd/containerd/v2/cmd/$c" "$mod"
+	done
+	log "containerd $K8S_CONTAINERD_VERSION present in $cache"
 fi

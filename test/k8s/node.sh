@@ -9,7 +9,9 @@
 # Inputs (from run.sh): W work dir, C component cache, IMAGES dir of OCI
 # archives, SCENARIOS test binary, PLUGIN_TAG_A/B image tags, REPO checkout,
 # KUBELET the kubelet binary and K8S_KUBELET_VERSION its release (an older
-# one than the control plane's in make k8s-e2e's second pass).
+# one than the control plane's in make k8s-e2e's second pass); K8S_DRA=1 and
+# CONTAINERD_BIN (the DRA pass: containerd v2 from there, the agent a DRA
+# kubelet plugin).
 set -euo pipefail
 
 NODE=sriovpt-node
@@ -17,6 +19,9 @@ NODE_IP=192.0.2.10 # documentation range, only ever inside this netns
 SYSFS=/run/sriovpt-sys
 CGROUP_ROOT=/$(basename "$W")
 export PATH=$C/bin:$C/deb/usr/bin:$C/deb/usr/sbin:$C/deb/bin:$PATH
+# containerd v2 (and its ctr and runc shim, which containerd finds on PATH)
+# before Debian's 1.6: it has CDI.
+[ "${K8S_DRA:-}" = 1 ] && PATH=$CONTAINERD_BIN:$PATH
 export KUBECONFIG=$W/pki/admin.kubeconfig
 # Temporary files of everything the node runs stay in its work dir: runc
 # exec (kubectl exec) writes a runc-process* file to the temp dir and leaves
@@ -207,12 +212,46 @@ containerd_up() {
 	# debug lines ("begin cni setup", "cni result").
 	local level=info
 	[ "${K8S_BENCH:-}" = 1 ] && level=debug
-	cat >/etc/containerd/config.toml <<-TOML
+	if [ "${K8S_DRA:-}" = 1 ]; then
+		containerd_v2_config "$level" >/etc/containerd/config.toml
+	else
+		containerd_config "$level" >/etc/containerd/config.toml
+	fi
+	cp "$C"/bin/cni/* "$C/bin/multus" /opt/cni/bin/
+	cat >/etc/cni/net.d/00-multus.conf <<-JSON
+		{
+		  "cniVersion": "1.0.0", "name": "multus-cni-network", "type": "multus",
+		  "kubeconfig": "/etc/cni/net.d/multus.d/multus.kubeconfig",
+		  "delegates": [{
+		    "cniVersion": "1.0.0", "name": "cluster", "type": "bridge", "bridge": "cni0",
+		    "isGateway": true, "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}
+		  }]
+		}
+	JSON
+	supervise containerd containerd --config /etc/containerd/config.toml
+	wait_for containerd 60 ctr version
+	local a
+	for a in "$IMAGES"/*.tar; do
+		ctr_logged -n k8s.io images import "$a" >/dev/null
+	done
+	step "containerd $(containerd --version | awk '{print $3}') up, images imported: $(ctr_logged -n k8s.io images ls -q | grep -c localhost/ | tr "\n" " ")"
+}
+
+# ctr_logged runs ctr with its stderr in the node's logs: containerd v2's
+# ctr repeats the daemon's deprecation warnings (cgroup v1) on every call.
+# A failed run prints the last lines of every log.
+ctr_logged() {
+	ctr "$@" 2>>"$W/logs/ctr.log"
+}
+
+# containerd_config LEVEL: Debian's containerd 1.6 (config version 2).
+containerd_config() {
+	cat <<-TOML
 		version = 2
 		root = "/var/lib/containerd"
 		state = "/run/containerd"
 		[debug]
-		  level = "$level"
+		  level = "$1"
 		[grpc]
 		  address = "/run/containerd/containerd.sock"
 		[plugins."io.containerd.grpc.v1.cri"]
@@ -231,24 +270,41 @@ containerd_up() {
 		    bin_dir = "/opt/cni/bin"
 		    conf_dir = "/etc/cni/net.d"
 	TOML
-	cp "$C"/bin/cni/* "$C/bin/multus" /opt/cni/bin/
-	cat >/etc/cni/net.d/00-multus.conf <<-JSON
-		{
-		  "cniVersion": "1.0.0", "name": "multus-cni-network", "type": "multus",
-		  "kubeconfig": "/etc/cni/net.d/multus.d/multus.kubeconfig",
-		  "delegates": [{
-		    "cniVersion": "1.0.0", "name": "cluster", "type": "bridge", "bridge": "cni0",
-		    "isGateway": true, "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}
-		  }]
-		}
-	JSON
-	supervise containerd containerd --config /etc/containerd/config.toml
-	wait_for containerd 60 ctr version
-	local a
-	for a in "$IMAGES"/*.tar; do
-		ctr -n k8s.io images import "$a" >/dev/null
-	done
-	step "containerd up, images imported: $(ctr -n k8s.io images ls -q | grep -c localhost/ | tr "\n" " ")"
+}
+
+# containerd_v2_config LEVEL: containerd v2 (config version 3, where the
+# CRI plugin is split into images and runtime), for the DRA pass. The same
+# node as containerd_config's: the pause image, no lowered oom_score_adj,
+# cgroupfs (the kubelet asks the runtime for its cgroup driver, and
+# SystemdCgroup off is cgroupfs), Debian's runc. CDI is always on in v2;
+# cdi_spec_dirs names where the DRA driver writes a claim's spec.
+containerd_v2_config() {
+	cat <<-TOML
+		version = 3
+		root = "/var/lib/containerd"
+		state = "/run/containerd"
+		[debug]
+		  level = "$1"
+		[grpc]
+		  address = "/run/containerd/containerd.sock"
+		[plugins.'io.containerd.cri.v1.images']
+		  snapshotter = "overlayfs"
+		  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+		    sandbox = "$PAUSE_IMAGE"
+		[plugins.'io.containerd.cri.v1.runtime']
+		  restrict_oom_score_adj = true
+		  cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]
+		  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+		    default_runtime_name = "runc"
+		    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+		      runtime_type = "io.containerd.runc.v2"
+		      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+		        BinaryName = "$C/deb/usr/sbin/runc"
+		        SystemdCgroup = false
+		  [plugins.'io.containerd.cri.v1.runtime'.cni]
+		    bin_dirs = ["/opt/cni/bin"]
+		    conf_dir = "/etc/cni/net.d"
+	TOML
 }
 
 # cgroup_root makes the kubelet's cgroupRoot in every hierarchy (it refuses
@@ -307,15 +363,28 @@ deploy() {
 	wait_for "NetworkAttachmentDefinition CRD" 60 kubectl get network-attachment-definitions -A
 	kubectl apply -k "$W/overlay-$PLUGIN_TAG_A"
 	kubectl -n sriov-passthrough-cni rollout status ds/sriov-passthrough-cni --timeout 180s
+	wait_for "default service account" 60 kubectl get serviceaccount default
+	if [ "${K8S_DRA:-}" = 1 ]; then
+		# The agent, a DRA kubelet plugin, publishes one device per PF in the
+		# node's ResourceSlice; the scheduler serves prow/sriov from it
+		# through the DeviceClass.
+		wait_for "$K8S_PFS devices in the node's ResourceSlice" 60 slice_devices
+		step "deployed: multus, NAD CRD, kubectl apply -k (image $PLUGIN_TAG_A, components/dra); the agent publishes $K8S_PFS PFs in a ResourceSlice"
+		return
+	fi
 	# The agent (deploy/'s second container) advertises one prow/sriov per PF
 	# through the kubelet's device-plugin API.
 	wait_for "prow/sriov in allocatable" 60 allocatable
-	wait_for "default service account" 60 kubectl get serviceaccount default
 	step "deployed: multus, NAD CRD, kubectl apply -k (image $PLUGIN_TAG_A); the agent advertises prow/sriov=$K8S_PFS"
 }
 
 allocatable() {
 	[ "$(kubectl get node "$NODE" -o jsonpath='{.status.allocatable.prow/sriov}')" = "$K8S_PFS" ]
+}
+
+slice_devices() {
+	[ "$(kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=sriov-passthrough.kubevirt.io" \
+		-o jsonpath='{range .items[*].spec.devices[*]}{.name}{"\n"}{end}' | grep -c .)" = "$K8S_PFS" ]
 }
 
 shell_hint() {
@@ -329,7 +398,7 @@ shell_hint() {
 # scenario_env prints what the scenario tests (and a person) need.
 scenario_env() {
 	local v
-	for v in PATH KUBECONFIG W SCENARIOS REPO BUSYBOX_IMAGE PLUGIN_TAG_A PLUGIN_TAG_B; do
+	for v in PATH KUBECONFIG W SCENARIOS REPO BUSYBOX_IMAGE PLUGIN_TAG_A PLUGIN_TAG_B K8S_DRA; do
 		printf 'export %s=%q\n' "$v" "${!v}"
 	done
 	printf 'export K8S_E2E_NODE=%q K8S_E2E_WORK=%q K8S_E2E_DEVICES=%q\n' "$NODE" "$W" "$W/devices"

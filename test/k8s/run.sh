@@ -18,6 +18,13 @@
 #                        control plane's, K8S_VERSION); build.sh builds it
 #                        from test/k8s/components-<its minor>
 #   K8S_PFS=N K8S_VFS=M  the node's fake PFs and VFs per PF (default 2 and 2)
+#   K8S_DRA=1            make k8s-e2e's DRA pass: containerd
+#                        K8S_CONTAINERD_VERSION (default v2.4.2, built by
+#                        build.sh: it has CDI) instead of Debian's 1.6, the
+#                        project deployed through test/k8s/overlay-dra
+#                        (deploy/components/dra), the agent a DRA kubelet
+#                        plugin; the scenarios TestDRA* (the default
+#                        K8S_E2E_RUN then) run only then
 #   K8S_BENCH=1          make bench-k8s: deploy through test/k8s/overlay-bench
 #                        (the plugin's debug log in a file) and log containerd
 #                        at debug level (its CNI setup times); the scenarios'
@@ -30,6 +37,15 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 K8S_KUBELET_VERSION=${K8S_KUBELET_VERSION:-$K8S_VERSION}
 export K8S_VERSION K8S_KUBELET_VERSION
 K8S_CACHE=${K8S_CACHE:-/var/cache/sriov-passthrough-cni-k8s}
+K8S_DRA=${K8S_DRA:-}
+CONTAINERD_BIN="" pass=""
+if [ "$K8S_DRA" = 1 ]; then
+	export K8S_CONTAINERD_VERSION=${K8S_CONTAINERD_VERSION:-v2.4.2}
+	CONTAINERD_BIN=$K8S_CACHE/containerd-$K8S_CONTAINERD_VERSION/bin
+	pass=" containerd=$K8S_CONTAINERD_VERSION allocation=dra"
+	K8S_E2E_RUN=${K8S_E2E_RUN:-^TestDRA}
+fi
+export K8S_DRA CONTAINERD_BIN K8S_E2E_RUN
 C=$K8S_CACHE/$K8S_VERSION
 GO=${GO:-go}
 start=$(date +%s)
@@ -88,7 +104,7 @@ teardown() {
 	rm -rf "$W"
 	if [ "$rc" = 0 ] && [ -n "${summary:-}" ]; then
 		log "torn down: no process, mount, cgroup, link or file of the run left"
-		echo "k8s-e2e: kubernetes=$K8S_VERSION kubelet=$K8S_KUBELET_VERSION $summary"
+		echo "k8s-e2e: kubernetes=$K8S_VERSION kubelet=$K8S_KUBELET_VERSION$pass $summary"
 	fi
 	exit "$rc"
 }
@@ -127,12 +143,14 @@ build_images() {
 	"$b/mkimage" -name "$BUSYBOX_IMAGE" -out "$W/images/busybox.tar" "${busybox[@]}" -cmd sh
 	local overlay=$here/overlay
 	[ "${K8S_BENCH:-}" = 1 ] && overlay=$here/overlay-bench
+	[ "$K8S_DRA" = 1 ] && overlay=$here/overlay-dra
 	# The plugin image, laid out as the Dockerfile's final stage: busybox, the
-	# static binary and conf under /plugin-src, the agent, install-plugin as
+	# static binary and conf under /plugin-src, the agent and the agent with
+	# its DRA mode (which the agent execs on a DRA node), install-plugin as
 	# entrypoint.
 	for tag in "$PLUGIN_TAG_A" "$PLUGIN_TAG_B"; do
 		mkdir -p "$b/$tag"
-		for cmd in sriov-passthrough-cni sriov-passthrough-agent; do
+		for cmd in sriov-passthrough-cni sriov-passthrough-agent sriov-passthrough-dra; do
 			(cd "$repo" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w -X main.version=$tag" \
 				-o "$b/$tag/$cmd" "./cmd/$cmd")
 		done
@@ -141,6 +159,7 @@ build_images() {
 			-file "$repo/plugin/90-sriov-passthrough-cni.conf=plugin-src/90-sriov-passthrough-cni.conf:0644" \
 			-file "$repo/install-plugin=usr/local/bin/install-plugin:0755" \
 			-file "$b/$tag/sriov-passthrough-agent=usr/local/bin/sriov-passthrough-agent:0755" \
+			-file "$b/$tag/sriov-passthrough-dra=usr/local/bin/sriov-passthrough-dra:0755" \
 			-label "org.opencontainers.image.version=$tag" \
 			-entrypoint /usr/local/bin/install-plugin -cmd /host/opt/cni/bin
 		# What an admin does: point deploy/ (through the test's overlay, which

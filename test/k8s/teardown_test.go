@@ -64,8 +64,8 @@ func look(t *testing.T, base string) hostView {
 // K8S_OLD_KUBELET passes it on; this is the same default).
 var oldKubelet = cmp.Or(os.Getenv("K8S_OLD_KUBELET"), "v1.34.4")
 
-// TestTeardown interrupts runs at four points, one of them with the older
-// kubelet, and checks that the host is as before each: same links, sysctls
+// TestTeardown interrupts runs at five points, one of them with the older
+// kubelet, one on a DRA node, and checks that the host is as before each: same links, sysctls
 // and hostname; no cgroup, mount, process or file of the run left.
 func TestTeardown(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -86,6 +86,9 @@ func TestTeardown(t *testing.T) {
 		// make k8s-e2e's second pass: the node's kubelet three minors
 		// older, with its own ways of making cgroups and sockets.
 		{name: "SIGTERM while a job holds a PF on kubelet " + oldKubelet, env: []string{"K8S_E2E_RUN=TestReadmeProwJobs", "K8S_KUBELET_VERSION=" + oldKubelet}, signal: syscall.SIGTERM, after: "Running with"},
+		// make k8s-e2e's DRA pass: containerd v2, its shims and the
+		// claims the kubelet prepared.
+		{name: "SIGTERM while a DRA job holds a PF", env: []string{"K8S_E2E_RUN=TestDRAReadmeProwJobs", "K8S_DRA=1"}, signal: syscall.SIGTERM, after: "Running with"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -19,35 +18,38 @@ import (
 // 7. A PF that comes back late: the PF leaves the node's netns for a netns
 // the test made (as a PF still in a dying pod's netns is away from the
 // host) and returns. The agent reports it Missing, then Healthy; the time
-// from its return to the node's allocatable in the API is printed (the
-// kubelet publishes node status periodically, so it is not asserted), and
-// so is the time to the agent's own log line saying it is healthy again.
-func TestAgentPFComesBackLate(t *testing.T) {
-	requireNodeWhole(t)
+// from its return to the node's offer in the API (allocatable, or the
+// ResourceSlice) is printed (the kubelet publishes node status
+// periodically, so it is not asserted), and so is the time to the agent's
+// own log line saying it is healthy again.
+func TestAgentPFComesBackLate(t *testing.T) { pfComesBackLate(t, devicePlugin) }
+
+func pfComesBackLate(t *testing.T, a allocation) {
+	a.whole(t)
 	want := len(pfNames())
-	waitAllocatable(t, want, "before")
+	a.offered(t, want, "before")
 	pf := pfNames()[0]
 	away := "sriovpt-late"
 	ip(t, "netns", "add", away)
 	t.Cleanup(func() { bringAllHome(t, away) })
 	ip(t, "link", "set", pf, "netns", away)
-	waitAllocatable(t, want-1, pf+" away from the host")
+	a.offered(t, want-1, pf+" away from the host")
 	if p := agentStatus(t); agentPhase(p, pf) != "missing" {
 		t.Fatalf("agent status with %s away: %+v", pf, p)
 	}
 
 	back := time.Now()
 	ip(t, "-n", away, "link", "set", pf, "netns", strconv.Itoa(os.Getpid()))
-	waitAllocatable(t, want, pf+" back on the host")
+	a.offered(t, want, pf+" back on the host")
 	api := time.Since(back)
 	agent, err := agentLoggedAfter(`msg=PF .*name=`+regexp.QuoteMeta(pf)+` .*healthy=true`, back)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Printf("k8s-e2e: late PF %s back on the host -> allocatable %d in the API after %.1fs; the agent logged it healthy after %s\n",
+	fmt.Printf("k8s-e2e: late PF %s back on the host -> %d offered in the API after %.1fs; the agent logged it healthy after %s\n",
 		pf, want, api.Seconds(), agent.Round(time.Millisecond))
 	ip(t, "netns", "del", away)
-	runJob(t, 2, "after-late")
+	a.runJob(t, 2, "after-late")
 }
 
 // 8. The agent killed (SIGKILL, as a crash) while a job holds a PF: its
@@ -57,21 +59,7 @@ func TestAgentKilledLosesNothing(t *testing.T) {
 	requireNodeWhole(t)
 	want := len(pfNames())
 	held := runJob(t, 1, "agent-killed")
-	pod := strings.TrimSpace(kubectl(t, nil, "-n", "sriov-passthrough-cni", "get", "pod", "-o", "jsonpath={.items[0].metadata.name}"))
-	restarts := agentRestarts(t, pod)
-	pid := agentPid(t)
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill agent (%d): %v", pid, err)
-	}
-	waitFor(t, "agent container restarted", 2*time.Minute, func() (bool, error) {
-		return agentRestarts(t, pod) > restarts, nil
-	})
-	waitFor(t, "agent running again", 2*time.Minute, func() (bool, error) {
-		out, err := kubectlErr(nil, "-n", "sriov-passthrough-cni", "get", "pod", pod, "-o",
-			`jsonpath={.status.containerStatuses[?(@.name=="agent")].ready}`)
-		return strings.TrimSpace(out) == "true", err
-	})
-	t.Logf("agent killed (pid %d) and restarted (pid %d)", pid, agentPid(t))
+	killAgent(t)
 	waitAllocatable(t, want, "after the agent restart")
 	if got := checkJob(t, "agent-killed", 1); !slices.Equal(got, held) {
 		t.Fatalf("after the agent restart the job holds %v, had %v", got, held)
@@ -163,7 +151,9 @@ func agentRestarts(t *testing.T, pod string) int {
 
 // agentPid finds the running agent (hostPID: it is in the node's pid
 // namespace, where this test runs): the process whose command is the
-// agent binary with -install-node-config, not a `status` exec.
+// agent binary with -install-node-config, not a `status` exec. On a DRA
+// node the agent has exec'd sriov-passthrough-dra, with the same pid and
+// arguments.
 func agentPid(t *testing.T) int {
 	t.Helper()
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
@@ -173,7 +163,8 @@ func agentPid(t *testing.T) int {
 			continue
 		}
 		args := strings.Split(string(b), "\x00")
-		if strings.HasSuffix(args[0], "sriov-passthrough-agent") && slices.ContainsFunc(args, func(a string) bool {
+		agent := strings.HasSuffix(args[0], "sriov-passthrough-agent") || strings.HasSuffix(args[0], "sriov-passthrough-dra")
+		if agent && slices.ContainsFunc(args, func(a string) bool {
 			return strings.HasPrefix(a, "-install-node-config")
 		}) {
 			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))

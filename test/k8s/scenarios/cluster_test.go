@@ -38,7 +38,8 @@ var env struct {
 }
 
 // handedOut counts, by pod UID, the PFs seen inside each job pod that was
-// Running: the stage's summary line is computed from it.
+// Running: the stage's summary line is computed from it (dra_pods from
+// draPods, those of them served through a DRA claim).
 var handedOut = map[string]int{}
 
 // device is one of the node's fake PF or VF netdevs.
@@ -67,8 +68,8 @@ func TestMain(m *testing.M) {
 	for _, n := range handedOut {
 		pfs += n
 	}
-	summary := fmt.Sprintf("pods=%d pfs_handed_out=%d devices_lost=%d devices_misnamed=%d",
-		len(handedOut), pfs, len(lost), len(misnamed))
+	summary := fmt.Sprintf("pods=%d dra_pods=%d pfs_handed_out=%d devices_lost=%d devices_misnamed=%d",
+		len(handedOut), len(draPods), pfs, len(lost), len(misnamed))
 	fmt.Printf("scenarios: %s lost=%v misnamed=%v\n", summary, lost, misnamed)
 	if len(lost)+len(misnamed) > 0 && code == 0 {
 		code = 1
@@ -159,6 +160,9 @@ func requireNodeWhole(t *testing.T) {
 	t.Fatalf("node not whole: lost %v, misnamed %v, records left %v", lost, misnamed, records)
 }
 
+// stateRecords lists what the plugin and the agent keep in the state dir:
+// attachment records and, in the claim checkpoint's subdirectory (a DRA
+// node's), the entries of prepared claims.
 func stateRecords(t *testing.T) []string {
 	entries, err := os.ReadDir(stateDir)
 	if err != nil && !os.IsNotExist(err) {
@@ -166,7 +170,17 @@ func stateRecords(t *testing.T) []string {
 	}
 	var out []string
 	for _, e := range entries {
-		if e.Name() != "lock" {
+		switch e.Name() {
+		case "lock":
+		case filepath.Base(claimsDir):
+			claims, err := os.ReadDir(claimsDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range claims {
+				out = append(out, filepath.Join(e.Name(), c.Name()))
+			}
+		default:
 			out = append(out, e.Name())
 		}
 	}

@@ -256,9 +256,15 @@ func checkNetworkStatus(t *testing.T, name, network string, given []string) {
 
 // runJob creates a job pod with pfs PFs, waits until it is Running and checks
 // it; it returns the PFs the job holds.
-func runJob(t *testing.T, pfs int, name string) []string {
+func (a allocation) runJob(t *testing.T, pfs int, name string) []string {
 	t.Helper()
 	createJob(t, pfs, name)
 	waitRunning(t, name)
-	return checkJob(t, name, pfs)
+	return a.check(t, name, pfs)
+}
+
+// runJob runs a job on a device-plugin node, as most scenarios do.
+func runJob(t *testing.T, pfs int, name string) []string {
+	t.Helper()
+	return devicePlugin.runJob(t, pfs, name)
 }

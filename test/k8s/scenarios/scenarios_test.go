@@ -18,15 +18,37 @@ import (
 	"time"
 )
 
+// allocation is how the pass's node hands out prow/sriov: the device plugin
+// (the kubelet's allocatable, its Allocate) or DRA (a claim the scheduler
+// allocates from the node's ResourceSlice). The scenarios that both serve
+// run through it, each mode under its own test name.
+type allocation struct {
+	// check asserts that the Running job pod holds pfs PFs, and what the
+	// mode adds to that; it returns the PFs.
+	check func(t *testing.T, name string, pfs int) []string
+	// whole waits until the node has every device back and keeps nothing
+	// of any job.
+	whole func(t *testing.T)
+	// offered waits until the node offers want PFs in the API.
+	offered func(t *testing.T, want int, when string)
+	// pending is what the scheduler's message says of a pod for which no
+	// PF is left.
+	pending string
+}
+
+var devicePlugin = allocation{check: checkJob, whole: requireNodeWhole, offered: waitAllocatable, pending: "prow/sriov"}
+
 // 1. The README's prow-job pods, one PF and two PFs, run with their PFs.
-func TestReadmeProwJobs(t *testing.T) {
-	requireNodeWhole(t)
-	got := runJob(t, 1, "one-pf")
+func TestReadmeProwJobs(t *testing.T) { readmeProwJobs(t, devicePlugin) }
+
+func readmeProwJobs(t *testing.T, a allocation) {
+	a.whole(t)
+	got := a.runJob(t, 1, "one-pf")
 	deleteJobs(t)
 	if len(got) != 1 {
 		t.Fatalf("one-PF job holds %v", got)
 	}
-	both := runJob(t, 2, "two-pf")
+	both := a.runJob(t, 2, "two-pf")
 	slices.Sort(both)
 	if !slices.Equal(both, pfNames()) {
 		t.Fatalf("two-PF job holds %v, want the node's %v", both, pfNames())
@@ -35,8 +57,10 @@ func TestReadmeProwJobs(t *testing.T) {
 
 // 2. Two PFs, three one-PF jobs: the scheduler runs two and keeps the third
 // Pending for prow/sriov until one of the two is deleted.
-func TestThirdJobWaitsForAPF(t *testing.T) {
-	requireNodeWhole(t)
+func TestThirdJobWaitsForAPF(t *testing.T) { thirdJobWaitsForAPF(t, devicePlugin) }
+
+func thirdJobWaitsForAPF(t *testing.T, a allocation) {
+	a.whole(t)
 	held := map[string][]string{}
 	for _, name := range []string{"job-a", "job-b", "job-c"} {
 		createJob(t, 1, name)
@@ -53,14 +77,15 @@ func TestThirdJobWaitsForAPF(t *testing.T) {
 	var waiting string
 	for _, name := range []string{"job-a", "job-b", "job-c"} {
 		if p, _ := phase(name); p == "Running" {
-			held[name] = checkJob(t, name, 1)
+			held[name] = a.check(t, name, 1)
 		} else {
 			waiting = name
 		}
 	}
-	msg := kubectl(t, nil, "get", "pod", waiting, "-o", `jsonpath={.status.phase} {.status.conditions[?(@.type=="PodScheduled")].message}`)
-	if !strings.HasPrefix(msg, "Pending") || !strings.Contains(msg, "prow/sriov") {
-		t.Fatalf("third job %s: %q, want Pending for prow/sriov", waiting, msg)
+	msg := kubectl(t, nil, "get", "pod", waiting, "-o",
+		`jsonpath={.status.phase} {.status.conditions[?(@.type=="PodScheduled")].status} {.status.conditions[?(@.type=="PodScheduled")].message}`)
+	if !strings.HasPrefix(msg, "Pending False ") || !strings.Contains(msg, a.pending) {
+		t.Fatalf("third job %s: %q, want Pending, not scheduled: %q", waiting, msg, a.pending)
 	}
 	t.Logf("third job %s: %s", waiting, msg)
 	victim := sortedKeys(held)[0]
@@ -68,7 +93,7 @@ func TestThirdJobWaitsForAPF(t *testing.T) {
 	kubectl(t, nil, "delete", "pod", victim, "--wait=false")
 	waitRunning(t, waiting)
 	elapsed := time.Since(start)
-	got := checkJob(t, waiting, 1)
+	got := a.check(t, waiting, 1)
 	if !slices.Equal(got, held[victim]) {
 		t.Fatalf("third job got %v, want %v, the PF the deleted job held", got, held[victim])
 	}
@@ -76,11 +101,13 @@ func TestThirdJobWaitsForAPF(t *testing.T) {
 }
 
 // 3. Delete and force-delete give every device back; the next job gets it.
-func TestDeleteAndForceDeleteGiveBack(t *testing.T) {
-	requireNodeWhole(t)
+func TestDeleteAndForceDeleteGiveBack(t *testing.T) { deleteAndForceDeleteGiveBack(t, devicePlugin) }
+
+func deleteAndForceDeleteGiveBack(t *testing.T, a allocation) {
+	a.whole(t)
 	for _, force := range []bool{false, true} {
 		name := map[bool]string{false: "deleted", true: "force-deleted"}[force]
-		runJob(t, 2, name)
+		a.runJob(t, 2, name)
 		args := []string{"delete", "pod", name, "--wait=false"}
 		if force {
 			// The API object goes at once; the kubelet still stops the
@@ -88,11 +115,11 @@ func TestDeleteAndForceDeleteGiveBack(t *testing.T) {
 			args = append(args, "--grace-period=0", "--force")
 		}
 		kubectl(t, nil, args...)
-		requireNodeWhole(t)
+		a.whole(t)
 		t.Logf("force=%v: every device back on the node, no record left", force)
 	}
 	// Only a node with both PFs back can run the two-PF job.
-	runJob(t, 2, "next")
+	a.runJob(t, 2, "next")
 }
 
 // 4. The kubelet, containerd and the installer pod killed and restarted
