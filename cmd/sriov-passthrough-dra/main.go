@@ -46,5 +46,6 @@ func newDRAPlugin(o agentcmd.Options, a *agent.Agent, log *slog.Logger) (agentcm
 	d := &dra.Driver{NodeName: o.NodeName, Resource: o.Resource, Sys: sriov.Sysfs{Root: a.Conf.SysfsRoot},
 		Claims: claims.For(a.Conf.StateDir), CDI: dra.CDI{Dir: o.CDIDir}, Log: log}
 	a.Publish = d.Update
-	return &dra.Plugin{Driver: d, Client: client, RegistrarDir: o.PluginsRegistry, DataDir: o.DRAPluginDir}, nil
+	return &dra.Plugin{Driver: d, Client: client, RegistrarDir: o.PluginsRegistry, DataDir: o.DRAPluginDir,
+		PodUID: o.PodUID}, nil
 }

@@ -65,11 +65,12 @@ type Options struct {
 	Resource, pluginDir, socket       string
 	netnsDir, metricsAddr, output     string
 	healthSocket                      string
-	// NodeName, CDIDir, PluginsRegistry and DRAPluginDir are the DRA
-	// mode's: this node's name (its ResourceSlice), where the runtime reads
-	// CDI specs, the kubelet's plugin registration directory and the DRA
+	// NodeName, PodUID, CDIDir, PluginsRegistry and DRAPluginDir are the
+	// DRA mode's: this node's name (its ResourceSlice), the agent pod's UID
+	// (its sockets during a rolling update), where the runtime reads CDI
+	// specs, the kubelet's plugin registration directory and the DRA
 	// plugin's socket directory.
-	NodeName, CDIDir              string
+	NodeName, PodUID, CDIDir      string
 	PluginsRegistry, DRAPluginDir string
 	resync, livenessStall         time.Duration
 	checkNamespaces               bool
@@ -333,6 +334,7 @@ func newFlags(name string, o *Options) (*flag.FlagSet, *bool) {
 	// The DRA mode's flags are the lean agent's too: it hands the same
 	// arguments to sriov-passthrough-dra.
 	fs.StringVar(&o.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, whose ResourceSlice the agent publishes (allocation dra)")
+	fs.StringVar(&o.PodUID, "pod-uid", os.Getenv("POD_UID"), "the agent pod's UID: its DRA sockets are named after it, so the old and the new pod of a rolling update both serve (allocation dra)")
 	fs.StringVar(&o.CDIDir, "cdi-dir", "/var/run/cdi", "where the container runtime reads CDI specs (allocation dra)")
 	fs.StringVar(&o.PluginsRegistry, "kubelet-plugins-registry", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory (allocation dra)")
 	fs.StringVar(&o.DRAPluginDir, "dra-plugin-dir", "/var/lib/kubelet/plugins/"+DRADriverName, "the directory of the DRA plugin's socket (allocation dra)")

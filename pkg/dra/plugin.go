@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 )
@@ -21,6 +22,15 @@ type Plugin struct {
 	// default (/var/lib/kubelet/plugins_registry,
 	// /var/lib/kubelet/plugins/<driver>).
 	RegistrarDir, DataDir string
+	// PodUID is the agent pod's UID ("" outside a pod). With it, the
+	// helper names its registration and DRA sockets after the pod
+	// (kubeletplugin.RollingUpdate), so during a DaemonSet's surge the old
+	// and the new agent pod on a node each keep their own sockets and the
+	// kubelet talks to both; without it, the new pod's sockets would take
+	// the old pod's paths, and the old pod's shutdown would remove them.
+	// The driver keeps no state between calls but the claim checkpoint,
+	// and the helper serializes calls across both pods by a file lock.
+	PodUID string
 
 	mu     sync.Mutex
 	helper *kubeletplugin.Helper
@@ -44,6 +54,9 @@ func (p *Plugin) Run(ctx context.Context) error {
 	}
 	if p.DataDir != "" {
 		opts = append(opts, kubeletplugin.PluginDataDirectoryPath(p.DataDir))
+	}
+	if p.PodUID != "" {
+		opts = append(opts, kubeletplugin.RollingUpdate(types.UID(p.PodUID)))
 	}
 	h, err := kubeletplugin.Start(ctx, p.Driver, opts...)
 	if err != nil {

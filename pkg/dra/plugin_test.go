@@ -113,3 +113,64 @@ func TestThroughTheKubeletPlugin(t *testing.T) {
 		t.Errorf("checkpoint after NodeUnprepareResources: %+v", e)
 	}
 }
+
+// During a DaemonSet's surge two agent pods serve one node: each names its
+// registration and DRA sockets after its pod, so the new pod's do not take
+// the old pod's paths, and the old pod stopping leaves the new pod's in
+// place for the kubelet.
+func TestTwoAgentPodsServeSideBySide(t *testing.T) {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "node-uid"}}
+	client := fake.NewClientset(node)
+	dir := t.TempDir()
+	registry, data := filepath.Join(dir, "registry"), filepath.Join(dir, "plugin")
+	for _, sub := range []string{registry, data} {
+		must(t, os.MkdirAll(sub, 0o755))
+	}
+	sockets := func() []string {
+		var out []string
+		for _, d := range []string{registry, data} {
+			entries, err := os.ReadDir(d)
+			must(t, err)
+			for _, e := range entries {
+				if e.Type()&os.ModeSocket != 0 {
+					out = append(out, filepath.Join(filepath.Base(d), e.Name()))
+				}
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	start := func(uid string) (stop func()) {
+		d := newDriver(t)
+		d.Update([]agent.PF{{PCI: pfA, Name: "ens1f0", Phase: agent.Free}})
+		p := &Plugin{Driver: d, Client: client, RegistrarDir: registry, DataDir: data, PodUID: uid}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		return func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run of pod %s: %v", uid, err)
+			}
+		}
+	}
+	waitSockets := func(want ...string) {
+		t.Helper()
+		slices.Sort(want)
+		var got []string
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if got = sockets(); slices.Equal(got, want) {
+				return
+			}
+		}
+		t.Fatalf("sockets %v, want %v", got, want)
+	}
+	stopOld := start("old-pod")
+	waitSockets("plugin/dra-old-pod.sock", "registry/"+DriverName+"-old-pod-reg.sock")
+	stopNew := start("new-pod")
+	defer stopNew()
+	waitSockets("plugin/dra-old-pod.sock", "plugin/dra-new-pod.sock",
+		"registry/"+DriverName+"-old-pod-reg.sock", "registry/"+DriverName+"-new-pod-reg.sock")
+	stopOld()
+	waitSockets("plugin/dra-new-pod.sock", "registry/"+DriverName+"-new-pod-reg.sock")
+}

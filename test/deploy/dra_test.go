@@ -59,9 +59,10 @@ func TestDRAComponent(t *testing.T) {
 			continue
 		}
 		env := c["env"].([]any)
-		if len(env) != 1 || env[0].(map[string]any)["name"] != "NODE_NAME" ||
-			!strings.Contains(mustJSON(t, env[0]), `"fieldPath":"spec.nodeName"`) {
-			t.Errorf("agent env %v: want NODE_NAME from spec.nodeName", env)
+		if len(env) != 2 || env[0].(map[string]any)["name"] != "NODE_NAME" ||
+			!strings.Contains(mustJSON(t, env[0]), `"fieldPath":"spec.nodeName"`) ||
+			env[1].(map[string]any)["name"] != "POD_UID" || !strings.Contains(mustJSON(t, env[1]), `"fieldPath":"metadata.uid"`) {
+			t.Errorf("agent env %v: want NODE_NAME from spec.nodeName and POD_UID from metadata.uid", env)
 		}
 		delete(c, "env")
 		var kept []any
