@@ -194,14 +194,7 @@ func (s Sysfs) BindDefault(pf, vf string) (string, error) {
 			return "", fmt.Errorf("unbind %s from %s: %w", vf, cur, err)
 		}
 	}
-	if err := s.write(filepath.Join(s.Root, "bus", "pci", "drivers_probe"), vf); err != nil {
-		return "", fmt.Errorf("probe the default driver for %s: %w", vf, err)
-	}
-	got := s.Driver(vf)
-	if got == "" {
-		return "", fmt.Errorf("%s has no driver after the probe without driver_override", vf)
-	}
-	return got, nil
+	return s.probeDefault(vf, vf, "no loaded driver claims it without driver_override")
 }
 
 // BindDefaultPF binds a PF that no driver is bound to (a job or a person
@@ -224,12 +217,20 @@ func (s Sysfs) BindDefaultPF(pf string) (string, error) {
 			"clear it (echo > %s) if the PF is the node's to hand out",
 			pf, o, o, filepath.Join(s.DevicePath(pf), "driver_override"))
 	}
-	if err := s.write(filepath.Join(s.Root, "bus", "pci", "drivers_probe"), pf); err != nil {
-		return "", fmt.Errorf("probe the default driver for PF %s: %w", pf, err)
+	return s.probeDefault(pf, "PF "+pf, "no loaded driver claims it (is its module loaded?)")
+}
+
+// probeDefault asks the kernel to bind addr, which has no driver and no
+// driver_override, to its default driver (drivers_probe), and returns the
+// driver bound; with none, the error names what (as the caller calls it)
+// and why.
+func (s Sysfs) probeDefault(addr, what, why string) (string, error) {
+	if err := s.write(filepath.Join(s.Root, "bus", "pci", "drivers_probe"), addr); err != nil {
+		return "", fmt.Errorf("probe the default driver for %s: %w", what, err)
 	}
-	got := s.Driver(pf)
+	got := s.Driver(addr)
 	if got == "" {
-		return "", fmt.Errorf("PF %s has no driver after the probe: no loaded driver claims it (is its module loaded?)", pf)
+		return "", fmt.Errorf("%s has no driver after the probe: %s", what, why)
 	}
 	return got, nil
 }
