@@ -166,14 +166,21 @@ func TestGrantsTableMatchesTheManifests(t *testing.T) {
 	for _, key := range grantsTable(t, grantsPage, "| grant | why |") {
 		table[key] = true
 	}
+	sameGrants(t, "deploy/", granted, table, grantsPage)
+}
+
+// sameGrants fails for each grant that who gives the agent without a row
+// in page's grants table, and for each row that who does not grant.
+func sameGrants(t *testing.T, who string, granted, table map[string]bool, page string) {
+	t.Helper()
 	for g := range granted {
 		if !table[g] {
-			t.Errorf("deploy/ grants the agent %s, but the grants table in %s does not say why", g, grantsPage)
+			t.Errorf("%s grants the agent %q, but the grants table in %s does not say why", who, g, page)
 		}
 	}
 	for g := range table {
 		if !granted[g] {
-			t.Errorf("the grants table in %s lists %s, which deploy/ does not grant the agent", grantsPage, g)
+			t.Errorf("the grants table in %s lists %q, which %s does not grant the agent", page, g, who)
 		}
 	}
 }

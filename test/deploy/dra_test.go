@@ -142,16 +142,7 @@ func TestDRAGrantsTableMatchesTheComponent(t *testing.T) {
 			table[strings.TrimSpace(v)+" "+res] = true
 		}
 	}
-	for g := range granted {
-		if !table[g] {
-			t.Errorf("the dra component grants the agent %q, but the grants table in %s does not say why", g, draGrantsPage)
-		}
-	}
-	for g := range table {
-		if !granted[g] {
-			t.Errorf("the grants table in %s lists %q, which the dra component does not grant", draGrantsPage, g)
-		}
-	}
+	sameGrants(t, "the dra component", granted, table, draGrantsPage)
 }
 
 type draDeviceClass struct {
