@@ -30,14 +30,22 @@ func dialPlugin(t *testing.T, dir, endpoint string) pluginapi.DevicePluginClient
 
 func startPlugin(t *testing.T, dir string, pfs []PF) *DevicePlugin {
 	t.Helper()
-	dp := NewDevicePlugin("prow/sriov", testLogger(t))
+	dp, stop := runPlugin(t, dir, pfs)
+	t.Cleanup(stop)
+	return dp
+}
+
+// runPlugin is startPlugin for a test that stops the agent itself: stop
+// ends its Run and waits for it (again: nothing more).
+func runPlugin(t *testing.T, dir string, pfs []PF) (dp *DevicePlugin, stop func()) {
+	t.Helper()
+	dp = NewDevicePlugin("prow/sriov", testLogger(t))
 	dp.Update(pfs)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	srv := &Server{Dir: dir, Socket: "sriov-passthrough.sock", Plugin: dp, Log: dp.Log}
 	go func() { srv.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return dp
+	return dp, func() { cancel(); <-done }
 }
 
 // ownSocket is the name the agent gives a socket served on the default

@@ -367,6 +367,44 @@ func TestARestartedAgentUsesNewSocketNames(t *testing.T) {
 	}
 }
 
+// In a DaemonSet's surge the new agent starts while the old one still
+// serves: it leaves the old one's socket alone, so the old agent does not
+// serve and register a new one after the new agent's registration. With a
+// kubelet of v1.36 or older that registration would make the old agent the
+// resource's client, and its exit then left the kubelet with prow/sriov
+// stopped and the new agent's stream open (make k8s-e2e's v1.34 pass saw
+// every pod refused at admission). When the old agent stops, the kubelet
+// has the device through the new one.
+func TestASurgingAgentLeavesTheOldAgentsSocket(t *testing.T) {
+	for _, byResource := range []bool{false, true} {
+		name := map[bool]string{false: "v1.37", true: "v1.36"}[byResource]
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			const pci = "0000:3b:00.0"
+			k := startKubelet(t, dir)
+			k.byResource = byResource
+			_, stopOld := runPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
+			t.Cleanup(stopOld)
+			old := k.registered(t)
+			startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
+			k.registered(t)
+			if _, err := os.Stat(filepath.Join(dir, old.Endpoint)); err != nil {
+				t.Fatalf("the old agent's socket %s after the new agent started: %v", old.Endpoint, err)
+			}
+			select {
+			case r := <-k.regs:
+				t.Fatalf("registered %s after the new agent did: the old agent lost its socket", r.Endpoint)
+			case <-time.After(500 * time.Millisecond):
+			}
+			stopOld()
+			k.settled(t, pci)
+			if _, err := os.Stat(filepath.Join(dir, old.Endpoint)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the old agent's socket %s is left after it stopped: %v", old.Endpoint, err)
+			}
+		})
+	}
+}
+
 // The agent's sockets are its own: an old run's are removed at start, and
 // the current one when the agent stops.
 func TestRemovesItsSockets(t *testing.T) {

@@ -53,7 +53,8 @@ const (
 //     token and a generation), so a restarted agent never races its
 //     predecessor's stream on the same path;
 //   - an old socket is never stopped while the kubelet it was registered
-//     with still runs (a kubelet restart ends its streams anyway);
+//     with still runs (a kubelet restart ends its streams anyway), and a
+//     socket another agent still serves (a DaemonSet's surge) is its own;
 //   - the agent registers exactly once with each kubelet, and again only
 //     when its socket is replaced or the kubelet ends the stream of the
 //     registration that counts (it dropped us).
@@ -323,15 +324,40 @@ func (s *Server) socketName(gen int) string {
 
 // removeOwnSockets removes what an earlier run of the agent left: its
 // sockets, under any name it gives them (and the bare name older
-// releases used).
+// releases used), that no process serves any more.
+//
+// A socket that accepts a connection is another agent's that still runs:
+// in a DaemonSet's surge the old pod serves until the new one is ready,
+// and removes its sockets itself when it stops. Removing it would make
+// that agent serve and register a new socket, after this one registered.
+// A kubelet of v1.36 or older, with one client per resource, then has the
+// old agent as its client, and when the old agent stops it marks the
+// resource stopped while this agent's stream stays open: the node has no
+// device plugin until something registers again, and every pod asking for
+// prow/sriov fails admission ("endpoint ... has been stopped").
 func (s *Server) removeOwnSockets() {
 	ext := filepath.Ext(s.Socket)
 	stale, _ := filepath.Glob(filepath.Join(s.Dir, strings.TrimSuffix(s.Socket, ext)+".*"+ext))
 	for _, p := range append(stale, filepath.Join(s.Dir, s.Socket)) {
+		if served(p) {
+			s.Log.Info("leaving a socket another agent still serves", "socket", p)
+			continue
+		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			s.Log.Warn("remove stale socket", "error", err)
 		}
 	}
+}
+
+// served reports whether a process accepts connections on the unix socket
+// at path. A socket file whose process is gone refuses them at once.
+func served(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // serve listens on the gen'th socket and serves the plugin there.
