@@ -94,6 +94,61 @@ func TestDRARestartsLoseNothing(t *testing.T) {
 // 5. A PF that comes back late leaves the ResourceSlice and returns to it.
 func TestDRAPFComesBackLate(t *testing.T) { requireDRA(t); pfComesBackLate(t, dra) }
 
+// 6. The node switched to the device plugin and back, as docs/dra.md says,
+// with no job on it: node.json's allocation set through the generator, and
+// the DaemonSet rolls. On the device plugin the driver's slice goes (the
+// kubelet deletes a driver's slices a while after its plugin unregisters),
+// allocatable prow/sriov comes back, and a job is served from it with no
+// claim. Back on DRA the kubelet keeps the device plugin's prow/sriov in
+// the node's status at 0 (it never drops a resource a plugin once
+// advertised), the scheduler and the kubelet take an extended resource at
+// 0 as no device plugin's (kubernetes#133784), and a job is served through
+// a claim again. The node stays on DRA at the end, whatever happens.
+func TestDRASwitchNodeToTheDevicePluginAndBack(t *testing.T) {
+	requireDRA(t)
+	requireDRANodeWhole(t)
+	want := len(pfNames())
+	waitSliceDevices(t, want, "before the switch")
+	draOverlay := currentOverlay(t)
+	t.Cleanup(func() {
+		if out, err := kubectlErr(nil, "apply", "-k", draOverlay); err != nil {
+			t.Errorf("putting the node back on DRA: %v\n%s", err, out)
+		}
+	})
+
+	start := time.Now()
+	applyAndRoll(t, nodeConfigOverlay(t, draOverlay, "allocation", "devicePlugin"))
+	waitAllocatable(t, want, "on the device plugin")
+	waitSliceDevices(t, 0, "once the DRA plugin is gone")
+	toDevicePlugin := time.Since(start)
+	devicePlugin.runJob(t, 1, "switched-to-dp")
+	requireNoClaim(t, "switched-to-dp")
+	deleteJobs(t)
+	requireNodeWhole(t)
+
+	start = time.Now()
+	applyAndRoll(t, draOverlay)
+	waitSliceDevices(t, want, "back on DRA")
+	waitAllocatable(t, 0, "back on DRA (the device plugin's prow/sriov kept at 0)")
+	back := time.Since(start)
+	dra.runJob(t, 1, "switched-back-to-dra")
+	deleteJobs(t)
+	requireDRANodeWhole(t)
+	fmt.Printf("k8s-e2e: node switched DRA -> device plugin: allocatable %d, slice empty after %.1fs; back to DRA: %d devices in the slice, allocatable 0 after %.1fs; a job served each way\n",
+		want, toDevicePlugin.Seconds(), want, back.Seconds())
+}
+
+// requireNoClaim checks that the job pod was served by the device plugin:
+// no claim in its status and none in its namespace.
+func requireNoClaim(t *testing.T, name string) {
+	t.Helper()
+	st := strings.TrimSpace(kubectl(t, nil, "get", "pod", name, "-o", "jsonpath={.status.extendedResourceClaimStatus}"))
+	claims := strings.TrimSpace(kubectl(t, nil, "-n", ns, "get", "resourceclaims", "-o", "name"))
+	if st != "" || claims != "" {
+		t.Fatalf("pod %s on the device plugin: extendedResourceClaimStatus %q, claims %q; want neither", name, st, claims)
+	}
+}
+
 // checkDRAJob is checkJob plus what DRA adds: the pod's status names the
 // claim the scheduler made for prow/sriov, the claim is allocated the
 // PFs the pod holds and reserved for the pod, the node's checkpoint has
