@@ -53,12 +53,16 @@ build:
 demo:
 	bash test/vm/run.sh demo
 
-# Every test: VM end-to-end on two kernels, stress, a real one-node Kubernetes,
-# then unit, kernel and integration tests.
-# host-snapshot records the host first; host-check, a go test, compares it
-# with the host after every stage and fails on anything a test left behind,
-# so CI output still ends with go test's own summary line.
-test: host-snapshot lint e2e stress-short k8s-e2e unit host-check
+# Every test, as CI runs it: host-snapshot lint e2e stress-short k8s-e2e
+# unit host-check, in that order, through test/all.sh, which builds
+# k8s-e2e's one-node Kubernetes in the background (niced) while the VM
+# stage runs. VM end-to-end on three kernels, stress, a real one-node
+# Kubernetes, then unit, kernel and integration tests. host-snapshot records
+# the host first; host-check, a go test, compares it with the host after
+# every stage and fails on anything a test left behind, so CI output still
+# ends with go test's own summary line.
+test:
+	MAKE='$(MAKE)' GO='$(GO)' bash test/all.sh
 
 # Debian packages the host-side tests use (apt only when one is missing).
 deps:
@@ -107,9 +111,10 @@ stress-short:
 # the scheduler hand prow job pods their PFs through deploy/. The pieces are
 # built once per version into /var/cache/sriov-passthrough-cni-k8s (a cold
 # build takes 15-40 min on 2 cores, the older kubelet below some 10 more,
-# containerd v2 for the DRA pass some 3);
-# then interrupted and failing runs must leave the host clean (TestTeardown),
-# then the scenarios run, then a second cluster whose node runs the older
+# containerd v2 for the DRA pass some 3; test/k8s/e2e.sh builds those two
+# in the background while the first pass runs); the scenarios run, then
+# interrupted and failing runs must leave the host clean (TestTeardown),
+# then a second cluster whose node runs the older
 # kubelet runs K8S_OLD_KUBELET_SCENARIOS, then a third whose node serves
 # prow/sriov through DRA (K8S_DRA=1: containerd K8S_DRA_CONTAINERD, built
 # from test/k8s/containerd for its CDI, deploy/ with components/dra) runs
@@ -135,11 +140,8 @@ empty :=
 K8S_OLD_KUBELET_RUN := ^($(subst $(empty) $(empty),|,$(strip $(K8S_OLD_KUBELET_SCENARIOS))))$$
 K8S_DRA_CONTAINERD := v2.4.2
 k8s-e2e:
-	K8S_KUBELET_VERSION=$(K8S_OLD_KUBELET) K8S_CONTAINERD_VERSION=$(K8S_DRA_CONTAINERD) bash test/k8s/build.sh
-	K8S_OLD_KUBELET=$(K8S_OLD_KUBELET) K8S_CONTAINERD_VERSION=$(K8S_DRA_CONTAINERD) $(GO) -C test/k8s test -count=1 -timeout 20m -tags k8s -run '^TestTeardown$$' .
-	bash test/k8s/run.sh
-	K8S_KUBELET_VERSION=$(K8S_OLD_KUBELET) K8S_E2E_RUN='$(K8S_OLD_KUBELET_RUN)' bash test/k8s/run.sh
-	K8S_DRA=1 K8S_CONTAINERD_VERSION=$(K8S_DRA_CONTAINERD) bash test/k8s/run.sh
+	GO=$(GO) K8S_OLD_KUBELET=$(K8S_OLD_KUBELET) K8S_OLD_KUBELET_RUN='$(K8S_OLD_KUBELET_RUN)' \
+		K8S_DRA_CONTAINERD=$(K8S_DRA_CONTAINERD) bash test/k8s/e2e.sh
 
 # ADD+DEL cost against VF count, next to host-device and the netlink floor (root).
 # test/bench is its own module (the plot library stays out of the plugin's);
