@@ -53,16 +53,17 @@ build:
 demo:
 	bash test/vm/run.sh demo
 
-# Every test, as CI runs it: host-snapshot lint e2e stress-short k8s-e2e
-# unit host-check, in that order, through test/all.sh, which builds
+# Every test, as CI runs it: TEST_STAGES in that order, through
+# test/all.sh, which builds
 # k8s-e2e's one-node Kubernetes in the background (niced) while the VM
 # stage runs. VM end-to-end on three kernels, stress, a real one-node
 # Kubernetes, then unit, kernel and integration tests. host-snapshot records
 # the host first; host-check, a go test, compares it with the host after
 # every stage and fails on anything a test left behind, so CI output still
 # ends with go test's own summary line.
+TEST_STAGES := host-snapshot lint e2e stress-short k8s-e2e unit host-check
 test:
-	MAKE='$(MAKE)' GO='$(GO)' bash test/all.sh
+	MAKE='$(MAKE)' GO='$(GO)' TEST_STAGES='$(TEST_STAGES)' bash test/all.sh
 
 # Debian packages the host-side tests use (apt only when one is missing).
 deps:
