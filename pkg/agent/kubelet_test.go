@@ -83,6 +83,21 @@ func startKubeletAfter(t *testing.T, dir string, delay time.Duration) *fakeKubel
 	return k
 }
 
+// forEachKeying runs test as a subtest against a fake kubelet in each of
+// its keyings (v1.37: by socket; v1.36 and older: by resource), in a
+// device-plugin directory of its own. (Short subtest names: the socket
+// path has at most 107 bytes.)
+func forEachKeying(t *testing.T, test func(t *testing.T, dir string, k *fakeKubelet)) {
+	for _, byResource := range []bool{false, true} {
+		t.Run(map[bool]string{false: "v1.37", true: "v1.36"}[byResource], func(t *testing.T) {
+			dir := t.TempDir()
+			k := startKubelet(t, dir)
+			k.byResource = byResource
+			test(t, dir, k)
+		})
+	}
+}
+
 func (k *fakeKubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
 	path := filepath.Join(k.dir, r.Endpoint)
 	k.mu.Lock()
@@ -288,37 +303,31 @@ func TestRegistersSoonAfterAKubeletSocketStartsListening(t *testing.T) {
 // would make a kubelet of v1.36 or older drop the new registration. The
 // next kubelet finds only the new one.
 func TestServesANewSocketWhenItsOwnIsRemoved(t *testing.T) {
-	for _, byResource := range []bool{false, true} {
-		// (Short names: the socket path has at most 107 bytes.)
-		name := map[bool]string{false: "v1.37", true: "v1.36"}[byResource]
-		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
-			const pci = "0000:3b:00.0"
-			k := startKubelet(t, dir)
-			k.byResource = byResource
-			startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
-			first := k.registered(t)
-			if err := os.Remove(filepath.Join(dir, first.Endpoint)); err != nil {
-				t.Fatal(err)
-			}
-			second := k.registered(t)
-			if second.Endpoint == first.Endpoint {
-				t.Fatalf("registered %s again", first.Endpoint)
-			}
-			if a, r := k.settled(t, pci); a != 2 || r != 0 {
-				t.Fatalf("%d registrations accepted, %d refused; want 2, 0", a, r)
-			}
-			k.kill()
-			k = startKubelet(t, dir)
-			k.byResource = byResource
-			if a, r := k.settled(t, pci); a != 1 || r != 0 {
-				t.Fatalf("next kubelet: %d registrations accepted, %d refused; want 1, 0", a, r)
-			}
-			if _, err := os.Stat(filepath.Join(dir, first.Endpoint)); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("the replaced socket is still there: %v", err)
-			}
-		})
-	}
+	forEachKeying(t, func(t *testing.T, dir string, k *fakeKubelet) {
+		const pci = "0000:3b:00.0"
+		byResource := k.byResource
+		startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
+		first := k.registered(t)
+		if err := os.Remove(filepath.Join(dir, first.Endpoint)); err != nil {
+			t.Fatal(err)
+		}
+		second := k.registered(t)
+		if second.Endpoint == first.Endpoint {
+			t.Fatalf("registered %s again", first.Endpoint)
+		}
+		if a, r := k.settled(t, pci); a != 2 || r != 0 {
+			t.Fatalf("%d registrations accepted, %d refused; want 2, 0", a, r)
+		}
+		k.kill()
+		k = startKubelet(t, dir)
+		k.byResource = byResource
+		if a, r := k.settled(t, pci); a != 1 || r != 0 {
+			t.Fatalf("next kubelet: %d registrations accepted, %d refused; want 1, 0", a, r)
+		}
+		if _, err := os.Stat(filepath.Join(dir, first.Endpoint)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the replaced socket is still there: %v", err)
+		}
+	})
 }
 
 // A kubelet that ends the stream of our registration while it still runs
@@ -376,33 +385,27 @@ func TestARestartedAgentUsesNewSocketNames(t *testing.T) {
 // every pod refused at admission). When the old agent stops, the kubelet
 // has the device through the new one.
 func TestASurgingAgentLeavesTheOldAgentsSocket(t *testing.T) {
-	for _, byResource := range []bool{false, true} {
-		name := map[bool]string{false: "v1.37", true: "v1.36"}[byResource]
-		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
-			const pci = "0000:3b:00.0"
-			k := startKubelet(t, dir)
-			k.byResource = byResource
-			_, stopOld := runPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
-			t.Cleanup(stopOld)
-			old := k.registered(t)
-			startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
-			k.registered(t)
-			if _, err := os.Stat(filepath.Join(dir, old.Endpoint)); err != nil {
-				t.Fatalf("the old agent's socket %s after the new agent started: %v", old.Endpoint, err)
-			}
-			select {
-			case r := <-k.regs:
-				t.Fatalf("registered %s after the new agent did: the old agent lost its socket", r.Endpoint)
-			case <-time.After(500 * time.Millisecond):
-			}
-			stopOld()
-			k.settled(t, pci)
-			if _, err := os.Stat(filepath.Join(dir, old.Endpoint)); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("the old agent's socket %s is left after it stopped: %v", old.Endpoint, err)
-			}
-		})
-	}
+	forEachKeying(t, func(t *testing.T, dir string, k *fakeKubelet) {
+		const pci = "0000:3b:00.0"
+		_, stopOld := runPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
+		t.Cleanup(stopOld)
+		old := k.registered(t)
+		startPlugin(t, dir, []PF{{PCI: pci, Phase: Free}})
+		k.registered(t)
+		if _, err := os.Stat(filepath.Join(dir, old.Endpoint)); err != nil {
+			t.Fatalf("the old agent's socket %s after the new agent started: %v", old.Endpoint, err)
+		}
+		select {
+		case r := <-k.regs:
+			t.Fatalf("registered %s after the new agent did: the old agent lost its socket", r.Endpoint)
+		case <-time.After(500 * time.Millisecond):
+		}
+		stopOld()
+		k.settled(t, pci)
+		if _, err := os.Stat(filepath.Join(dir, old.Endpoint)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the old agent's socket %s is left after it stopped: %v", old.Endpoint, err)
+		}
+	})
 }
 
 // The agent's sockets are its own: an old run's are removed at start, and

@@ -44,15 +44,8 @@ func TestThroughTheKubeletPlugin(t *testing.T) {
 	for _, sub := range []string{p.RegistrarDir, p.DataDir} {
 		must(t, os.MkdirAll(sub, 0o755))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer runPlugin(t, p, "Run")()
+	ctx := context.Background()
 
 	slice := func(want []string) {
 		t.Helper()
@@ -144,15 +137,7 @@ func TestTwoAgentPodsServeSideBySide(t *testing.T) {
 		d := newDriver(t)
 		d.Update([]agent.PF{{PCI: pfA, Name: "ens1f0", Phase: agent.Free}})
 		p := &Plugin{Driver: d, Client: client, RegistrarDir: registry, DataDir: data, PodUID: uid}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Run(ctx) }()
-		return func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Run of pod %s: %v", uid, err)
-			}
-		}
+		return runPlugin(t, p, "Run of pod "+uid)
 	}
 	waitSockets := func(want ...string) {
 		t.Helper()
@@ -173,4 +158,19 @@ func TestTwoAgentPodsServeSideBySide(t *testing.T) {
 		"registry/"+DriverName+"-old-pod-reg.sock", "registry/"+DriverName+"-new-pod-reg.sock")
 	stopOld()
 	waitSockets("plugin/dra-new-pod.sock", "registry/"+DriverName+"-new-pod-reg.sock")
+}
+
+// runPlugin runs p until the returned stop is called; stop waits for Run
+// to return and reports its error under what.
+func runPlugin(t *testing.T, p *Plugin, what string) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
 }

@@ -98,7 +98,7 @@ func TestAgentRegistersOnceWithARestartedKubelet(t *testing.T) {
 	resetsReadiness := kubeletMinor(t) < 35
 	if resetsReadiness {
 		waitFor(t, "the restarted kubelet's first readiness probe of the agent", 2*time.Minute, func() (bool, error) {
-			passed, failed, err := agentReadinessProbes(pod)
+			passed, failed, err := readinessProbes(pod, "agent")
 			return passed+failed > 0, err
 		})
 		requireReadinessNeverFailed(t, pod)
@@ -187,12 +187,6 @@ func requireProbesNeverFailed(t *testing.T, pod, before, after string) {
 		before, after, strings.Join(counts, "; "))
 }
 
-// agentReadinessProbes counts the readiness probes of the agent container
-// of pod that the kubelet ran since it started.
-func agentReadinessProbes(pod string) (passed, failed int, err error) {
-	return readinessProbes(pod, "agent")
-}
-
 // readinessProbes counts the readiness probes of a container of pod that
 // the kubelet ran since it started, from its probe metrics (through the
 // API server's node proxy): passed, and failed or in error.
@@ -224,7 +218,7 @@ func readinessProbes(pod, container string) (passed, failed int, err error) {
 // agent's readiness and every probe passed.
 func requireReadinessNeverFailed(t *testing.T, pod string) {
 	t.Helper()
-	passed, failed, err := agentReadinessProbes(pod)
+	passed, failed, err := readinessProbes(pod, "agent")
 	if err != nil {
 		t.Fatal(err)
 	}
