@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/kubevirt/sriov-passthrough-cni/pkg/netdev"
 )
 
 // ADD net1 into a fresh netns with cnitool: the pod holds the lowest PF as
@@ -30,6 +32,14 @@ func TestAddMovesPFAndAllVFs(t *testing.T) {
 	assertAttached(t, a, res)
 	assertPodHolds(t, p, a.pcis()...)
 	assertHostLost(t, before, a)
+	// The plugin tags a device only where netlink cannot name its PCI
+	// function (kernels before 5.14): the tag costs DEL a removal.
+	inPod := mustLinks(t, p.path)
+	for _, addr := range a.pcis() {
+		if tagged := slices.Contains(inPod[addr].AltNames, netdev.Tag(addr)); tagged == kernelSendsParents {
+			t.Errorf("%s in the pod has altnames %q: tagged=%v on a kernel that sends parent devices=%v", addr, inPod[addr].AltNames, tagged, kernelSendsParents)
+		}
+	}
 	if res.CNIVersion != "1.1.0" {
 		t.Errorf("result cniVersion = %q, want 1.1.0", res.CNIVersion)
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -164,8 +165,9 @@ func minimumRestore(f pf, path string) error {
 	if err := minimumNewVFs(host, f); err != nil {
 		return err
 	}
-	// The PF still carries the plugin's tag (the VFs' went with them).
-	if l, err = host.LinkByName(want.Name); err == nil {
+	// The PF still carries the plugin's tag, on a kernel that names no
+	// parent device (the VFs' went with them).
+	if l, err = host.LinkByName(want.Name); err == nil && slices.Contains(l.Attrs().AltNames, netdev.Tag(f.PCI)) {
 		err = host.LinkDelAltName(l, netdev.Tag(f.PCI))
 	}
 	if err == nil && want.Up {
