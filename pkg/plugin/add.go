@@ -234,26 +234,13 @@ func (o *op) attach(rec *state.Record, links []netlink.Link, pod *netdev.NS) (_ 
 	return res, nil
 }
 
-// tagIfNameless gives a device the plugin's altname tag when netlink alone
-// cannot say which PCI function it is. Kernels from 5.14 send the parent
-// device (IFLA_PARENT_DEV_NAME) with every link, in every netns, and that
-// is what DEL and the agent read; older kernels (Debian 11's 5.10) send
-// none, and in a pod's netns, with no sysfs of ours to ask, the tag is all
-// that names the device. Only a tag that was added costs DEL a removal: on
-// 6.1 under TCG each removal waits about 15 ms (docs/bench.md).
-func (o *op) tagIfNameless(l netlink.Link, pciAddr string) error {
-	if netdev.PCIOf(l) == pciAddr {
-		return nil
-	}
-	return o.host.AddTag(l, pciAddr)
-}
-
-// moveToPod tags each device that needs it (tagIfNameless) on the host and
+// moveToPod tags each device that needs it (NS.AddTag) on the host and
 // moves it into the pod, where a device that is renamed (the PF, to
 // CNI_IFNAME) gets its pod name: the pod's netns is the runtime's and ours
-// until ADD returns, so no udev or NetworkManager renames there. Each netns move costs the kernel an RCU
-// barrier, and that, not the plugin, is most of ADD's time (docs/bench.md
-// has the numbers), so every device makes exactly one move. Only a device
+// until ADD returns, so no udev or NetworkManager renames there. Each
+// netns move costs the kernel an RCU barrier, and that, not the plugin, is
+// most of ADD's time (docs/bench.md has the numbers), so every device
+// makes exactly one move. Only a device
 // whose host name the pod already has (the kernel refuses that move with
 // EEXIST, before touching the device) goes through a private transit
 // netns: host -> transit, renamed there, transit -> pod.
@@ -262,7 +249,7 @@ func (o *op) moveToPod(rec *state.Record, links []netlink.Link, transit func() (
 	viaTransit := false
 	for i, l := range links {
 		d := &rec.Devices[i]
-		if err := o.tagIfNameless(l, d.PCIAddress); err != nil {
+		if err := o.host.AddTag(l, d.PCIAddress); err != nil {
 			return err
 		}
 		failpoint.Hit(failpoint.AddTagged)
