@@ -559,32 +559,41 @@ run_vm() {
 	done
 
 	log "=== linux $label ($(cat "$dir/release")): $mode${shard:+ ($shard)} ==="
-	local t=$SECONDS rc=0 boot
-	for boot in 1 2; do
-		boot_vm "$job" "$console" "$mode" "$tag" "${args[@]}"
-		booted "$console" || [[ -e $work/stopping ]] && break
-		if [[ -e $console.stuck ]]; then
-			log "$tag: the guest did not find its PFs within ${boot_timeout}s of starting (stuck in boot)$( ((boot == 1)) && echo '; booting it once more')"
-		else
-			log "$tag: QEMU ended before the guest found its PFs$( ((boot == 1)) && echo '; booting it once more')"
+	local t=$SECONDS rc=0 run qrc result crash first_crash=
+	# A run that crashed after boot (QEMU aborted, the guest kernel
+	# panicked) ended before its tests could pass or fail: it runs once
+	# more, and the summary says so. A failed test, a hang to the timeout
+	# or a second crash is the verdict.
+	for run in 1 2; do
+		boot_until_up "$job" "$console" "$mode" "$tag" "${args[@]}"
+		qrc=$(cat "$work/qemu-$job.rc" 2>/dev/null || echo 255)
+		result=$(grep -a -o 'SRIOVPT-VM-RESULT rc=[0-9]*' "$console" | tail -n1 | cut -d= -f2) || true
+		crash=$(crash_line "$console")
+		if [[ -n $result || $qrc == 124 || -z $crash || $run == 2 || -e $work/stopping ]] || ! booted "$console"; then
+			break
 		fi
-		rm -f "$console.stuck"
+		first_crash=$crash
+		log "$tag: the VM crashed mid-run (QEMU or the guest kernel died, no test had failed): $crash; running it once more"
 	done
-	local qrc
-	qrc=$(cat "$work/qemu-$job.rc" 2>/dev/null || echo 255)
-	local secs=$((SECONDS - t)) result
-	result=$(grep -a -o 'SRIOVPT-VM-RESULT rc=[0-9]*' "$console" | tail -n1 | cut -d= -f2)
+	local secs=$((SECONDS - t))
 	if ((qrc == 124)); then
 		log "$tag: VM timed out after ${vm_timeout}s"
 		rc=1
 	elif [[ -z $result ]]; then
-		log "$tag: VM ended (qemu exit $qrc) without a result line"
+		log "$tag: VM ended (qemu exit $qrc) without a result line${crash:+: $crash}"
 		rc=1
 	elif ((result != 0)); then
 		rc=1
 	fi
 
 	{
+		[[ -z $first_crash ]] || printf '# linux %s%s: the first VM crashed (%s); the result is its rerun'"'"'s\n' "$label" "${shard:+ ($shard)}" "$first_crash"
+		if [[ -z $result ]]; then
+			# Its lines are scattered among the other VMs' above: the end
+			# of its console is what says why.
+			echo "# linux $label${shard:+ ($shard)}: the last lines of its console"
+			tail -n 25 "$console" | sed "s|^|$tag\| |"
+		fi
 		if [[ $mode == e2e ]]; then
 			grep -a -E '^\s*--- (FAIL|SKIP)' "$console" || true
 			if ((rc == 0)); then
@@ -598,4 +607,29 @@ run_vm() {
 		fi
 	} >"$work/summary-$job"
 	return "$rc"
+}
+
+# boot_until_up JOB CONSOLE MODE TAG QEMU-ARGS...: boot_vm, and once more if
+# the guest never found its PFs (stuck, or QEMU ended first).
+boot_until_up() {
+	local job=$1 console=$2 tag=$4 boot
+	for boot in 1 2; do
+		boot_vm "$@"
+		booted "$console" || [[ -e $work/stopping ]] && return 0
+		if [[ -e $console.stuck ]]; then
+			log "$tag: the guest did not find its PFs within ${boot_timeout}s of starting (stuck in boot)$( ((boot == 1)) && echo '; booting it once more')"
+		else
+			log "$tag: QEMU ended before the guest found its PFs$( ((boot == 1)) && echo '; booting it once more')"
+		fi
+		rm -f "$console.stuck"
+	done
+}
+
+# crash_line CONSOLE prints the first line that shows QEMU or the guest
+# kernel died, if any: QEMU 10's VT-d under multi-threaded TCG sometimes
+# fails an assertion (iotlb_to_section), and a guest kernel sometimes oopses
+# on a torn int3 patch (text_poke) and panics.
+crash_line() {
+	grep -a -m1 -E 'qemu-system-x86_64: .*[Aa]ssertion|Kernel panic - not syncing' "$1" |
+		sed -E 's/^.*(qemu-system-x86_64: |Kernel panic)/\1/' || true
 }
