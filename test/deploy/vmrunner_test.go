@@ -1,9 +1,11 @@
 package deploy_test
 
 import (
+	"context"
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // The VM runner's verdicts (test/vm/selftest.sh): a VM that crashed after
@@ -11,10 +13,11 @@ import (
 // No QEMU: the script replaces the boot with scripted consoles.
 func TestVMRunnerVerdicts(t *testing.T) {
 	needTool(t, "cpio", "cpio")
-	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "test", "vm", "selftest.sh"))
-	out, err := cmd.CombinedOutput()
-	t.Logf("%s", out)
-	if err != nil {
-		t.Fatalf("test/vm/selftest.sh: %v", err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r := finish(t, exec.CommandContext(ctx, "bash", filepath.Join(repoRoot(t), "test", "vm", "selftest.sh")), nil)
+	t.Logf("%s", r.stdout)
+	if r.code != 0 {
+		t.Fatalf("test/vm/selftest.sh: %v", r)
 	}
 }

@@ -587,11 +587,12 @@ run_vm() {
 	fi
 
 	{
-		[[ -z $first_crash ]] || printf '# linux %s%s: the first VM crashed (%s); the result is its rerun'"'"'s\n' "$label" "${shard:+ ($shard)}" "$first_crash"
+		local name="linux $label${shard:+ ($shard)}"
+		[[ -z $first_crash ]] || echo "# $name: the first VM crashed ($first_crash); the result is its rerun's"
 		if [[ -z $result ]]; then
 			# Its lines are scattered among the other VMs' above: the end
 			# of its console is what says why.
-			echo "# linux $label${shard:+ ($shard)}: the last lines of its console"
+			echo "# $name: the last lines of its console"
 			tail -n 25 "$console" | sed "s|^|$tag\| |"
 		fi
 		if [[ $mode == e2e ]]; then
@@ -612,7 +613,7 @@ run_vm() {
 # boot_until_up JOB CONSOLE MODE TAG QEMU-ARGS...: boot_vm, and once more if
 # the guest never found its PFs (stuck, or QEMU ended first).
 boot_until_up() {
-	local job=$1 console=$2 tag=$4 boot
+	local console=$2 tag=$4 boot
 	for boot in 1 2; do
 		boot_vm "$@"
 		booted "$console" || [[ -e $work/stopping ]] && return 0

@@ -14,6 +14,7 @@ source "$here/lib.sh"
 
 work=$(mktemp -d /tmp/sriovpt-vm-selftest.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 mkdir -p "$work/kernel/modules"
 echo "6.1.0-test" >"$work/kernel/release"
 : >"$work/kernel/modules/igb.ko"
