@@ -7,24 +7,26 @@ package k8s
 import (
 	"bufio"
 	"cmp"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// hostView is what a run must not change or leave behind on the host.
+// hostView is what a run must not change on the host.
 type hostView struct {
-	links, sysctls, cgroups, mounts, procs []string
-	hostname                               string
+	links, sysctls []string
+	hostname       string
 }
 
-func look(t *testing.T, base string) hostView {
+func look(t *testing.T) hostView {
 	t.Helper()
 	var v hostView
 	ifs, err := net.Interfaces()
@@ -39,25 +41,67 @@ func look(t *testing.T, base string) hostView {
 		b, _ := os.ReadFile("/proc/sys/" + k)
 		v.sysctls = append(v.sysctls, k+"="+strings.TrimSpace(string(b)))
 	}
-	v.cgroups, _ = filepath.Glob("/sys/fs/cgroup/*/sriovpt-k8s.*")
+	v.hostname, _ = os.Hostname()
+	return v
+}
+
+// runID is what the test learns of its run while it goes: the work dir's
+// name, which run.sh gives the kubelet's cgroup root in every hierarchy,
+// and the node's pid namespace (run.sh writes its init's pid to init.pid).
+// What is left is looked for by these, so a run of the suite beside this
+// one (another engineer's, or one still going when CI starts) is not taken
+// for this run's leftovers; test/hostcheck still finds every sriovpt cgroup
+// left on the machine at the end of make test.
+type runID struct{ name, pidns string }
+
+// learn fills in what the work dir shows so far.
+func (r *runID) learn(base string) {
+	if r.pidns != "" {
+		return
+	}
+	dirs, _ := filepath.Glob(filepath.Join(base, "sriovpt-k8s.*"))
+	if len(dirs) != 1 {
+		return
+	}
+	r.name = filepath.Base(dirs[0])
+	b, err := os.ReadFile(filepath.Join(dirs[0], "init.pid"))
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return
+	}
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	if own, _ := os.Readlink("/proc/self/ns/pid"); err == nil && ns != own {
+		r.pidns = ns
+	}
+}
+
+// leftovers is what the run left: its cgroups (each with the tasks in it),
+// mounts under its base dir and processes of its node.
+func leftovers(base string, r runID) (cgroups, mounts, procs []string) {
+	cgroups, _ = filepath.Glob("/sys/fs/cgroup/*/" + r.name)
+	cgroups = withTasks(cgroups)
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, l := range strings.Split(string(mi), "\n") {
 		if strings.Contains(l, base) {
-			v.mounts = append(v.mounts, l)
+			mounts = append(mounts, l)
 		}
 	}
-	cache := os.Getenv("K8S_CACHE")
-	if cache == "" {
-		cache = "/var/cache/sriov-passthrough-cni-k8s"
-	}
-	exes, _ := filepath.Glob("/proc/[0-9]*/exe")
-	for _, e := range exes {
-		if target, err := os.Readlink(e); err == nil && strings.HasPrefix(target, cache) {
-			v.procs = append(v.procs, e+" -> "+target)
+	nss, _ := filepath.Glob("/proc/[0-9]*/ns/pid")
+	for _, ns := range nss {
+		if link, err := os.Readlink(ns); err == nil && link == r.pidns {
+			procs = append(procs, task(strings.Split(ns, "/")[2]))
 		}
 	}
-	v.hostname, _ = os.Hostname()
-	return v
+	return cgroups, mounts, procs
+}
+
+// task names a process: its pid and its name.
+func task(pid string) string {
+	comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+	return pid + "(" + strings.TrimSpace(string(comm)) + ")"
 }
 
 // oldKubelet is the kubelet of make k8s-e2e's second pass (the Makefile's
@@ -65,8 +109,9 @@ func look(t *testing.T, base string) hostView {
 var oldKubelet = cmp.Or(os.Getenv("K8S_OLD_KUBELET"), "v1.34.4")
 
 // TestTeardown interrupts runs at five points, one of them with the older
-// kubelet, one on a DRA node, and checks that the host is as before each: same links, sysctls
-// and hostname; no cgroup, mount, process or file of the run left.
+// kubelet, one on a DRA node, and checks that the host is as before each:
+// same links, sysctls and hostname; no cgroup, mount, process or file of the
+// run left.
 func TestTeardown(t *testing.T) {
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -93,7 +138,7 @@ func TestTeardown(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			base := t.TempDir()
-			before := look(t, base)
+			before := look(t)
 			cmd := exec.Command("bash", "run.sh")
 			cmd.Env = append(append(ownEnv(), "K8S_E2E_TMP="+base), c.env...)
 			out, err := cmd.StdoutPipe()
@@ -105,9 +150,11 @@ func TestTeardown(t *testing.T) {
 				t.Fatal(err)
 			}
 			seen := false
+			var run runID
 			sc := bufio.NewScanner(out)
 			for sc.Scan() {
 				t.Log(sc.Text())
+				run.learn(base)
 				if c.after != "" && !seen && strings.Contains(sc.Text(), c.after) {
 					seen = true
 					_ = cmd.Process.Signal(c.signal)
@@ -121,8 +168,12 @@ func TestTeardown(t *testing.T) {
 				t.Fatal("run.sh exited 0 after an interruption or failure")
 			}
 			t.Logf("run.sh: %v", err)
+			if run.pidns == "" {
+				t.Fatalf("never saw the node's pid namespace (%s/sriovpt-k8s.*/init.pid): nothing to look for", base)
+			}
 			time.Sleep(time.Second) // anything asynchronous would show by now
-			after := look(t, base)
+			after := look(t)
+			cgroups, mounts, procs := leftovers(base, run)
 			entries, _ := os.ReadDir(base)
 			switch {
 			case len(entries) != 0:
@@ -133,8 +184,8 @@ func TestTeardown(t *testing.T) {
 				t.Errorf("host sysctls %v, before %v", after.sysctls, before.sysctls)
 			case before.hostname != after.hostname:
 				t.Errorf("hostname %q, before %q", after.hostname, before.hostname)
-			case len(after.cgroups)+len(after.mounts)+len(after.procs) != 0:
-				t.Errorf("left behind: cgroups %v, mounts %v, processes %v", after.cgroups, after.mounts, after.procs)
+			case len(cgroups)+len(mounts)+len(procs) != 0:
+				t.Errorf("left behind: cgroups %v, mounts %v, processes of the node %v", cgroups, mounts, procs)
 			}
 		})
 	}
@@ -152,4 +203,29 @@ func ownEnv() []string {
 		}
 	}
 	return env
+}
+
+// withTasks names, for each cgroup, the tasks in it and below it (pid and
+// name), or none: whether a process still holds a left cgroup or the cgroup
+// was made again by one that is gone is the first thing to know.
+func withTasks(cgroups []string) []string {
+	var out []string
+	for _, cg := range cgroups {
+		var tasks []string
+		_ = filepath.WalkDir(cg, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.Name() != "cgroup.procs" {
+				return nil
+			}
+			b, _ := os.ReadFile(path)
+			for _, pid := range strings.Fields(string(b)) {
+				tasks = append(tasks, task(pid))
+			}
+			return nil
+		})
+		if len(tasks) == 0 {
+			tasks = []string{"no task"}
+		}
+		out = append(out, cg+" ["+strings.Join(tasks, " ")+"]")
+	}
+	return out
 }
