@@ -70,10 +70,14 @@ pidns=
 # teardown kills the namespaces' init (every process in them dies with it),
 # waits until none is left, removes the cgroups the kubelet and runc made,
 # deepest first, and the work dir. Mounts and links lived in the private
-# namespaces and are gone with them.
+# namespaces and are gone with them. Nothing may stop it halfway: it goes on
+# past a failed command, and a write to an output nobody reads any more
+# fails instead of killing the shell.
 teardown() {
 	local rc=$? n
+	set +e
 	trap - EXIT INT TERM
+	trap '' PIPE
 	if [ -n "$unshare_pid" ] && kill -0 "$unshare_pid" 2>/dev/null; then
 		kill -KILL "$unshare_pid" 2>/dev/null || true
 	fi
@@ -89,7 +93,7 @@ teardown() {
 		remove_cgroups && break
 		sleep 0.2
 	done
-	remove_cgroups || { echo "k8s-e2e: cgroups left: $(find /sys/fs/cgroup/*/"$cgroup_name" -maxdepth 0 2>/dev/null)" >&2 && rc=1; }
+	remove_cgroups || { echo "k8s-e2e: cgroups left: $(cgroups_and_tasks)" >&2 && rc=1; }
 	if grep -q " $W/" /proc/self/mountinfo; then
 		echo "k8s-e2e: mounts left under $W" >&2
 		rc=1
@@ -118,6 +122,20 @@ ns_members() {
 	return 0
 }
 
+# cgroups_and_tasks lists the run's cgroups still there, each with the
+# tasks (pid and name) in it and below it.
+cgroups_and_tasks() {
+	local d p
+	for d in /sys/fs/cgroup/*/"$cgroup_name"; do
+		[ -d "$d" ] || continue
+		printf '%s [' "$d"
+		while read -r p; do
+			printf ' %s(%s)' "$p" "$(cat "/proc/$p/comm" 2>/dev/null)"
+		done < <(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)
+		printf ' ] '
+	done
+}
+
 remove_cgroups() {
 	local d ok=0
 	for d in /sys/fs/cgroup/*/"$cgroup_name"; do
@@ -131,6 +149,10 @@ remove_cgroups() {
 trap teardown EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
+# Whoever reads the output went away (go test killed, a closed pipe): the
+# shell would die of SIGPIPE without tearing down; end through teardown.
+# A handler, not an ignore: the node's processes keep the default.
+trap 'exit 141' PIPE
 
 build_images() {
 	local b=$W/build bb=$C/deb/bin/busybox applets=() a tag

@@ -108,10 +108,10 @@ func task(pid string) string {
 // K8S_OLD_KUBELET passes it on; this is the same default).
 var oldKubelet = cmp.Or(os.Getenv("K8S_OLD_KUBELET"), "v1.34.4")
 
-// TestTeardown interrupts runs at five points, one of them with the older
-// kubelet, one on a DRA node, and checks that the host is as before each:
-// same links, sysctls and hostname; no cgroup, mount, process or file of the
-// run left.
+// TestTeardown interrupts runs at six points, one of them with the older
+// kubelet, one on a DRA node, one by closing the output, and checks that the
+// host is as before each: same links, sysctls and hostname; no cgroup,
+// mount, process or file of the run left.
 func TestTeardown(t *testing.T) {
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -124,8 +124,14 @@ func TestTeardown(t *testing.T) {
 		env    []string
 		signal syscall.Signal
 		after  string // run.sh output line (substring) to interrupt at
+		// closeOutput: at that line, close the output instead of
+		// signalling (the reader went away: go test killed, a pipe
+		// closed); whatever writes next, the node or run.sh, finds no
+		// reader.
+		closeOutput bool
 	}{
 		{name: "SIGTERM while a job holds a PF", env: []string{"K8S_E2E_RUN=TestReadmeProwJobs"}, signal: syscall.SIGTERM, after: "Running with"},
+		{name: "output closed while a job holds a PF", env: []string{"K8S_E2E_RUN=TestReadmeProwJobs"}, closeOutput: true, after: "Running with"},
 		{name: "SIGINT during bring-up", signal: syscall.SIGINT, after: "control plane: etcd and kube-apiserver ready"},
 		{name: "failure after deploy", env: []string{"K8S_E2E_FAIL_AFTER=deploy"}},
 		// make k8s-e2e's second pass: the node's kubelet three minors
@@ -157,6 +163,10 @@ func TestTeardown(t *testing.T) {
 				run.learn(base)
 				if c.after != "" && !seen && strings.Contains(sc.Text(), c.after) {
 					seen = true
+					if c.closeOutput {
+						_ = out.Close()
+						break
+					}
 					_ = cmd.Process.Signal(c.signal)
 				}
 			}
