@@ -363,7 +363,7 @@ func (d *daemon) stop(t *testing.T) (int, time.Duration) {
 	return d.cmd.ProcessState.ExitCode(), time.Since(start)
 }
 
-func TestDaemonReinstallsWhatGoesMissingOrChanges(t *testing.T) {
+func TestDaemonReinstallsWhatGoesMissingOrBreaks(t *testing.T) {
 	l := newLayout(t, fakePlugin("v1"))
 	d := startDaemon(t, nil, "--src", l.src, "--interval", "1", l.bin, l.conf)
 	d.waitLog(t, "re-checking every 1s")
@@ -375,12 +375,19 @@ func TestDaemonReinstallsWhatGoesMissingOrChanges(t *testing.T) {
 	if !waitFor(10*time.Second, func() bool { return fileIs(l.installedBin(), fakePlugin("v1")) }) {
 		t.Fatalf("deleted binary not reinstalled:\n%s", d.out)
 	}
-	if err := os.WriteFile(l.installedConf(), []byte("{}"), 0o644); err != nil {
+	if err := os.Remove(l.installedConf()); err != nil {
 		t.Fatal(err)
 	}
 	conf := readRepoFile(t, "plugin/"+confName)
 	if !waitFor(10*time.Second, func() bool { return fileIs(l.installedConf(), conf) }) {
-		t.Fatalf("changed conf not restored:\n%s", d.out)
+		t.Fatalf("deleted conf not reinstalled:\n%s", d.out)
+	}
+	// A binary that no longer answers VERSION is put back.
+	if err := os.WriteFile(l.installedBin(), brokenPlugin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(10*time.Second, func() bool { return fileIs(l.installedBin(), fakePlugin("v1")) }) {
+		t.Fatalf("broken binary not replaced:\n%s", d.out)
 	}
 	// A new image's binary (the source changed) is picked up too.
 	l.setSource(t, fakePlugin("v2"))
@@ -392,6 +399,56 @@ func TestDaemonReinstallsWhatGoesMissingOrChanges(t *testing.T) {
 	code, _ := d.stop(t)
 	if code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0:\n%s", code, d.out)
+	}
+}
+
+// A DaemonSet's surge: the new pod's installer starts while the old pod's
+// still runs, on the same directories. The file written last (the new
+// installer's) must stay, so the new pod's --check holds and the rollout
+// can finish; an installer that put its own back on each re-check made the
+// two take turns for as long as both ran (a rollout in test/k8s waited on
+// the new pod's readiness for 180 s). A conf or binary a person wrote is
+// left the same way.
+func TestDaemonLeavesTheFilesOfANewerInstaller(t *testing.T) {
+	old := newLayout(t, fakePlugin("old"))
+	new := newLayout(t, fakePlugin("new"))
+	new.bin, new.conf = old.bin, old.conf // one node
+	a := startDaemon(t, nil, "--src", old.src, "--interval", "1", old.bin, old.conf)
+	a.waitLog(t, "re-checking every 1s")
+	b := startDaemon(t, nil, "--src", new.src, "--interval", "1", new.bin, new.conf)
+	b.waitLog(t, "re-checking every 1s")
+	// Several rounds of both: the new binary stays in place throughout.
+	for end := time.Now().Add(3500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if !fileIs(old.installedBin(), fakePlugin("new")) {
+			t.Fatalf("the old installer put its binary back over the newer one's:\nold:\n%s\nnew:\n%s", a.out, b.out)
+		}
+	}
+	if r := runInstaller(t, nil, "--check", "--src", new.src, new.bin, new.conf); r.code != 0 {
+		t.Errorf("the new pod's --check fails: %v", r)
+	}
+	if r := runInstaller(t, nil, "--check", "--src", old.src, old.bin, old.conf); r.code == 0 {
+		t.Errorf("the old pod's --check passes with the new binary installed")
+	}
+	a.waitLog(t, "left "+old.installedBin()+" as another installer")
+	if n := strings.Count(a.out.String(), "left "+old.installedBin()); n != 1 {
+		t.Errorf("the old installer said %d times that it leaves the binary, want once:\n%s", n, a.out)
+	}
+	// A conf a person edited is left too, and said so.
+	if err := os.WriteFile(old.installedConf(), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.waitLog(t, "left "+old.installedConf()+" as another installer (or a person) put it")
+	if !fileIs(old.installedConf(), []byte("{}")) {
+		t.Errorf("the edited conf was replaced")
+	}
+	// When the old pod is gone, nothing changes; a file that goes missing
+	// is the newer installer's to put back.
+	a.stop(t)
+	if err := os.Remove(old.installedBin()); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(10*time.Second, func() bool { return fileIs(old.installedBin(), fakePlugin("new")) }) {
+		t.Fatalf("deleted binary not reinstalled by the remaining installer:\n%s", b.out)
 	}
 }
 
