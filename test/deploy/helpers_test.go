@@ -12,7 +12,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -122,13 +124,47 @@ func installerPath(t *testing.T) string {
 	return filepath.Join(repoRoot(t), "install-plugin")
 }
 
-// runInstaller runs install-plugin to completion (30 s at most).
+// imageShell returns busybox and a PATH entry ("PATH=dir") that holds
+// only busybox's applets except those left out: install-plugin's shell and
+// tools in the image. The tests run the installer that way, so a tool that
+// the host's coreutils has and the image's busybox lacks (Debian's busybox
+// has no cksum) fails here and not on a node.
+func imageShell(t *testing.T, leftOut ...string) (string, string) {
+	t.Helper()
+	bb := needTool(t, "busybox", "busybox")
+	list, err := exec.Command(bb, "--list").Output()
+	if err != nil {
+		t.Fatalf("busybox --list: %v", err)
+	}
+	dir := t.TempDir()
+	for applet := range strings.Lines(string(list)) {
+		applet = strings.TrimSpace(applet)
+		if applet == "" || strings.Contains(applet, "/") || slices.Contains(leftOut, applet) {
+			continue
+		}
+		if err := os.Symlink(bb, filepath.Join(dir, applet)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return bb, "PATH=" + dir
+}
+
+// installerCommand is install-plugin with args, run as the image runs it
+// (imageShell); env then adds the returned PATH entry.
+func installerCommand(t *testing.T, ctx context.Context, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	bb, path := imageShell(t)
+	return exec.CommandContext(ctx, bb, append([]string{"sh", installerPath(t)}, args...)...), path
+}
+
+// runInstaller runs install-plugin to completion (30 s at most) as the
+// image runs it.
 func runInstaller(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, installerPath(t), args...)
-	return finish(t, cmd, env)
+	cmd, path := installerCommand(t, ctx, args...)
+	return finish(t, cmd, append(env, path))
 }
 
 func finish(t *testing.T, cmd *exec.Cmd, env []string) result {

@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"os"
 	"os/exec"
@@ -322,9 +323,10 @@ type daemon struct {
 
 func startDaemon(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{cmd: exec.Command(installerPath(t), args...), out: &syncBuffer{}, exited: make(chan struct{})}
+	cmd, path := installerCommand(t, context.Background(), args...)
+	d := &daemon{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{})}
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
-	d.cmd.Env = append(os.Environ(), env...)
+	d.cmd.Env = append(append(os.Environ(), env...), path)
 	// Its own process group, so cleanup also ends a background sleep that a
 	// broken script left behind; WaitDelay stops such a sleep, which holds the
 	// output pipe, from blocking Wait.
