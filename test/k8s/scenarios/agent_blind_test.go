@@ -49,7 +49,7 @@ func setNetnsPropagation(t *testing.T, mode string) {
 	t.Helper()
 	patch := `{"spec":{"template":{"spec":{"containers":[{"name":"agent","volumeMounts":[{"mountPath":"/var/run/netns","mountPropagation":"` + mode + `"}]}]}}}}`
 	kubectl(t, nil, "-n", "sriov-passthrough-cni", "patch", "ds", "sriov-passthrough-cni", "-p", patch)
-	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
+	rolloutStatus(t, 3*time.Minute)
 	waitFor(t, "one agent pod, ready", 2*time.Minute, func() (bool, error) {
 		out, err := kubectlErr(nil, "-n", "sriov-passthrough-cni", "get", "pod", "-o",
 			`jsonpath={range .items[*]}{.status.containerStatuses[?(@.name=="agent")].ready}{" "}{end}`)

@@ -198,7 +198,13 @@ func kubectl(t *testing.T, stdin []byte, args ...string) string {
 }
 
 func kubectlErr(stdin []byte, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	return kubectlWithin(3*time.Minute, stdin, args...)
+}
+
+// kubectlWithin is kubectlErr with its own limit, for a command that waits
+// (rollout status) and must end by its own --timeout, with its message.
+func kubectlWithin(limit time.Duration, stdin []byte, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "kubectl", args...)
 	cmd.Stdin = bytes.NewReader(stdin)

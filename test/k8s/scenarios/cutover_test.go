@@ -169,7 +169,7 @@ func applyAndRoll(t *testing.T, overlay string) {
 	old := agentPod(t)
 	start := time.Now()
 	kubectl(t, nil, "apply", "-k", overlay)
-	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
+	rolloutStatus(t, 3*time.Minute)
 	waitForNewAgent(t, old)
 	t.Logf("applied %s: agent pod %s replaced by %s in %.1fs", filepath.Base(overlay), old, agentPod(t), time.Since(start).Seconds())
 }
@@ -333,7 +333,7 @@ func takeOverFromTheBashInstaller(t *testing.T) {
 	}
 	data, _ := json.Marshal(old)
 	kubectl(t, data, "create", "-f", "-")
-	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=120s")
+	rolloutStatus(t, 2*time.Minute)
 	out, err := kubectlErr(nil, "apply", "-k", overlay)
 	if err == nil || !strings.Contains(out+err.Error(), "field is immutable") {
 		t.Fatalf("apply -k over the bash plugin's installer: %v\n%s\nwant a refusal: its selector is immutable", err, out)
@@ -342,7 +342,7 @@ func takeOverFromTheBashInstaller(t *testing.T) {
 	took := time.Now()
 	kubectl(t, nil, "-n", "sriov-passthrough-cni", "delete", "ds", "sriov-passthrough-cni", "--wait=true", "--timeout=120s")
 	kubectl(t, nil, "apply", "-k", overlay)
-	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
+	rolloutStatus(t, 3*time.Minute)
 	waitAllocatable(t, len(pfNames()), "after the takeover")
 	fmt.Printf("k8s-e2e: takeover from the bash plugin's installer (delete, apply) -> agent ready and allocatable %d after %.1fs\n",
 		len(pfNames()), time.Since(took).Seconds())

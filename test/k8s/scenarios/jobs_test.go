@@ -268,3 +268,35 @@ func runJob(t *testing.T, pfs int, name string) []string {
 	t.Helper()
 	return devicePlugin.runJob(t, pfs, name)
 }
+
+// rolloutStatus waits for the DaemonSet's rollout to end. One that does
+// not is explained: the DaemonSet's status, its pods with each container's
+// readiness, the last events (a failing probe says why there) and the last
+// lines of every container's log, the old pod's and the new one's.
+func rolloutStatus(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	ns := []string{"-n", "sriov-passthrough-cni"}
+	_, err := kubectlWithin(timeout+30*time.Second, nil, append(ns, "rollout", "status", "ds/sriov-passthrough-cni",
+		fmt.Sprintf("--timeout=%ds", int(timeout.Seconds())))...)
+	if err == nil {
+		return
+	}
+	ds := kubectlQuiet(append(ns, "get", "ds", "sriov-passthrough-cni", "-o", "jsonpath={.status}")...)
+	pods := kubectlQuiet(append(ns, "get", "pod", "-o",
+		`jsonpath={range .items[*]}{.metadata.name} {.metadata.labels.pod-template-generation} deleting={.metadata.deletionTimestamp} {range .status.containerStatuses[*]}{.name}:ready={.ready},restarts={.restartCount} {end}{"\n"}{end}`)...)
+	events := strings.Split(strings.TrimSpace(kubectlQuiet(append(ns, "get", "events", "--sort-by=.lastTimestamp")...)), "\n")
+	events = events[max(0, len(events)-20):]
+	var logs strings.Builder
+	for _, p := range strings.Fields(kubectlQuiet(append(ns, "get", "pod", "-o", "name")...)) {
+		out := kubectlQuiet(append(ns, "logs", p, "--all-containers", "--prefix", "--timestamps", "--tail", "30")...)
+		fmt.Fprintf(&logs, "--- %s\n%s", p, out)
+	}
+	t.Fatalf("the DaemonSet's rollout did not end within %v: %v\nstatus: %s\npods:\n%s\nlast events:\n%s\nlogs:\n%s",
+		timeout, err, ds, pods, strings.Join(events, "\n"), logs.String())
+}
+
+// kubectlQuiet is kubectlErr for a diagnosis: the output, or nothing.
+func kubectlQuiet(args ...string) string {
+	out, _ := kubectlErr(nil, args...)
+	return out
+}

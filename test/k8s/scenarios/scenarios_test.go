@@ -143,7 +143,7 @@ func TestRestartsLoseNothing(t *testing.T) {
 		}
 	}
 	kubectl(t, nil, "-n", "sriov-passthrough-cni", "delete", "pod", "-l", "app.kubernetes.io/name=sriov-passthrough-cni")
-	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
+	rolloutStatus(t, 3*time.Minute)
 	kubectl(t, nil, "delete", "pod", "during-a")
 	runJob(t, 1, "after-restarts")
 }
@@ -200,11 +200,16 @@ func TestDaemonSetUpgrade(t *testing.T) {
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var reads, oldSeen, newSeen int
+	// Once the new binary is in place the old one never comes back: the
+	// new pod's installer wrote last, and the old pod's leaves it (an
+	// installer that put its own back would keep the new pod unready and
+	// the surge rollout waiting on it).
+	var reads, oldSeen, newSeen, backToOld int
 	var torn error
 	wg.Add(1)
 	go func() { // reads the installed binary over and over during the rollout
 		defer wg.Done()
+		lastNew := false
 		for {
 			select {
 			case <-stop:
@@ -217,9 +222,14 @@ func TestDaemonSetUpgrade(t *testing.T) {
 			case err != nil:
 				torn = fmt.Errorf("read %s: %w", cniBinary, err)
 			case h == old:
+				if lastNew {
+					backToOld++
+				}
 				oldSeen++
+				lastNew = false
 			case h == new:
 				newSeen++
+				lastNew = true
 			default:
 				torn = fmt.Errorf("read %d: %s is neither version (%d bytes)", reads, cniBinary, len(b))
 			}
@@ -256,7 +266,7 @@ func TestDaemonSetUpgrade(t *testing.T) {
 	if refused > 0 && kubeletMinor(t) >= 37 {
 		t.Errorf("%d job pods refused at admission during the surge rollout: the kubelet was left without a prow/sriov device plugin", refused)
 	}
-	kubectl(t, nil, "-n", "sriov-passthrough-cni", "rollout", "status", "ds/sriov-passthrough-cni", "--timeout=180s")
+	rolloutStatus(t, 3*time.Minute)
 	waitFor(t, "new binary installed", time.Minute, func() (bool, error) { return fileHash(t, cniBinary) == new, nil })
 	close(stop)
 	wg.Wait()
@@ -264,6 +274,9 @@ func TestDaemonSetUpgrade(t *testing.T) {
 		t.Fatal(torn)
 	}
 	t.Logf("binary read %d times during the upgrade: %d old, %d new, none torn", reads, oldSeen, newSeen)
+	if backToOld > 0 {
+		t.Errorf("the old binary came back %d times after the new one was installed: an installer put its own back over the newer one's", backToOld)
+	}
 	if got := checkJob(t, "long-job", 1); !slices.Equal(got, held) {
 		t.Fatalf("long job holds %v after the upgrade, had %v", got, held)
 	}
