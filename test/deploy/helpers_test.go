@@ -132,7 +132,7 @@ func installerPath(t *testing.T) string {
 func imageShell(t *testing.T, leftOut ...string) (string, string) {
 	t.Helper()
 	bb := needTool(t, "busybox", "busybox")
-	list, err := exec.Command(bb, "--list").Output()
+	list, err := busyboxApplets()
 	if err != nil {
 		t.Fatalf("busybox --list: %v", err)
 	}
@@ -148,6 +148,12 @@ func imageShell(t *testing.T, leftOut ...string) (string, string) {
 	}
 	return bb, "PATH=" + dir
 }
+
+// busyboxApplets is `busybox --list`, asked once per test binary: every
+// installer run builds its PATH from it.
+var busyboxApplets = sync.OnceValues(func() ([]byte, error) {
+	return exec.Command("busybox", "--list").Output()
+})
 
 // installerCommand is install-plugin with args, run as the image runs it
 // (imageShell); env then adds the returned PATH entry.
